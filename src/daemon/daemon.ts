@@ -1,0 +1,107 @@
+import { pino, type Logger } from 'pino'
+import type { Config } from '../config/schema.js'
+import { Metrics } from '../metrics/index.js'
+import { OriginBlobSource } from '../origin/blob-source.js'
+import { OriginClient } from '../origin/client.js'
+import { buildServer } from '../registry/server.js'
+import { BlobStore } from '../store/blob-store.js'
+import { BlobService } from '../transfer/blob-service.js'
+import { ManifestService } from '../transfer/manifest-service.js'
+import { VERSION } from '../version.js'
+
+export interface Daemon {
+  /** the /v2 listener, e.g. http://127.0.0.1:5050 */
+  readonly url: string
+  readonly logger: Logger
+  stop(): Promise<void>
+}
+
+export interface DaemonOptions {
+  logger?: Logger
+}
+
+/** Attempts to resume a blob body that origin cut mid-way. */
+const RESUME_ATTEMPTS = 3
+
+/**
+ * The composition root: the only place that builds concrete classes. Starts in dependency
+ * order (store → origin → transfer → HTTP) and stops in reverse.
+ */
+export async function startDaemon(config: Config, options: DaemonOptions = {}): Promise<Daemon> {
+  const logger = options.logger ?? pino({ level: config.logLevel, base: { pid: process.pid }, timestamp: pino.stdTimeFunctions.isoTime })
+  const shutdown = new AbortController()
+  const metrics = new Metrics()
+  const startedAt = Date.now()
+
+  const store = await BlobStore.open(config.dataDir, logger.child({ component: 'store' }))
+  const origin = OriginClient.fromConfig(config, logger.child({ component: 'origin' }), (registry, method, status) =>
+    metrics.originResponses.inc({ registry, method, status }),
+  )
+  const blobs = new BlobService({
+    store,
+    source: new OriginBlobSource(origin),
+    logger: logger.child({ component: 'transfer' }),
+    resumeAttempts: RESUME_ATTEMPTS,
+    signal: shutdown.signal,
+    events: {
+      onFetched: (source, bytes) => metrics.bytesFetched.inc({ source }, bytes),
+      onDownload: (event) => metrics.downloads.inc({ event }),
+    },
+  })
+  const manifests = new ManifestService({
+    store,
+    origin,
+    logger: logger.child({ component: 'manifests' }),
+    tagTtlMs: config.manifests.tagTtlMs,
+    staleIfError: config.manifests.staleIfError,
+    signal: shutdown.signal,
+  })
+
+  metrics.storeUsage = () => store.usage()
+
+  const server = buildServer({
+    logger,
+    metrics,
+    blobs,
+    manifests,
+    origin,
+    rules: { upstreams: config.upstreams, defaultRegistry: config.defaultRegistry },
+    ready: () => true,
+    status: () => ({
+      version: VERSION,
+      uptimeSeconds: Math.round((Date.now() - startedAt) / 1000),
+      listen: `${config.listen.host}:${config.listen.port}`,
+      dataDir: config.dataDir,
+      store: store.usage(),
+      downloadsInFlight: blobs.inflight(),
+      defaultRegistry: config.defaultRegistry,
+      upstreams: Object.fromEntries([...config.upstreams].map(([registry, url]) => [registry, url.href])),
+    }),
+  })
+
+  let address: string
+  try {
+    address = await server.listen({ host: config.listen.host, port: config.listen.port })
+  } catch (err) {
+    await origin.close()
+    await store.close()
+    throw err
+  }
+  logger.info({ version: VERSION, address, dataDir: config.dataDir, upstreams: [...config.upstreams.keys()] }, 'shoal is serving')
+
+  let stopping: Promise<void> | undefined
+  return {
+    url: address,
+    logger,
+    stop: () => {
+      stopping ??= (async () => {
+        shutdown.abort(new Error('shutting down'))
+        await server.close()
+        await origin.close()
+        await store.close()
+        logger.info('shoal stopped')
+      })()
+      return stopping
+    },
+  }
+}
