@@ -97,6 +97,7 @@ export async function startDaemon(config: Config, options: DaemonOptions = {}): 
       stopping ??= (async () => {
         shutdown.abort(new Error('shutting down'))
         await server.close()
+        await blobs.settled()
         await origin.close()
         await store.close()
         logger.info('shoal stopped')

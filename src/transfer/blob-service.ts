@@ -38,6 +38,7 @@ export interface BlobServiceOptions {
  */
 export class BlobService {
   private readonly downloads = new Map<string, Download>()
+  private readonly running = new Set<Promise<void>>()
   private readonly opts: BlobServiceOptions
   private readonly log: Logger
 
@@ -48,6 +49,11 @@ export class BlobService {
 
   inflight(): number {
     return this.downloads.size
+  }
+
+  /** Resolves once every download has ended (abort the service's signal first to hurry them). */
+  async settled(): Promise<void> {
+    while (this.running.size > 0) await Promise.allSettled([...this.running])
   }
 
   /** The blob's size, from the store, an ongoing download, or origin (without downloading). */
@@ -89,7 +95,7 @@ export class BlobService {
     const dl = new Download(digest, this.log)
     this.downloads.set(digest, dl)
     this.opts.events?.onDownload?.('started', digest)
-    this.run(locator, dl)
+    const running: Promise<void> = this.run(locator, dl)
       .then(
         () => {
           dl.finish()
@@ -103,8 +109,10 @@ export class BlobService {
       )
       .finally(() => {
         this.downloads.delete(digest)
+        this.running.delete(running)
         dl.release()
       })
+    this.running.add(running)
     return dl
   }
 
