@@ -205,7 +205,10 @@ export interface LoggedProcess {
   readonly child: ChildProcess
   readonly pid: number | undefined
   readonly logPath: string
-  /** resolves (never rejects) once the process is gone */
+  /**
+   * Resolves (never rejects) once the process is gone. The child is unref'd: awaiting this alone
+   * does not keep the event loop alive, so prefer stop().
+   */
   readonly exited: Promise<ExitStatus>
   /** true until the process has exited */
   running(): boolean
@@ -222,8 +225,9 @@ export interface SpawnLoggedOptions {
 }
 
 /**
- * Start a long-running program with stdout and stderr appended to logPath. The child is tracked
- * and killed when the test process exits.
+ * Start a long-running program with stdout and stderr appended to logPath. The child is tracked,
+ * does not keep the test process alive, and is killed (SIGKILL) when the test process exits or
+ * gets SIGINT/SIGTERM/SIGHUP.
  */
 export function spawnLogged(
   cmd: string,
@@ -239,6 +243,9 @@ export function spawnLogged(
     closeSync(fd) // the child holds its own copy
   }
   track(child)
+  // A daemon left running must not keep the test process alive: unref it, and let the exit
+  // hooks kill it when the process ends. stop() re-refs it while it waits.
+  child.unref()
 
   let done = false
   const exited = new Promise<ExitStatus>((resolve) => {
@@ -257,6 +264,7 @@ export function spawnLogged(
     if (stopping !== undefined) return stopping
     stopping = (async () => {
       if (done) return exited
+      child.ref()
       child.kill(signal)
       let timer: NodeJS.Timeout | undefined
       const timedOut = await Promise.race([

@@ -1,0 +1,369 @@
+/**
+ * ContentRouter over kad-dht.
+ *
+ * - advertise: `provide(cid)` under a deadline (30 s). One provide per digest
+ *   at a time (single flight, owned by the router, not by the first caller:
+ *   a caller that aborts stops waiting, the shared provide runs on under the
+ *   router's deadline). Every advertised digest joins a re-announce schedule
+ *   (every 10 min by default); digests whose last attempt stored nothing are
+ *   re-announced as soon as the routing table gains a peer.
+ * - withdraw: leaves the schedule and drops our own record from the local
+ *   provider store (so kad-dht's own reprovider leaves it alone). Records
+ *   already stored on other peers stay until they expire there.
+ * - lookup: `findProviders(cid)` under a short deadline (2 s), self excluded,
+ *   de-duplicated, peers without addresses skipped, stopped after `limit`;
+ *   returns at once when the routing table is empty (kad-dht would otherwise
+ *   wait for a first peer until the deadline).
+ *
+ * The router talks to kad-dht through `DhtBackend`, a narrow view that
+ * `src/p2p/node.ts` builds over the libp2p service.
+ */
+import { setMaxListeners } from 'node:events'
+import type { QueryEvent } from '@libp2p/kad-dht'
+import type { CID } from 'multiformats/cid'
+import type { Logger } from 'pino'
+import { digestToCid } from './key.js'
+import {
+  AdvertiseFailedError,
+  type AdvertiseOptions,
+  AdvertiseTimeoutError,
+  type ContentRouter,
+  DEFAULT_LOOKUP_LIMIT,
+  LookupFailedError,
+  type LookupOptions,
+  NoPeersError,
+  type PeerRef,
+  RouterStoppedError
+} from './types.js'
+
+export const DEFAULT_ADVERTISE_TIMEOUT_MS = 30_000
+export const DEFAULT_LOOKUP_TIMEOUT_MS = 2_000
+export const DEFAULT_REANNOUNCE_INTERVAL_MS = 10 * 60_000
+export const DEFAULT_REANNOUNCE_CONCURRENCY = 4
+/** wait this long after the routing table gains a peer before announcing pending digests */
+const PENDING_DEBOUNCE_MS = 1_000
+
+/** The slice of kad-dht the router needs. */
+export interface DhtBackend {
+  /** our own peer id string */
+  readonly selfId: string
+  routingTableSize(): number
+  /** call `listener` whenever a peer joins the routing table; returns an unsubscribe function */
+  onPeerAdded(listener: () => void): () => void
+  provide(cid: CID, options: { signal: AbortSignal }): AsyncIterable<QueryEvent>
+  findProviders(cid: CID, options: { signal: AbortSignal }): AsyncIterable<QueryEvent>
+  /** forget our own provider record locally (kad-dht `cancelReprovide`) */
+  cancelReprovide(cid: CID): Promise<void>
+}
+
+export interface DhtContentRouterOptions {
+  logger: Logger
+  /** deadline of one provide, ms (default 30 000) */
+  advertiseTimeoutMs?: number
+  /** lookup deadline when the caller gives none, ms (default 2 000) */
+  lookupTimeoutMs?: number
+  /** re-announce every advertised digest this often, ms (default 10 min) */
+  reannounceIntervalMs?: number
+  /** parallel provides during a re-announce pass (default 4) */
+  reannounceConcurrency?: number
+}
+
+interface ScheduleEntry {
+  cid: CID
+  /** time the record was last stored on at least one peer; undefined while pending */
+  storedAt: number | undefined
+}
+
+export class DhtContentRouter implements ContentRouter {
+  private readonly backend: DhtBackend
+  private readonly log: Logger
+  private readonly advertiseTimeoutMs: number
+  private readonly lookupTimeoutMs: number
+  private readonly reannounceIntervalMs: number
+  private readonly reannounceConcurrency: number
+  private readonly schedule = new Map<string, ScheduleEntry>()
+  private readonly inflight = new Map<string, Promise<void>>()
+  private readonly shutdown = new AbortController()
+  private readonly unsubscribe: () => void
+  private passTimer: NodeJS.Timeout | undefined
+  private pendingTimer: NodeJS.Timeout | undefined
+  private passRunning: Promise<void> | undefined
+
+  constructor(backend: DhtBackend, options: DhtContentRouterOptions) {
+    this.backend = backend
+    this.log = options.logger
+    this.advertiseTimeoutMs = options.advertiseTimeoutMs ?? DEFAULT_ADVERTISE_TIMEOUT_MS
+    this.lookupTimeoutMs = options.lookupTimeoutMs ?? DEFAULT_LOOKUP_TIMEOUT_MS
+    this.reannounceIntervalMs = options.reannounceIntervalMs ?? DEFAULT_REANNOUNCE_INTERVAL_MS
+    this.reannounceConcurrency = Math.max(1, options.reannounceConcurrency ?? DEFAULT_REANNOUNCE_CONCURRENCY)
+    // kad-dht adds one abort listener per peer it contacts to the signal we pass
+    setMaxListeners(Number.POSITIVE_INFINITY, this.shutdown.signal)
+    this.unsubscribe = backend.onPeerAdded(() => this.onPeerAdded())
+    this.passTimer = setTimeout(() => this.intervalPass(), this.reannounceIntervalMs)
+  }
+
+  ready(): boolean {
+    return !this.shutdown.signal.aborted && this.backend.routingTableSize() > 0
+  }
+
+  async advertise(digest: string, options: AdvertiseOptions = {}): Promise<void> {
+    const cid = digestToCid(digest)
+    options.signal?.throwIfAborted()
+    if (this.shutdown.signal.aborted) throw new RouterStoppedError()
+    if (!this.schedule.has(digest)) this.schedule.set(digest, { cid, storedAt: undefined })
+    await raceSignal(this.provideShared(digest), options.signal)
+  }
+
+  async withdraw(digest: string): Promise<void> {
+    const entry = this.schedule.get(digest)
+    if (entry === undefined) return
+    this.schedule.delete(digest)
+    await this.forgetLocalRecord(digest, entry.cid)
+  }
+
+  async *lookup(digest: string, options: LookupOptions = {}): AsyncIterable<PeerRef> {
+    const cid = digestToCid(digest)
+    const limit = options.limit ?? DEFAULT_LOOKUP_LIMIT
+    if (limit <= 0 || options.signal?.aborted === true || !this.ready()) return
+    const deadline = withDeadline(options.timeoutMs ?? this.lookupTimeoutMs, [this.shutdown.signal, options.signal])
+    const seen = new Set<string>()
+    let found = 0
+    try {
+      for await (const event of this.backend.findProviders(cid, { signal: deadline.signal })) {
+        if (event.name !== 'PROVIDER') continue
+        for (const provider of event.providers) {
+          const id = provider.id.toString()
+          if (id === this.backend.selfId || seen.has(id)) continue
+          const addrs = transportAddrs(provider.multiaddrs)
+          // kad-dht can report a provider without addresses (local record, empty peer
+          // store); it may come back later with addresses, so it is not marked seen
+          if (addrs.length === 0) continue
+          seen.add(id)
+          yield { id, addrs }
+          if (++found >= limit) return
+        }
+      }
+    } catch (err) {
+      // deadline, caller abort and shutdown end the lookup quietly
+      if (!deadline.signal.aborted) throw new LookupFailedError(digest, { cause: err })
+    } finally {
+      deadline.clear()
+    }
+  }
+
+  /** digests in the re-announce schedule */
+  advertised(): string[] {
+    return [...this.schedule.keys()]
+  }
+
+  /** stop re-announcing, abort in-flight provides and lookups, wait for them to settle */
+  async stop(): Promise<void> {
+    if (this.shutdown.signal.aborted) return
+    this.shutdown.abort(new RouterStoppedError())
+    this.unsubscribe()
+    clearTimeout(this.passTimer)
+    clearTimeout(this.pendingTimer)
+    await Promise.allSettled([...this.inflight.values(), this.passRunning])
+  }
+
+  /** one provide per digest at a time, under the router's own deadline */
+  private provideShared(digest: string): Promise<void> {
+    let running = this.inflight.get(digest)
+    if (running === undefined) {
+      running = this.provideOnce(digest).finally(() => this.inflight.delete(digest))
+      // callers that stop waiting (abort) leave the shared provide unobserved
+      running.catch(() => {})
+      this.inflight.set(digest, running)
+    }
+    return running
+  }
+
+  private async provideOnce(digest: string): Promise<void> {
+    const entry = this.schedule.get(digest)
+    if (entry === undefined) return // withdrawn before it started
+    if (this.backend.routingTableSize() === 0) {
+      // kad-dht's provide would block until a peer appears: fail fast, stay pending
+      throw new NoPeersError(`cannot advertise ${digest}: routing table is empty`)
+    }
+    const started = performance.now()
+    const deadline = withDeadline(this.advertiseTimeoutMs, [this.shutdown.signal])
+    let stored = 0
+    let failure: unknown
+    try {
+      for await (const event of this.backend.provide(entry.cid, { signal: deadline.signal })) {
+        if (event.name === 'PEER_RESPONSE' && event.messageName === 'ADD_PROVIDER') stored++
+      }
+    } catch (err) {
+      failure = err
+    } finally {
+      deadline.clear()
+    }
+
+    const current = this.schedule.get(digest)
+    if (current === undefined) {
+      // withdrawn while providing: provide re-added our local record after withdraw removed it
+      await this.forgetLocalRecord(digest, entry.cid)
+    } else if (stored > 0) {
+      // (or withdrawn and advertised again meanwhile: the same record went out)
+      current.storedAt = Date.now()
+    }
+    const ms = Math.round(performance.now() - started)
+    if (stored > 0) {
+      this.log.debug({ digest, peers: stored, ms }, 'advertised')
+      return
+    }
+    if (this.shutdown.signal.aborted) throw new RouterStoppedError({ cause: failure })
+    if (deadline.timedOut()) throw new AdvertiseTimeoutError(digest, this.advertiseTimeoutMs, { cause: failure })
+    throw new AdvertiseFailedError(digest, failure === undefined ? undefined : { cause: failure })
+  }
+
+  private async forgetLocalRecord(digest: string, cid: CID): Promise<void> {
+    try {
+      await this.backend.cancelReprovide(cid)
+    } catch (err) {
+      this.log.warn({ err, digest }, 'could not drop local provider record')
+    }
+  }
+
+  private onPeerAdded(): void {
+    if (this.pendingTimer !== undefined || this.shutdown.signal.aborted) return
+    let pending = false
+    for (const entry of this.schedule.values()) {
+      if (entry.storedAt === undefined) {
+        pending = true
+        break
+      }
+    }
+    if (!pending) return
+    this.pendingTimer = setTimeout(() => {
+      this.pendingTimer = undefined
+      this.runPass(true).catch((err: unknown) => this.log.error({ err }, 're-announce pass failed'))
+    }, PENDING_DEBOUNCE_MS)
+  }
+
+  private intervalPass(): void {
+    void this.runPass(false)
+      .catch((err: unknown) => this.log.error({ err }, 're-announce pass failed'))
+      .finally(() => {
+        if (!this.shutdown.signal.aborted) {
+          this.passTimer = setTimeout(() => this.intervalPass(), this.reannounceIntervalMs)
+        }
+      })
+  }
+
+  /** re-announce the schedule (or only its pending part); one pass at a time */
+  private runPass(onlyPending: boolean): Promise<void> {
+    if (this.passRunning !== undefined) return this.passRunning
+    this.passRunning = this.reannounce(onlyPending).finally(() => {
+      this.passRunning = undefined
+    })
+    return this.passRunning
+  }
+
+  private async reannounce(onlyPending: boolean): Promise<void> {
+    if (this.schedule.size === 0 || this.shutdown.signal.aborted) return
+    if (this.backend.routingTableSize() === 0) {
+      this.log.debug({ digests: this.schedule.size }, 're-announce skipped: routing table is empty')
+      return
+    }
+    // a record stored less than half an interval ago is still fresh
+    const freshSince = Date.now() - this.reannounceIntervalMs / 2
+    const due: string[] = []
+    for (const [digest, entry] of this.schedule) {
+      if (entry.storedAt === undefined || (!onlyPending && entry.storedAt < freshSince)) due.push(digest)
+    }
+    if (due.length === 0) return
+    const started = performance.now()
+    let ok = 0
+    let failed = 0
+    let next = 0
+    const worker = async (): Promise<void> => {
+      while (next < due.length && !this.shutdown.signal.aborted) {
+        const digest = due[next++]!
+        if (!this.schedule.has(digest)) continue
+        try {
+          await this.provideShared(digest)
+          ok++
+        } catch (err) {
+          failed++
+          this.log.debug({ err, digest }, 're-announce failed')
+        }
+      }
+    }
+    await Promise.all(Array.from({ length: Math.min(this.reannounceConcurrency, due.length) }, worker))
+    const ms = Math.round(performance.now() - started)
+    this.log.info({ pendingOnly: onlyPending, ok, failed, ms }, 're-announced digests')
+  }
+}
+
+/** transport multiaddrs as strings, `/p2p/<id>` suffix removed, de-duplicated */
+function transportAddrs(multiaddrs: ReadonlyArray<{ toString(): string }>): string[] {
+  const out = new Set<string>()
+  for (const ma of multiaddrs) {
+    const addr = ma.toString().replace(P2P_SUFFIX, '')
+    if (addr.length > 0) out.add(addr)
+  }
+  return [...out]
+}
+
+const P2P_SUFFIX = /\/p2p\/[^/]+$/
+
+interface Deadline {
+  signal: AbortSignal
+  timedOut(): boolean
+  clear(): void
+}
+
+/**
+ * A signal that aborts after `timeoutMs` or when any input aborts; `clear()`
+ * removes the timer and the listeners on the inputs.
+ */
+function withDeadline(timeoutMs: number, inputs: Array<AbortSignal | undefined>): Deadline {
+  const controller = new AbortController()
+  // kad-dht attaches one listener per contacted peer
+  setMaxListeners(Number.POSITIVE_INFINITY, controller.signal)
+  let timedOut = false
+  const onAbort = function (this: AbortSignal): void {
+    controller.abort(this.reason)
+  }
+  const timer = setTimeout(() => {
+    timedOut = true
+    controller.abort(new DOMException(`deadline of ${timeoutMs} ms exceeded`, 'TimeoutError'))
+  }, timeoutMs)
+  const live: AbortSignal[] = []
+  for (const input of inputs) {
+    if (input === undefined) continue
+    if (input.aborted) {
+      controller.abort(input.reason)
+      break
+    }
+    input.addEventListener('abort', onAbort, { once: true })
+    live.push(input)
+  }
+  return {
+    signal: controller.signal,
+    timedOut: () => timedOut,
+    clear: () => {
+      clearTimeout(timer)
+      for (const input of live) input.removeEventListener('abort', onAbort)
+    }
+  }
+}
+
+/** wait for `promise`, or reject with the signal's reason when it aborts first */
+async function raceSignal<T>(promise: Promise<T>, signal: AbortSignal | undefined): Promise<T> {
+  if (signal === undefined) return promise
+  signal.throwIfAborted()
+  let onAbort: (() => void) | undefined
+  try {
+    return await Promise.race([
+      promise,
+      new Promise<never>((_, reject) => {
+        onAbort = () => reject(signal.reason)
+        signal.addEventListener('abort', onAbort, { once: true })
+      })
+    ])
+  } finally {
+    if (onAbort !== undefined) signal.removeEventListener('abort', onAbort)
+  }
+}

@@ -1,0 +1,43 @@
+/**
+ * DHT key of a blob: a CIDv1 with the raw codec (0x55) over the multihash of
+ * the digest's own bytes. `sha256:<hex>` becomes multihash 0x12 with the 32
+ * decoded bytes; no hashing happens here: the digest already is the hash.
+ *
+ * The CID of `sha256:e3b0c442...b855` (the empty blob) is therefore
+ * `bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku`, the same CID
+ * IPFS gives the empty raw block. kad-dht keys provider records by the
+ * multihash only (`cid.multihash.bytes`), so the codec never reaches the wire.
+ *
+ * sha512 digests (the other algorithm the OCI spec registers) map to
+ * multihash 0x13 the same way.
+ */
+import { CID } from 'multiformats/cid'
+import * as raw from 'multiformats/codecs/raw'
+import * as Digest from 'multiformats/hashes/digest'
+import { InvalidDigestError } from './types.js'
+
+const SHA2_256 = 0x12
+const SHA2_512 = 0x13
+
+// the OCI grammar for the two registered algorithms: lowercase hex, exact length
+const SHA256_DIGEST = /^sha256:([a-f0-9]{64})$/
+const SHA512_DIGEST = /^sha512:([a-f0-9]{128})$/
+
+/** `sha256:<64 hex>` (or `sha512:<128 hex>`) → CIDv1(raw, multihash(digest bytes)); throws `InvalidDigestError` */
+export function digestToCid(digest: string): CID {
+  const sha256Hex = SHA256_DIGEST.exec(digest)?.[1]
+  const sha512Hex = sha256Hex === undefined ? SHA512_DIGEST.exec(digest)?.[1] : undefined
+  const hex = sha256Hex ?? sha512Hex
+  if (hex === undefined) throw new InvalidDigestError(digest)
+  const bytes = new Uint8Array(Buffer.from(hex, 'hex'))
+  return CID.createV1(raw.code, Digest.create(sha256Hex !== undefined ? SHA2_256 : SHA2_512, bytes))
+}
+
+/** inverse of `digestToCid` (for logs and debugging); throws `InvalidDigestError` for other CIDs */
+export function cidToDigest(cid: CID): string {
+  const { code, digest } = cid.multihash
+  const hex = Buffer.from(digest.buffer, digest.byteOffset, digest.byteLength).toString('hex')
+  if (code === SHA2_256 && digest.byteLength === 32) return `sha256:${hex}`
+  if (code === SHA2_512 && digest.byteLength === 64) return `sha512:${hex}`
+  throw new InvalidDigestError(cid.toString())
+}
