@@ -1,0 +1,284 @@
+import type { ChunkPlan } from './plan.js'
+
+/** Somewhere chunks come from: one peer, or origin. */
+export interface ChunkSource {
+  /** peer id, or 'origin' */
+  readonly id: string
+  readonly kind: 'peer' | 'origin'
+  /** whether the source holds chunk `index` (a peer's bitfield; origin holds all) */
+  has(index: number): boolean
+  /** the bytes of chunk `index`; the scheduler verifies them */
+  fetch(index: number, signal: AbortSignal): Promise<Uint8Array>
+}
+
+export interface SchedulerOptions {
+  plan: ChunkPlan
+  /** chunk check (against the table); a false return marks the source bad for this blob */
+  verify(index: number, bytes: Uint8Array): boolean
+  /** stores a verified chunk; called once per chunk, in any order */
+  accept(index: number, bytes: Uint8Array): Promise<void>
+  peers: ChunkSource[]
+  /** the source of truth, used when no peer has a chunk or peers are too slow */
+  origin?: ChunkSource
+  /** chunks already held (resumed downloads) */
+  done?: ReadonlySet<number>
+  maxInflightPerPeer?: number
+  maxInflightOrigin?: number
+  /** a request slower than this is abandoned */
+  requestTimeoutMs?: number
+  /** a chunk in flight longer than this is also asked of another source */
+  hedgeAfterMs?: number
+  /** consecutive failures after which a peer is dropped for this blob */
+  maxPeerFailures?: number
+  /** a peer sent bytes that failed verification */
+  onBadPeer?(peer: string, index: number): void
+  onChunk?(index: number, source: ChunkSource, bytes: number): void
+}
+
+export interface ScheduleResult {
+  /** bytes accepted, by source id */
+  bySource: Map<string, number>
+  /** requests abandoned (timeout, hedge lost, error) */
+  wasted: number
+}
+
+interface Inflight {
+  source: ChunkSource
+  controller: AbortController
+  startedAt: number
+}
+
+const DEFAULTS = {
+  maxInflightPerPeer: 2,
+  maxInflightOrigin: 4,
+  requestTimeoutMs: 15_000,
+  hedgeAfterMs: 3_000,
+  maxPeerFailures: 3,
+}
+
+/** Origin's own bytes disagree with the chunk table: the table is false and must be dropped. */
+export class TableMismatchError extends Error {
+  constructor(index: number) {
+    super(`origin sent chunk ${index} that does not match the chunk table`)
+    this.name = 'TableMismatchError'
+  }
+}
+
+export class NoSourceError extends Error {
+  constructor(missing: number) {
+    super(`no source can provide ${missing} remaining chunk(s)`)
+    this.name = 'NoSourceError'
+  }
+}
+
+/**
+ * Downloads every chunk of one blob from several sources at once.
+ *
+ * - Each peer has a bounded number of requests in flight; a slot is given the rarest chunk the
+ *   peer holds (fewest holders), lowest index first among equals, so rare chunks spread and the
+ *   in-order stream to the runtime advances.
+ * - Origin is one more source: it takes the chunks no usable peer holds, and hedges chunks that
+ *   peers are slow to deliver.
+ * - A request that outlives the hedge delay is duplicated on another source that holds the chunk
+ *   (end game: once nothing is left to assign, every idle slot duplicates a straggler); the first
+ *   verified answer wins and the others are aborted.
+ * - A peer whose bytes fail verification is dropped at once; one that keeps failing or timing
+ *   out is dropped after a few tries. Its chunks go to other sources.
+ */
+export class ChunkScheduler {
+  private readonly opts: SchedulerOptions & typeof DEFAULTS
+  private readonly done: Set<number>
+  private readonly inflight = new Map<number, Inflight[]>()
+  private readonly load = new Map<ChunkSource, number>()
+  private readonly failures = new Map<ChunkSource, number>()
+  private readonly peers: ChunkSource[]
+  private readonly result: ScheduleResult = { bySource: new Map(), wasted: 0 }
+  private settle!: { resolve: (r: ScheduleResult) => void; reject: (e: Error) => void }
+  private finished = false
+  private accepting = Promise.resolve()
+  private hedgeTimer: NodeJS.Timeout | undefined
+
+  constructor(opts: SchedulerOptions) {
+    this.opts = { ...DEFAULTS, ...stripUndefined(opts) }
+    this.done = new Set(opts.done ?? [])
+    this.peers = [...opts.peers]
+  }
+
+  /** Resolves when every chunk is accepted; rejects when no source is left or the signal aborts. */
+  run(signal: AbortSignal): Promise<ScheduleResult> {
+    return new Promise<ScheduleResult>((resolve, reject) => {
+      this.settle = { resolve, reject }
+      if (signal.aborted) return this.fail(signal.reason as Error)
+      signal.addEventListener('abort', () => this.fail(signal.reason as Error), { once: true })
+      this.hedgeTimer = setInterval(() => this.pump(), Math.max(10, Math.floor(this.opts.hedgeAfterMs / 4)))
+      this.hedgeTimer.unref()
+      this.pump()
+    })
+  }
+
+  /** A peer found after the start (a late lookup answer). */
+  addPeer(peer: ChunkSource): void {
+    if (this.peers.some((p) => p.id === peer.id)) return
+    this.peers.push(peer)
+    this.pump()
+  }
+
+  private sources(): ChunkSource[] {
+    return this.opts.origin ? [...this.peers, this.opts.origin] : this.peers
+  }
+
+  private capacity(source: ChunkSource): number {
+    return source.kind === 'origin' ? this.opts.maxInflightOrigin : this.opts.maxInflightPerPeer
+  }
+
+  private holders(index: number): number {
+    let n = 0
+    for (const p of this.peers) if (p.has(index)) n++
+    return n
+  }
+
+  private pump(): void {
+    if (this.finished) return
+    if (this.done.size === this.opts.plan.count) return this.complete()
+    const now = Date.now()
+    let progress = true
+    while (progress) {
+      progress = false
+      for (const source of this.sources()) {
+        if ((this.load.get(source) ?? 0) >= this.capacity(source)) continue
+        const index = this.pick(source, now)
+        if (index === undefined) continue
+        this.start(index, source, now)
+        progress = true
+      }
+    }
+    if (this.inflight.size === 0 && this.done.size < this.opts.plan.count) {
+      this.fail(new NoSourceError(this.opts.plan.count - this.done.size))
+    }
+  }
+
+  /** The chunk this source should fetch next, if any. */
+  private pick(source: ChunkSource, now: number): number | undefined {
+    const isOrigin = source.kind === 'origin'
+    let best: number | undefined
+    let bestRarity = Number.POSITIVE_INFINITY
+    let straggler: number | undefined
+    let stragglerAge = -1
+    let anyFree = false
+    for (let i = 0; i < this.opts.plan.count; i++) {
+      if (this.done.has(i) || !source.has(i)) continue
+      const flights = this.inflight.get(i)
+      if (flights === undefined) {
+        anyFree = true
+        const rarity = this.holders(i)
+        // origin only takes what no peer can give
+        if (isOrigin && rarity > 0) continue
+        if (rarity < bestRarity) {
+          best = i
+          bestRarity = rarity
+        }
+        continue
+      }
+      if (flights.some((f) => f.source === source)) continue
+      const age = now - Math.min(...flights.map((f) => f.startedAt))
+      if (age > stragglerAge) {
+        straggler = i
+        stragglerAge = age
+      }
+    }
+    if (best !== undefined) return best
+    // Hedge: a chunk in flight too long, or the end game when nothing else is left for this source.
+    if (straggler !== undefined && (stragglerAge >= this.opts.hedgeAfterMs || (!anyFree && !isOrigin))) {
+      const flights = this.inflight.get(straggler) ?? []
+      if (flights.length < 2 || stragglerAge >= this.opts.hedgeAfterMs * 2) return straggler
+    }
+    return undefined
+  }
+
+  private start(index: number, source: ChunkSource, now: number): void {
+    const controller = new AbortController()
+    const flight: Inflight = { source, controller, startedAt: now }
+    const flights = this.inflight.get(index) ?? []
+    flights.push(flight)
+    this.inflight.set(index, flights)
+    this.load.set(source, (this.load.get(source) ?? 0) + 1)
+    const signal = AbortSignal.any([controller.signal, AbortSignal.timeout(this.opts.requestTimeoutMs)])
+    source.fetch(index, signal).then(
+      (bytes) => this.onBytes(index, flight, bytes),
+      (err: unknown) => this.onError(index, flight, err),
+    )
+  }
+
+  private end(index: number, flight: Inflight): void {
+    this.load.set(flight.source, (this.load.get(flight.source) ?? 1) - 1)
+    const flights = this.inflight.get(index)
+    if (flights === undefined) return
+    const rest = flights.filter((f) => f !== flight)
+    if (rest.length === 0) this.inflight.delete(index)
+    else this.inflight.set(index, rest)
+  }
+
+  private onBytes(index: number, flight: Inflight, bytes: Uint8Array): void {
+    this.end(index, flight)
+    if (this.finished || this.done.has(index)) {
+      this.result.wasted++
+      return this.pump()
+    }
+    if (!this.opts.verify(index, bytes)) {
+      if (flight.source.kind === 'origin') return this.fail(new TableMismatchError(index))
+      if (this.dropPeer(flight.source)) this.opts.onBadPeer?.(flight.source.id, index)
+      return this.pump()
+    }
+    this.failures.delete(flight.source)
+    this.done.add(index)
+    for (const other of this.inflight.get(index) ?? []) other.controller.abort()
+    const id = flight.source.id
+    this.result.bySource.set(id, (this.result.bySource.get(id) ?? 0) + bytes.byteLength)
+    this.opts.onChunk?.(index, flight.source, bytes.byteLength)
+    // accept() calls are serialised so that a store write failure stops everything cleanly
+    this.accepting = this.accepting.then(() => this.opts.accept(index, bytes)).catch((err: Error) => this.fail(err))
+    this.pump()
+  }
+
+  private onError(index: number, flight: Inflight, _err: unknown): void {
+    this.end(index, flight)
+    this.result.wasted++
+    if (!this.finished && !this.done.has(index) && !flight.controller.signal.aborted) {
+      const n = (this.failures.get(flight.source) ?? 0) + 1
+      this.failures.set(flight.source, n)
+      if (flight.source.kind === 'peer' && n >= this.opts.maxPeerFailures) this.dropPeer(flight.source)
+    }
+    this.pump()
+  }
+
+  /** Stops using a peer for this blob and aborts its requests; false if it was already gone. */
+  private dropPeer(source: ChunkSource): boolean {
+    const i = this.peers.indexOf(source)
+    if (i === -1) return false
+    this.peers.splice(i, 1)
+    for (const flights of this.inflight.values()) for (const f of flights) if (f.source === source) f.controller.abort()
+    return true
+  }
+
+  private complete(): void {
+    if (this.finished) return
+    this.finished = true
+    clearInterval(this.hedgeTimer)
+    this.accepting.then(
+      () => this.settle.resolve(this.result),
+      (err: Error) => this.settle.reject(err),
+    )
+  }
+
+  private fail(err: Error): void {
+    if (this.finished) return
+    this.finished = true
+    clearInterval(this.hedgeTimer)
+    for (const flights of this.inflight.values()) for (const f of flights) f.controller.abort()
+    this.settle.reject(err)
+  }
+}
+
+function stripUndefined<T extends object>(o: T): T {
+  return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as T
+}

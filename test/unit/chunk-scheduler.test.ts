@@ -1,0 +1,198 @@
+import assert from 'node:assert/strict'
+import { randomBytes } from 'node:crypto'
+import { describe, test } from 'node:test'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { ChunkTable, chunkBounds, chunkHash, planChunks } from '../../src/transfer/chunks/plan.js'
+import { ChunkScheduler, type ChunkSource, NoSourceError } from '../../src/transfer/chunks/scheduler.js'
+
+const CHUNK = 1024
+
+function blob(chunks: number, tail = 0): { bytes: Buffer; table: ChunkTable } {
+  const bytes = randomBytes(chunks * CHUNK + tail)
+  const plan = planChunks(bytes.length, CHUNK)
+  const hashes = Array.from({ length: plan.count }, (_, i) => {
+    const { start, end } = chunkBounds(plan, i)
+    return chunkHash(bytes.subarray(start, end))
+  })
+  return { bytes, table: new ChunkTable(plan, hashes) }
+}
+
+interface FakeOpts {
+  kind?: 'peer' | 'origin'
+  holds?: (i: number) => boolean
+  delayMs?: number | ((i: number) => number)
+  corrupt?: boolean
+  failAll?: boolean
+  hang?: boolean
+}
+
+class FakeSource implements ChunkSource {
+  readonly kind: 'peer' | 'origin'
+  requests = 0
+  served = 0
+  constructor(
+    readonly id: string,
+    private readonly bytes: Buffer,
+    private readonly o: FakeOpts = {},
+  ) {
+    this.kind = o.kind ?? 'peer'
+  }
+  has(i: number): boolean {
+    return this.o.holds ? this.o.holds(i) : true
+  }
+  async fetch(i: number, signal: AbortSignal): Promise<Uint8Array> {
+    this.requests++
+    const delay = typeof this.o.delayMs === 'function' ? this.o.delayMs(i) : (this.o.delayMs ?? 1)
+    if (this.o.hang) await new Promise((_, reject) => signal.addEventListener('abort', () => reject(signal.reason)))
+    await sleep(delay, undefined, { signal })
+    if (this.o.failAll) throw new Error('connection reset')
+    const plan = planChunks(this.bytes.length, CHUNK)
+    const { start, end } = chunkBounds(plan, i)
+    const out = Buffer.from(this.bytes.subarray(start, end))
+    if (this.o.corrupt) out[0] = (out[0] as number) ^ 1
+    this.served++
+    return out
+  }
+}
+
+async function download(
+  table: ChunkTable,
+  peers: FakeSource[],
+  origin?: FakeSource,
+  extra: Partial<ConstructorParameters<typeof ChunkScheduler>[0]> = {},
+): Promise<{ out: Buffer; result: Awaited<ReturnType<ChunkScheduler['run']>>; bad: string[] }> {
+  const out = Buffer.alloc(table.plan.size)
+  const bad: string[] = []
+  const s = new ChunkScheduler({
+    plan: table.plan,
+    verify: (i, b) => table.verify(i, b),
+    accept: async (i, b) => {
+      Buffer.from(b).copy(out, chunkBounds(table.plan, i).start)
+    },
+    peers,
+    origin,
+    onBadPeer: (p) => bad.push(p),
+    requestTimeoutMs: 500,
+    hedgeAfterMs: 100,
+    ...extra,
+  })
+  const result = await s.run(AbortSignal.timeout(20_000))
+  return { out, result, bad }
+}
+
+describe('chunk plan and table', () => {
+  test('bounds cover the blob exactly', () => {
+    const plan = planChunks(10 * CHUNK + 5, CHUNK)
+    assert.equal(plan.count, 11)
+    assert.deepEqual(chunkBounds(plan, 10), { start: 10 * CHUNK, end: 10 * CHUNK + 5 })
+    assert.equal(planChunks(0, CHUNK).count, 1)
+    assert.throws(() => chunkBounds(plan, 11))
+  })
+  test('a table refuses bytes of the wrong length or hash', () => {
+    const { bytes, table } = blob(2)
+    assert.ok(table.verify(0, bytes.subarray(0, CHUNK)))
+    assert.ok(!table.verify(0, bytes.subarray(0, CHUNK - 1)))
+    assert.ok(!table.verify(1, bytes.subarray(0, CHUNK)))
+    assert.throws(() => new ChunkTable(table.plan, ['x', 'y']))
+  })
+})
+
+describe('chunk scheduler', () => {
+  test('spreads a blob over several peers and reassembles it exactly', async () => {
+    const { bytes, table } = blob(40, 77)
+    const peers = [1, 2, 3].map((n) => new FakeSource(`p${n}`, bytes, { delayMs: 2 }))
+    const { out, result } = await download(table, peers)
+    assert.ok(out.equals(bytes))
+    for (const p of peers) assert.ok((result.bySource.get(p.id) ?? 0) > 0, `${p.id} contributed`)
+  })
+
+  test('rarest first: a chunk only one peer holds is fetched early', async () => {
+    const { bytes, table } = blob(20)
+    const order: number[] = []
+    const common = new FakeSource('common', bytes, { holds: (i) => i !== 19, delayMs: 5 })
+    const rare = new FakeSource('rare', bytes, { delayMs: 5 })
+    const out = Buffer.alloc(bytes.length)
+    await new ChunkScheduler({
+      plan: table.plan,
+      verify: (i, b) => table.verify(i, b),
+      accept: async (i, b) => {
+        order.push(i)
+        Buffer.from(b).copy(out, i * CHUNK)
+      },
+      peers: [common, rare],
+      maxInflightPerPeer: 1,
+    }).run(AbortSignal.timeout(10_000))
+    assert.ok(out.equals(bytes))
+    assert.ok(order.indexOf(19) < 4, `chunk 19 came at position ${order.indexOf(19)}`)
+  })
+
+  test('a peer serving corrupt chunks is dropped and reported; the blob completes from others', async () => {
+    const { bytes, table } = blob(30)
+    const liar = new FakeSource('liar', bytes, { corrupt: true, delayMs: 1 })
+    const honest = new FakeSource('honest', bytes, { delayMs: 3 })
+    const { out, result, bad } = await download(table, [liar, honest])
+    assert.ok(out.equals(bytes))
+    assert.deepEqual(bad, ['liar'])
+    assert.equal(result.bySource.get('liar'), undefined)
+    assert.ok(liar.requests <= 2, `liar got ${liar.requests} requests`)
+  })
+
+  test('a dead peer: its chunks move to others (and origin) quickly', async () => {
+    const { bytes, table } = blob(20)
+    const dead = new FakeSource('dead', bytes, { failAll: true })
+    const slowButAlive = new FakeSource('alive', bytes, { delayMs: 2 })
+    const t0 = Date.now()
+    const { out } = await download(table, [dead, slowButAlive])
+    assert.ok(out.equals(bytes))
+    assert.ok(dead.requests <= 4)
+    assert.ok(Date.now() - t0 < 3000)
+  })
+
+  test('a hanging peer is hedged: the straggler chunk also goes elsewhere', async () => {
+    const { bytes, table } = blob(10)
+    const hang = new FakeSource('hang', bytes, { hang: true })
+    const ok = new FakeSource('ok', bytes, { delayMs: 2 })
+    const t0 = Date.now()
+    const { out } = await download(table, [hang, ok], undefined, { requestTimeoutMs: 5_000, hedgeAfterMs: 50 })
+    assert.ok(out.equals(bytes))
+    assert.ok(Date.now() - t0 < 2000, 'did not wait for the request timeout')
+  })
+
+  test('origin takes only what no peer holds, unless peers are too slow', async () => {
+    const { bytes, table } = blob(20)
+    const half = new FakeSource('half', bytes, { holds: (i) => i < 10, delayMs: 2 })
+    const origin = new FakeSource('origin', bytes, { kind: 'origin', delayMs: 2 })
+    const { out, result } = await download(table, [half], origin)
+    assert.ok(out.equals(bytes))
+    assert.equal(result.bySource.get('origin'), 10 * CHUNK)
+    assert.equal(result.bySource.get('half'), 10 * CHUNK)
+  })
+
+  test('no peers at all: origin alone', async () => {
+    const { bytes, table } = blob(9, 3)
+    const origin = new FakeSource('origin', bytes, { kind: 'origin' })
+    const { out } = await download(table, [], origin)
+    assert.ok(out.equals(bytes))
+  })
+
+  test('nothing can serve: rejects fast with NoSourceError', async () => {
+    const { bytes, table } = blob(4)
+    const partial = new FakeSource('partial', bytes, { holds: (i) => i < 2 })
+    await assert.rejects(download(table, [partial]), NoSourceError)
+  })
+
+  test('simulation: 200 peers with random holdings, latency and 10% liars', async () => {
+    const { bytes, table } = blob(64)
+    const peers: FakeSource[] = []
+    for (let n = 0; n < 200; n++) {
+      const holds = new Set(Array.from({ length: 64 }, (_, i) => i).filter(() => Math.random() < 0.3))
+      peers.push(new FakeSource(`p${n}`, bytes, { holds: (i) => holds.has(i), delayMs: () => 1 + Math.floor(Math.random() * 10), corrupt: n % 10 === 0 }))
+    }
+    const origin = new FakeSource('origin', bytes, { kind: 'origin', delayMs: 5 })
+    const { out, bad, result } = await download(table, peers, origin)
+    assert.ok(out.equals(bytes))
+    for (const id of bad) assert.equal(Number(id.slice(1)) % 10, 0, 'only liars are reported')
+    const fromOrigin = result.bySource.get('origin') ?? 0
+    assert.ok(fromOrigin < bytes.length / 4, `origin served ${fromOrigin} of ${bytes.length}`)
+  })
+})
