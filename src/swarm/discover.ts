@@ -1,0 +1,93 @@
+import type { Logger } from 'pino'
+import type { ContentRouter, PeerRef } from '../routing/types.js'
+import { type ChunkPlan, planChunks } from '../transfer/chunks/plan.js'
+import type { PeerPenalties } from './penalties.js'
+import { PeerChunkSource } from './peer-source.js'
+import type { PeerBlobInfo, PeerChunkClient } from './types.js'
+
+export interface SwarmPlan {
+  plan: ChunkPlan
+  /** adopted chunk hashes; undefined where no peer knows the chunk yet */
+  table: (string | undefined)[]
+  sources: PeerChunkSource[]
+}
+
+export interface DiscoverOptions {
+  router: ContentRouter
+  client: PeerChunkClient
+  penalties: PeerPenalties
+  logger: Logger
+  /** the node's own chunk size: peers with another are not used for this blob */
+  chunkSize: number
+  lookupTimeoutMs: number
+  infoTimeoutMs: number
+  maxPeers: number
+  signal: AbortSignal
+}
+
+/**
+ * Finds peers holding a blob and what each holds, within a short deadline: never waits long on
+ * an empty or slow DHT. The first usable answer fixes the blob's size (unverified until the
+ * whole blob hashes to its digest; a peer lying about it only makes the download fail over to
+ * origin). Peers whose answer does not fit (another size or chunk size, or a table that
+ * contradicts the one adopted from earlier answers) are left out for this blob.
+ */
+export async function discoverPeers(digest: string, opts: DiscoverOptions): Promise<SwarmPlan | undefined> {
+  if (!opts.router.ready()) return undefined
+  let plan: ChunkPlan | undefined
+  let table: (string | undefined)[] = []
+  const sources: PeerChunkSource[] = []
+  const deadline = AbortSignal.any([opts.signal, AbortSignal.timeout(opts.lookupTimeoutMs + opts.infoTimeoutMs)])
+  const asks: Promise<void>[] = []
+  const ask = async (peer: PeerRef): Promise<void> => {
+    let info: PeerBlobInfo | undefined
+    try {
+      info = await opts.client.info(peer, digest, { signal: AbortSignal.any([deadline, AbortSignal.timeout(opts.infoTimeoutMs)]) })
+    } catch (err) {
+      opts.logger.debug({ peer: peer.id, digest, err: (err as Error).message }, 'peer info failed')
+      return
+    }
+    if (info === undefined || info.chunkSize !== opts.chunkSize || !Number.isSafeInteger(info.size) || info.size < 0) return
+    if (plan === undefined) {
+      plan = planChunks(info.size, opts.chunkSize)
+      table = new Array(plan.count).fill(undefined)
+    }
+    if (info.size !== plan.size || info.have.length !== plan.count) return
+    if (!adoptTable(table, info)) {
+      opts.logger.warn({ peer: peer.id, digest }, 'peer chunk table contradicts the others: not used')
+      return
+    }
+    if (!info.have.some(Boolean)) return
+    sources.push(new PeerChunkSource(peer, info, opts.client, digest, opts.signal))
+  }
+  try {
+    for await (const peer of opts.router.lookup(digest, { signal: deadline, limit: opts.maxPeers, timeoutMs: opts.lookupTimeoutMs })) {
+      if (opts.penalties.isPenalised(peer.id)) continue
+      asks.push(ask(peer))
+    }
+  } catch (err) {
+    opts.logger.debug({ digest, err: (err as Error).message }, 'lookup failed')
+  }
+  await Promise.all(asks)
+  if (sources.length === 0 || plan === undefined) return undefined
+  return { plan, table, sources }
+}
+
+/** Merges a peer's table entries into the adopted table; false (and no change) on a conflict. */
+export function adoptTable(table: (string | undefined)[], info: PeerBlobInfo): boolean {
+  const entries = info.table ?? []
+  for (let i = 0; i < table.length; i++) {
+    const theirs = entries[i] ?? undefined
+    if (info.have[i] && !isHex(theirs)) return false
+    if (theirs !== undefined && table[i] !== undefined && table[i] !== theirs) return false
+  }
+  for (let i = 0; i < table.length; i++) {
+    const theirs = entries[i] ?? undefined
+    if (isHex(theirs)) table[i] = theirs
+  }
+  return true
+}
+
+function isHex(v: unknown): v is string {
+  return typeof v === 'string' && /^[a-f0-9]{64}$/.test(v)
+}

@@ -1,0 +1,76 @@
+import type { PeerRef } from '../routing/types.js'
+import type { ChunkSource } from '../transfer/chunks/scheduler.js'
+import type { PeerBlobInfo, PeerChunkClient } from './types.js'
+
+/** How often the bitfield of a peer that is itself still downloading is asked again. */
+const REFRESH_INTERVAL_MS = 500
+
+/**
+ * One peer as a chunk source for one blob. Its bitfield comes from `info` and is refreshed while
+ * the peer is incomplete, so chunks it receives meanwhile become available (in-flight sharing).
+ */
+export class PeerChunkSource implements ChunkSource {
+  readonly kind = 'peer' as const
+  readonly id: string
+  readonly peer: PeerRef
+  private have: boolean[]
+  private complete: boolean
+  private refreshing = false
+  private lastRefresh = Date.now()
+  private readonly client: PeerChunkClient
+  private readonly digest: string
+  private readonly maxChunkBytes: number
+  private readonly signal: AbortSignal
+
+  constructor(peer: PeerRef, info: PeerBlobInfo, client: PeerChunkClient, digest: string, signal: AbortSignal) {
+    this.peer = peer
+    this.id = peer.id
+    this.client = client
+    this.digest = digest
+    this.have = info.have
+    this.complete = info.have.every(Boolean)
+    this.maxChunkBytes = info.chunkSize
+    this.signal = signal
+  }
+
+  has(index: number): boolean {
+    if (!this.complete) this.maybeRefresh()
+    return this.have[index] === true
+  }
+
+  async fetch(index: number, signal: AbortSignal): Promise<Uint8Array> {
+    const body = await this.client.fetchChunk(this.peer, this.digest, index, { signal })
+    const parts: Buffer[] = []
+    let total = 0
+    try {
+      for await (const chunk of body as AsyncIterable<Buffer>) {
+        total += chunk.length
+        if (total > this.maxChunkBytes) throw new Error(`peer ${this.id} sent more than a chunk`)
+        parts.push(chunk)
+      }
+    } finally {
+      body.destroy()
+    }
+    return Buffer.concat(parts, total)
+  }
+
+  private maybeRefresh(): void {
+    if (this.refreshing || Date.now() - this.lastRefresh < REFRESH_INTERVAL_MS || this.signal.aborted) return
+    this.refreshing = true
+    this.lastRefresh = Date.now()
+    this.client
+      .info(this.peer, this.digest, { signal: AbortSignal.any([this.signal, AbortSignal.timeout(2_000)]) })
+      .then(
+        (info) => {
+          if (info === undefined) return
+          // a bitfield only grows: a peer cannot take back what it announced it holds
+          this.have = this.have.map((h, i) => h || info.have[i] === true)
+          this.complete = this.have.every(Boolean)
+        },
+        () => {},
+      )
+      .finally(() => {
+        this.refreshing = false
+      })
+  }
+}

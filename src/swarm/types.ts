@@ -1,0 +1,18 @@
+import type { Readable } from 'node:stream'
+import type { PeerRef } from '../routing/types.js'
+
+/** What a peer says about a blob it holds (in part). */
+export interface PeerBlobInfo {
+  size: number
+  chunkSize: number
+  /** per-chunk sha256 (hex) where the peer knows it; it knows it for every chunk it holds */
+  table?: (string | undefined | null)[]
+  /** chunks the peer holds verified */
+  have: boolean[]
+}
+
+/** The part of the peer data plane the swarm needs. */
+export interface PeerChunkClient {
+  info(peer: PeerRef, digest: string, options: { signal: AbortSignal }): Promise<PeerBlobInfo | undefined>
+  fetchChunk(peer: PeerRef, digest: string, index: number, options: { signal: AbortSignal }): Promise<Readable>
+}
