@@ -4,6 +4,7 @@ import { loadConfig } from '../config/load.js'
 import { ConfigError } from '../config/schema.js'
 import { startDaemon } from '../daemon/daemon.js'
 import { StoreLockedError } from '../store/errors.js'
+import { ADMIN_USAGE, AdminCommandError, adminCommand } from './commands/admin.js'
 import { VERSION } from '../version.js'
 
 const USAGE = `Usage: shoal <command> [options]
@@ -11,10 +12,13 @@ const USAGE = `Usage: shoal <command> [options]
 Commands:
   daemon     run the node-local registry mirror
   version    print the version
+  pin, unpin, prefetch, gc, verify, store ls   manage a running daemon's store (below)
 
 shoal daemon [--config FILE] [--listen HOST:PORT] [--data-dir DIR]
              [--upstream REGISTRY=URL]... [--default-registry REGISTRY] [--log-level LEVEL]
+             [--store-max-bytes SIZE] [--store-max-percent PERCENT]
 
+${ADMIN_USAGE}
 Every option can also be set in the YAML config file or as SHOAL_* environment variables
 (SHOAL_LISTEN, SHOAL_DATA_DIR, SHOAL_UPSTREAM, ...): flags win over the environment, the
 environment over the file, the file over the built-in defaults (config/default.yaml).
@@ -33,6 +37,8 @@ async function daemon(args: string[]): Promise<void> {
       upstream: { type: 'string', multiple: true },
       'default-registry': { type: 'string' },
       'log-level': { type: 'string' },
+      'store-max-bytes': { type: 'string' },
+      'store-max-percent': { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
     strict: true,
@@ -51,6 +57,8 @@ async function daemon(args: string[]): Promise<void> {
       upstreams: values.upstream,
       defaultRegistry: values['default-registry'],
       logLevel: values['log-level'],
+      'store.maxBytes': values['store-max-bytes'],
+      'store.maxPercent': values['store-max-percent'],
     },
   })
   const d = await startDaemon(config)
@@ -75,6 +83,13 @@ async function main(argv: string[]): Promise<void> {
   switch (command) {
     case 'daemon':
       return daemon(rest)
+    case 'pin':
+    case 'unpin':
+    case 'prefetch':
+    case 'gc':
+    case 'verify':
+    case 'store':
+      return adminCommand(command, rest)
     case 'version':
     case '--version':
       process.stdout.write(`shoal ${VERSION}\n`)
@@ -101,6 +116,10 @@ main(process.argv.slice(2)).catch((err: unknown) => {
     process.exit(EXIT_USAGE)
   }
   if (err instanceof StoreLockedError) {
+    process.stderr.write(`shoal: cannot start: ${err.message} (stop it first, or use another --data-dir)\n`)
+    process.exit(1)
+  }
+  if (err instanceof AdminCommandError) {
     process.stderr.write(`shoal: ${err.message}\n`)
     process.exit(1)
   }

@@ -19,7 +19,7 @@ export interface ConfigSources {
   flags?: Partial<Record<FlagKey, string | string[] | undefined>>
 }
 
-export type FlagKey = 'listen' | 'dataDir' | 'defaultRegistry' | 'logLevel' | 'upstreams'
+export type FlagKey = 'listen' | 'dataDir' | 'defaultRegistry' | 'logLevel' | 'upstreams' | 'store.maxBytes' | 'store.maxPercent'
 
 /** Scalar keys and their environment variables. Maps (upstreams, credentials) are handled apart. */
 const SCALAR_KEYS = [
@@ -32,6 +32,12 @@ const SCALAR_KEYS = [
   'origin.timeout',
   'origin.bodyTimeout',
   'origin.retries',
+  'store.maxBytes',
+  'store.maxPercent',
+  'store.highWatermark',
+  'store.lowWatermark',
+  'store.manifestMaxBytes',
+  'store.maxTags',
 ] as const
 type ScalarKey = (typeof SCALAR_KEYS)[number]
 
@@ -97,11 +103,22 @@ export function loadConfig(sources: ConfigSources = {}): Config {
       bodyTimeoutMs: duration(scalars.get('origin.bodyTimeout'), 'origin.bodyTimeout'),
       retries: int(scalars.get('origin.retries'), 'origin.retries', 0, 10),
     },
+    store: {
+      maxBytes: bytes(scalars.get('store.maxBytes'), 'store.maxBytes'),
+      maxPercent: percent(scalars.get('store.maxPercent'), 'store.maxPercent'),
+      highWatermark: percent(scalars.get('store.highWatermark'), 'store.highWatermark') / 100,
+      lowWatermark: percent(scalars.get('store.lowWatermark'), 'store.lowWatermark') / 100,
+      manifestMaxBytes: bytes(scalars.get('store.manifestMaxBytes'), 'store.manifestMaxBytes'),
+      maxTags: int(scalars.get('store.maxTags'), 'store.maxTags', 1, 100_000_000),
+    },
+  }
+  if (config.store.lowWatermark >= config.store.highWatermark) {
+    throw new ConfigError('store.lowWatermark', 'must be below store.highWatermark')
   }
   return deepFreeze(config)
 }
 
-const KNOWN_TOP_KEYS = new Set(['listen', 'dataDir', 'defaultRegistry', 'logLevel', 'upstreams', 'credentials', 'manifests', 'origin'])
+const KNOWN_TOP_KEYS = new Set(['listen', 'dataDir', 'defaultRegistry', 'logLevel', 'upstreams', 'credentials', 'manifests', 'origin', 'store'])
 
 function readYaml(path: string | URL, label: string): Raw {
   let text: string
@@ -194,6 +211,39 @@ function int(value: unknown, key: string, min: number, max: number): number {
   const n = typeof value === 'string' && /^-?\d+$/.test(value) ? Number(value) : value
   if (typeof n !== 'number' || !Number.isInteger(n) || n < min || n > max) {
     throw new ConfigError(key, `expected an integer from ${min} to ${max}, got ${JSON.stringify(value)}`)
+  }
+  return n
+}
+
+const BYTES_RE = /^(\d+(?:\.\d+)?)\s*([kmgtp]?i?b?)?$/i
+const BYTE_UNITS: Record<string, number> = {
+  '': 1, b: 1,
+  k: 1e3, kb: 1e3, m: 1e6, mb: 1e6, g: 1e9, gb: 1e9, t: 1e12, tb: 1e12, p: 1e15, pb: 1e15,
+  ki: 2 ** 10, kib: 2 ** 10, mi: 2 ** 20, mib: 2 ** 20, gi: 2 ** 30, gib: 2 ** 30, ti: 2 ** 40, tib: 2 ** 40, pi: 2 ** 50, pib: 2 ** 50,
+}
+
+/** A byte count: a number, or a string like `500MB`, `20GiB`, `1.5T`. Undefined when malformed. */
+export function parseBytes(value: unknown): number | undefined {
+  if (typeof value === 'number') return Number.isSafeInteger(value) && value >= 0 ? value : undefined
+  if (typeof value !== 'string') return undefined
+  const m = BYTES_RE.exec(value.trim())
+  const unit = BYTE_UNITS[(m?.[2] ?? '').toLowerCase()]
+  if (m === null || unit === undefined) return undefined
+  const n = Math.floor(Number(m[1]) * unit)
+  return Number.isSafeInteger(n) ? n : undefined
+}
+
+function bytes(value: unknown, key: string): number {
+  const n = parseBytes(value)
+  if (n === undefined) throw new ConfigError(key, `expected a size like 500MB or 20GiB (0 for none), got ${JSON.stringify(value)}`)
+  return n
+}
+
+function percent(value: unknown, key: string): number {
+  const text = typeof value === 'string' ? value.trim().replace(/%$/, '') : value
+  const n = typeof text === 'string' && /^\d+(?:\.\d+)?$/.test(text) ? Number(text) : text
+  if (typeof n !== 'number' || !Number.isFinite(n) || n < 0 || n > 100) {
+    throw new ConfigError(key, `expected a percentage from 0 to 100, got ${JSON.stringify(value)}`)
   }
   return n
 }

@@ -15,6 +15,19 @@ export interface Config {
   readonly credentials: ReadonlyMap<string, Credential>
   readonly manifests: { readonly tagTtlMs: number; readonly staleIfError: boolean }
   readonly origin: { readonly timeoutMs: number; readonly bodyTimeoutMs: number; readonly retries: number }
+  readonly store: StoreConfig
+}
+
+export interface StoreConfig {
+  /** cap on blob bytes; 0: none */
+  readonly maxBytes: number
+  /** cap on blob bytes as a percentage of the data dir's file system; 0: none */
+  readonly maxPercent: number
+  /** fractions of the quota: eviction starts above high and stops below low */
+  readonly highWatermark: number
+  readonly lowWatermark: number
+  readonly manifestMaxBytes: number
+  readonly maxTags: number
 }
 
 export class ConfigError extends Error {

@@ -33,7 +33,9 @@ export async function startDaemon(config: Config, options: DaemonOptions = {}): 
   const metrics = new Metrics()
   const startedAt = Date.now()
 
-  const store = await BlobStore.open(config.dataDir, logger.child({ component: 'store' }))
+  const store = await BlobStore.open(config.dataDir, logger.child({ component: 'store' }), config.store)
+  // The peer layer will withdraw its announcements here.
+  store.onEvict((digest) => logger.debug({ digest }, 'blob evicted'))
   const origin = OriginClient.fromConfig(config, logger.child({ component: 'origin' }), (registry, method, status) =>
     metrics.originResponses.inc({ registry, method, status }),
   )
@@ -67,6 +69,7 @@ export async function startDaemon(config: Config, options: DaemonOptions = {}): 
     origin,
     rules: { upstreams: config.upstreams, defaultRegistry: config.defaultRegistry },
     ready: () => true,
+    admin: { store, blobs, manifests, rules: { upstreams: config.upstreams, defaultRegistry: config.defaultRegistry }, logger },
     status: () => ({
       version: VERSION,
       uptimeSeconds: Math.round((Date.now() - startedAt) / 1000),

@@ -1,5 +1,6 @@
 import Fastify, { type FastifyReply, type FastifyRequest } from 'fastify'
 import type { Logger } from 'pino'
+import { type AdminOptions, adminRoutes } from '../admin/routes.js'
 import { looksLikeDigest, parseDigest } from '../oci/digest.js'
 import { OciError, ociErrorBody } from '../oci/errors.js'
 import { assertTag } from '../oci/reference.js'
@@ -24,6 +25,8 @@ export interface RegistryServerOptions {
   status: () => Record<string, unknown>
   /** whether /readyz answers 200 */
   ready: () => boolean
+  /** the admin API (/api/v1/store, /api/v1/pins, /api/v1/prefetch) */
+  admin?: AdminOptions
 }
 
 /** Per-request facts for the access log line. */
@@ -114,6 +117,7 @@ export function buildServer(opts: RegistryServerOptions) {
     return reply.code(ready ? 200 : 503).send({ ready })
   })
   app.get('/api/v1/status', async () => opts.status())
+  if (opts.admin !== undefined) void app.register(adminRoutes, opts.admin)
   app.get('/metrics', async (_request, reply) => {
     const text = await metrics.registry.metrics()
     return reply.header('content-type', metrics.registry.contentType).send(text)

@@ -28,3 +28,20 @@ export class StoreLockedError extends StoreError {
     this.name = 'StoreLockedError'
   }
 }
+
+/**
+ * The blob cannot be stored: it would pass the store's quota, or the disk is full (ENOSPC). The
+ * caller streams it through from its source without caching.
+ */
+export class StoreFullError extends StoreError {
+  constructor(message: string, options?: ErrorOptions) {
+    super('STORE_FULL', message, options)
+    this.name = 'StoreFullError'
+  }
+}
+
+/** Whether a file-system error means "no space left" (disk full or quota). */
+export function isNoSpace(err: unknown): boolean {
+  const code = (err as { code?: string })?.code
+  return code === 'ENOSPC' || code === 'EDQUOT'
+}

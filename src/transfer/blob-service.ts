@@ -1,10 +1,12 @@
-import type { Readable } from 'node:stream'
+import { createHash } from 'node:crypto'
+import { Readable } from 'node:stream'
 import type { Logger } from 'pino'
 import { blobUnknown } from '../oci/errors.js'
-import type { BlobStore } from '../store/blob-store.js'
+import type { BlobStore, BlobWriter } from '../store/blob-store.js'
+import { DigestMismatchError, SizeMismatchError } from '../store/errors.js'
 import { abortable } from '../util/abort.js'
 import { Download } from './download.js'
-import type { BlobLocator, BlobSource, ByteSource } from './types.js'
+import type { BlobLocator, BlobSource, ByteSource, SourceBody } from './types.js'
 
 /** An open blob: its size, and a way to stream any byte range of it. */
 export interface BlobHandle {
@@ -87,7 +89,59 @@ export class BlobService {
     }
     await abortable(dl.started, signal)
     const download = dl
-    return { size: dl.size, source: 'origin', read: (start, end) => download.createReader(start, end) }
+    const size = dl.size
+    const through = (start: number, end: number): Readable => this.streamThrough(locator, size, start, end)
+    if (download.passthrough) return { size, source: 'origin', read: through }
+    return { size, source: 'origin', read: (start, end) => download.createReader(start, end, through) }
+  }
+
+  /**
+   * Bytes [start, end] straight from the source, for a blob the store has no room for. A whole
+   * blob is verified on the fly and its last byte held back until it matched its digest, as the
+   * download path does; a range is relayed as the source sent it.
+   */
+  private streamThrough(locator: BlobLocator, size: number, start: number, end: number): Readable {
+    const { source } = this.opts
+    const controller = new AbortController()
+    const signal = AbortSignal.any([this.opts.signal, controller.signal])
+    const hash = start === 0 && end === size - 1 ? createHash(locator.digest.algorithm) : undefined
+    async function* relay(): AsyncGenerator<Buffer> {
+      const body = await source.open(locator, { signal, offset: start })
+      try {
+        let skip = start - body.offset
+        let left = end - start + 1
+        for await (const chunk of body.body as AsyncIterable<Buffer>) {
+          let data = chunk
+          if (skip > 0) {
+            if (data.byteLength <= skip) {
+              skip -= data.byteLength
+              continue
+            }
+            data = data.subarray(skip)
+            skip = 0
+          }
+          if (data.byteLength > left) data = data.subarray(0, left)
+          left -= data.byteLength
+          hash?.update(data)
+          if (hash !== undefined && left === 0) {
+            // hold the last byte back until the whole blob matched
+            if (data.byteLength > 1) yield data.subarray(0, data.byteLength - 1)
+            const actual = `${locator.digest.algorithm}:${hash.digest('hex')}`
+            if (actual !== locator.digest.value) throw new DigestMismatchError(locator.digest.value, actual)
+            yield data.subarray(data.byteLength - 1)
+          } else if (data.byteLength > 0) {
+            yield data
+          }
+          if (left === 0) return
+        }
+        throw new SizeMismatchError(end - start + 1, end - start + 1 - left)
+      } finally {
+        body.body.destroy()
+      }
+    }
+    const stream = Readable.from(relay(), { objectMode: false })
+    stream.once('close', () => controller.abort())
+    return stream
   }
 
   private start(locator: BlobLocator): Download {
@@ -118,10 +172,39 @@ export class BlobService {
 
   private async run(locator: BlobLocator, dl: Download): Promise<void> {
     const { store, source, signal } = this.opts
-    const first = await source.open(locator, { signal })
-    const writer = await store.createWriter(locator.digest, first.size)
+    const digest = locator.digest.value
+    // A partial download left by an earlier attempt or run: its bytes are re-hashed and served
+    // at once, and only the rest is fetched.
+    let writer: BlobWriter | undefined = await store.resumeWriter(locator.digest)
+    let first: SourceBody
     try {
+      if (writer !== undefined) {
+        this.log.info({ digest, offset: writer.written, size: writer.expectedSize }, 'resuming partial download')
+        dl.begin(writer)
+        if (writer.written === writer.expectedSize) {
+          await writer.commit()
+          return
+        }
+      }
+      first = await source.open(locator, { signal, offset: writer?.written ?? 0 })
+      if (writer !== undefined && first.size !== writer.expectedSize) throw new SizeMismatchError(writer.expectedSize, first.size)
+    } catch (err) {
+      await writer?.abandon(isResumable(err))
+      throw err
+    }
+    if (writer === undefined) {
+      try {
+        writer = await store.createWriter(locator.digest, first.size)
+      } catch (err) {
+        first.body.destroy()
+        if ((err as Error).name !== 'StoreFullError') throw err
+        this.log.warn({ digest, size: first.size, reason: (err as Error).message }, 'store full: streaming blob through from origin without caching')
+        dl.passThrough(first.size)
+        return
+      }
       dl.begin(writer)
+    }
+    try {
       let body = first
       for (let resumes = 0; ; ) {
         try {
@@ -152,7 +235,10 @@ export class BlobService {
       }
       await writer.commit()
     } catch (err) {
-      await writer.discard()
+      if ((err as Error).name === 'StoreFullError') {
+        this.log.warn({ digest, reason: (err as Error).message }, 'disk full: streaming the rest of the blob through from origin without caching')
+      }
+      await writer.abandon(isResumable(err))
       throw err
     }
   }
@@ -161,5 +247,5 @@ export class BlobService {
 /** A cut connection or a stalled body is worth resuming; wrong bytes or sizes are not. */
 function isResumable(err: unknown): boolean {
   const name = (err as Error)?.name
-  return name !== 'DigestMismatchError' && name !== 'SizeMismatchError' && name !== 'StoreError'
+  return name !== 'DigestMismatchError' && name !== 'SizeMismatchError' && name !== 'StoreError' && name !== 'StoreFullError'
 }

@@ -5,6 +5,9 @@ import { StoreError } from '../store/errors.js'
 
 const READ_CHUNK = 1024 * 1024
 
+/** Streams bytes [start, end] of the blob straight from a source, bypassing the store. */
+export type StreamThrough = (start: number, end: number) => Readable
+
 /**
  * One blob being fetched into the store, shared by every request that wants it (single flight).
  *
@@ -19,6 +22,8 @@ export class Download {
   size = -1
   private writer: BlobWriter | undefined
   private state: 'starting' | 'running' | 'done' | 'failed' = 'starting'
+  /** the store had no room: readers stream from the source instead (see BlobService) */
+  passthrough = false
   private error: Error | undefined
   private waiters: (() => void)[] = []
   /** the download itself holds one reference; each reader holds one */
@@ -58,6 +63,13 @@ export class Download {
     this.resolveStarted()
   }
 
+  /** The store cannot hold the blob: started, but with no file; readers bypass this download. */
+  passThrough(size: number): void {
+    this.size = size
+    this.passthrough = true
+    this.resolveStarted()
+  }
+
   progress(): void {
     const waiters = this.waiters
     this.waiters = []
@@ -93,12 +105,15 @@ export class Download {
 
   release(): void {
     if (--this.refs > 0) return
-    this.writer?.fh.close().catch((err) => this.log.warn({ err, digest: this.digest }, 'closing blob file failed'))
+    this.writer?.close().catch((err) => this.log.warn({ err, digest: this.digest }, 'closing blob file failed'))
   }
 
-  /** A stream of bytes [start, end] (inclusive), following the download as it progresses. */
-  createReader(start: number, end: number): Readable {
-    return new DownloadReader(this, start, end)
+  /**
+   * A stream of bytes [start, end] (inclusive), following the download as it progresses. When the
+   * download fails because the disk filled up, the reader carries on from `fallback`.
+   */
+  createReader(start: number, end: number, fallback?: StreamThrough): Readable {
+    return new DownloadReader(this, start, end, fallback)
   }
 
   /** @internal */
@@ -114,17 +129,32 @@ class DownloadReader extends Readable {
   private position: number
   private readonly end: number
   private pumping = false
+  private readonly fallback: StreamThrough | undefined
+  private tail: Readable | undefined
 
-  constructor(download: Download, start: number, end: number) {
+  constructor(download: Download, start: number, end: number, fallback?: StreamThrough) {
     super({ highWaterMark: READ_CHUNK })
     this.download = download
     this.position = start
     this.end = end
+    this.fallback = fallback
     download.acquire()
   }
 
   override _read(): void {
-    if (!this.pumping) void this.pump()
+    if (this.tail !== undefined) this.tail.resume()
+    else if (!this.pumping) void this.pump()
+  }
+
+  /** The rest of the range from the fallback source, with backpressure. */
+  private follow(fallback: StreamThrough): void {
+    const tail = fallback(this.position, this.end)
+    this.tail = tail
+    tail.on('data', (chunk: Buffer) => {
+      if (!this.push(chunk)) tail.pause()
+    })
+    tail.once('end', () => this.push(null))
+    tail.once('error', (err) => this.destroy(err))
   }
 
   private async pump(): Promise<void> {
@@ -137,7 +167,8 @@ class DownloadReader extends Readable {
         }
         const failed = this.download.failed
         if (failed) {
-          this.destroy(failed)
+          if (failed.name === 'StoreFullError' && this.fallback !== undefined) this.follow(this.fallback)
+          else this.destroy(failed)
           return
         }
         const limit = Math.min(this.download.readable(), this.end + 1)
@@ -160,6 +191,7 @@ class DownloadReader extends Readable {
   }
 
   override _destroy(err: Error | null, callback: (error?: Error | null) => void): void {
+    this.tail?.destroy()
     this.download.release()
     callback(err)
   }

@@ -56,7 +56,7 @@ describe('swarm discovery', () => {
   test('finds the holders, adopts their table, skips liars, penalised and silent peers, within the deadline', async () => {
     const bytes = randomBytes(10 * CHUNK)
     const good = tableOf(bytes)
-    const { routers, peers } = setup(6)
+    const { routers } = setup(6)
     const client = new FakeClient(bytes)
     const have = good.map(() => true)
     client.infos.set('peer1', { size: bytes.length, chunkSize: CHUNK, table: good, have })

@@ -108,7 +108,10 @@ export class ChunkScheduler {
   run(signal: AbortSignal): Promise<ScheduleResult> {
     return new Promise<ScheduleResult>((resolve, reject) => {
       this.settle = { resolve, reject }
-      if (signal.aborted) return this.fail(signal.reason as Error)
+      if (signal.aborted) {
+        this.fail(signal.reason as Error)
+        return
+      }
       signal.addEventListener('abort', () => this.fail(signal.reason as Error), { once: true })
       this.hedgeTimer = setInterval(() => this.pump(), Math.max(10, Math.floor(this.opts.hedgeAfterMs / 4)))
       this.hedgeTimer.unref()
@@ -139,7 +142,10 @@ export class ChunkScheduler {
 
   private pump(): void {
     if (this.finished) return
-    if (this.done.size === this.opts.plan.count) return this.complete()
+    if (this.done.size === this.opts.plan.count) {
+      this.complete()
+      return
+    }
     const now = Date.now()
     let progress = true
     while (progress) {
@@ -222,12 +228,17 @@ export class ChunkScheduler {
     this.end(index, flight)
     if (this.finished || this.done.has(index)) {
       this.result.wasted++
-      return this.pump()
+      this.pump()
+      return
     }
     if (!this.opts.verify(index, bytes)) {
-      if (flight.source.kind === 'origin') return this.fail(new TableMismatchError(index))
+      if (flight.source.kind === 'origin') {
+        this.fail(new TableMismatchError(index))
+        return
+      }
       if (this.dropPeer(flight.source)) this.opts.onBadPeer?.(flight.source.id, index)
-      return this.pump()
+      this.pump()
+      return
     }
     this.failures.delete(flight.source)
     this.done.add(index)
