@@ -1,0 +1,467 @@
+/**
+ * The peer data plane against plain node:http, in one run, on loopback.
+ *
+ *   baseline   node:http server streaming the blob file (page cache) → node:http client + sha256
+ *   peer-tls   ChunkProvider on the file → createPeerDataServer (TLS 1.2 PSK) → createPeerDataClient,
+ *              chunks fetched `--concurrency` at a time, each hashed (sha256) and checked against
+ *              the chunk table, ticket exchange over libp2p included in the timing
+ *   peer-plain the same with encryption off (bearer ticket, plaintext HTTP)
+ *
+ * Every server and every client runs in its own process; CPU seconds are read from
+ * /proc/<pid>/stat of both around the transfer only (process start, libp2p start excluded).
+ * Rounds interleave the variants; the table shows medians, and ratios against the baseline of the
+ * same run (the machine is noisy: trust ratios, not absolute figures).
+ *
+ *   scripts/bench/peer-transfer [--size 1GiB] [--rounds 3] [--chunk-size 4MiB] [--concurrency 2]
+ *                               [--read-buffer 64KiB] [--quick] [--json FILE]
+ *
+ * Reuse: `startServer(role, args)` spawns a baseline or peer server process and resolves to what
+ * it announced (port, or peer id + addrs); `runClient(args, pids)` runs one measured transfer in
+ * a child process. A peer client takes a list of peers and spreads chunks over them round-robin,
+ * so 1/2/4 seeders is a matter of starting more peer servers.
+ */
+import { type ChildProcess, spawn } from 'node:child_process'
+import { createHash, randomFillSync } from 'node:crypto'
+import { closeSync, createReadStream, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync, writeSync } from 'node:fs'
+import { createServer, request } from 'node:http'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { createInterface } from 'node:readline'
+import { fileURLToPath } from 'node:url'
+import { parseArgs } from 'node:util'
+import { pino } from 'pino'
+import { createPeerNode } from '../../src/p2p/node.js'
+import { type BlobInfo, type ChunkProvider, chunkCount, chunkLength, createPeerDataClient, createPeerDataServer } from '../../src/peer/index.js'
+import type { PeerRef } from '../../src/routing/types.js'
+import { formatBytes, formatRatio, median, printTable, processCpuSeconds, ratio } from './lib/measure.js'
+
+const KiB = 1024
+const MiB = 1024 ** 2
+const GiB = 1024 ** 3
+const GB = 1e9
+const SELF = fileURLToPath(import.meta.url)
+const READY_TIMEOUT_MS = 30_000
+const logger = pino({ level: process.env['SHOAL_BENCH_LOG'] ?? 'silent' }, pino.destination(2))
+
+// ---------------------------------------------------------------- shared shapes
+
+/** what the parent writes for the children: the blob file and its chunk table */
+export interface BlobFixture {
+  file: string
+  digest: string
+  size: number
+  chunkSize: number
+  table: string[]
+  readBuffer: number
+}
+
+export type ServerAnnouncement = { role: 'baseline-server'; port: number } | { role: 'peer-server'; peer: PeerRef; dataPort: number }
+
+export interface ClientResult {
+  bytes: number
+  seconds: number
+}
+
+export interface Measured extends ClientResult {
+  /** CPU seconds during the transfer, per process (server(s) first, client last) */
+  cpu: number[]
+}
+
+// ---------------------------------------------------------------- parent side
+
+export interface SpawnedServer {
+  child: ChildProcess
+  announced: ServerAnnouncement
+  stop(): Promise<void>
+}
+
+function nodeChild(args: string[]): ChildProcess {
+  return spawn(process.execPath, [SELF, ...args], { stdio: ['pipe', 'pipe', 'inherit'] })
+}
+
+function firstLine(child: ChildProcess, what: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const lines = createInterface({ input: child.stdout! })
+    const timer = setTimeout(() => reject(new Error(`${what}: no output within ${READY_TIMEOUT_MS} ms`)), READY_TIMEOUT_MS)
+    const onExit = (code: number | null): void => reject(new Error(`${what} exited (${code}) before it was ready`))
+    child.once('exit', onExit)
+    lines.once('line', (line) => {
+      clearTimeout(timer)
+      child.off('exit', onExit)
+      lines.close()
+      resolve(line)
+    })
+  })
+}
+
+async function stopChild(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return
+  const exited = new Promise((resolve) => child.once('exit', resolve))
+  child.kill('SIGTERM')
+  const timer = setTimeout(() => child.kill('SIGKILL'), 5_000)
+  await exited
+  clearTimeout(timer)
+}
+
+/** spawn a server process: `baseline-server` or `peer-server` (extra: --encrypt true|false) */
+export async function startServer(role: 'baseline-server' | 'peer-server', fixtureFile: string, extra: string[] = []): Promise<SpawnedServer> {
+  const child = nodeChild(['--role', role, '--fixture', fixtureFile, ...extra])
+  const announced = JSON.parse(await firstLine(child, role)) as ServerAnnouncement
+  return { child, announced, stop: () => stopChild(child) }
+}
+
+/**
+ * One measured transfer: spawn a client process, let it get ready (libp2p started), then read the
+ * CPU time of the servers and the client around the transfer.
+ */
+export async function runClient(args: string[], serverPids: number[]): Promise<Measured> {
+  const child = nodeChild(args)
+  const lines = createInterface({ input: child.stdout! })
+  const iterator = lines[Symbol.asyncIterator]()
+  const next = async (what: string): Promise<string> => {
+    const timer = setTimeout(() => child.kill('SIGKILL'), 10 * 60_000)
+    const { value, done } = await iterator.next()
+    clearTimeout(timer)
+    if (done === true) throw new Error(`client exited (${child.exitCode}) before ${what}`)
+    return value
+  }
+  try {
+    await next('ready')
+    const pids = [...serverPids, child.pid!]
+    const before = pids.map(processCpuSeconds)
+    child.stdin!.write('go\n')
+    const result = JSON.parse(await next('its result')) as ClientResult & { error?: string }
+    const cpu = pids.map((pid, i) => processCpuSeconds(pid) - before[i]!)
+    if (result.error !== undefined) throw new Error(`client failed: ${result.error}`)
+    return { ...result, cpu }
+  } finally {
+    lines.close()
+    await stopChild(child)
+  }
+}
+
+/** a random blob file and its chunk table */
+export function writeFixture(dir: string, size: number, chunkSize: number, readBuffer: number): { fixtureFile: string; fixture: BlobFixture } {
+  const file = join(dir, 'blob.bin')
+  const fd = openSync(file, 'w')
+  const whole = createHash('sha256')
+  const table: string[] = []
+  const block = Buffer.allocUnsafe(chunkSize)
+  try {
+    for (let offset = 0; offset < size; offset += chunkSize) {
+      const piece = block.subarray(0, Math.min(chunkSize, size - offset))
+      randomFillSync(piece)
+      writeSync(fd, piece)
+      whole.update(piece)
+      table.push(createHash('sha256').update(piece).digest('hex'))
+    }
+  } finally {
+    closeSync(fd)
+  }
+  const fixture: BlobFixture = { file, digest: `sha256:${whole.digest('hex')}`, size, chunkSize, table, readBuffer }
+  const fixtureFile = join(dir, 'fixture.json')
+  writeFileSync(fixtureFile, JSON.stringify(fixture))
+  return { fixtureFile, fixture }
+}
+
+// ---------------------------------------------------------------- child roles
+
+function readFixture(file: string): BlobFixture {
+  return JSON.parse(readFileSync(file, 'utf8')) as BlobFixture
+}
+
+function announce(value: unknown): void {
+  process.stdout.write(`${JSON.stringify(value)}\n`)
+}
+
+/** resolves on the parent's "go" line */
+function waitForGo(): Promise<void> {
+  return new Promise((resolve) => {
+    const lines = createInterface({ input: process.stdin })
+    lines.once('line', () => {
+      lines.close()
+      resolve()
+    })
+  })
+}
+
+function untilSignalled(): Promise<void> {
+  return new Promise((resolve) => {
+    process.once('SIGTERM', resolve)
+    process.once('SIGINT', resolve)
+  })
+}
+
+async function baselineServer(fixture: BlobFixture): Promise<void> {
+  const server = createServer((_req, res) => {
+    res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': fixture.size })
+    createReadStream(fixture.file, { highWaterMark: fixture.readBuffer }).pipe(res)
+  })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  const address = server.address()
+  announce({ role: 'baseline-server', port: typeof address === 'object' && address !== null ? address.port : 0 })
+  await untilSignalled()
+  server.closeAllConnections()
+  server.close()
+}
+
+async function baselineClient(fixture: BlobFixture, port: number): Promise<ClientResult> {
+  announce({ ready: true })
+  await waitForGo()
+  const started = performance.now()
+  const bytes = await new Promise<number>((resolve, reject) => {
+    const req = request({ host: '127.0.0.1', port, path: '/', agent: false }, (res) => {
+      const hash = createHash('sha256')
+      let n = 0
+      res.on('data', (chunk: Buffer) => {
+        hash.update(chunk)
+        n += chunk.length
+      })
+      res.once('error', reject)
+      res.once('end', () => {
+        const digest = `sha256:${hash.digest('hex')}`
+        if (digest !== fixture.digest) reject(new Error(`baseline body hashes to ${digest}`))
+        else resolve(n)
+      })
+    })
+    req.once('error', reject)
+    req.end()
+  })
+  return { bytes, seconds: (performance.now() - started) / 1000 }
+}
+
+/** a ChunkProvider over one file whose every chunk is held */
+export function fileProvider(fixture: BlobFixture): ChunkProvider {
+  const info: BlobInfo = { size: fixture.size, chunkSize: fixture.chunkSize, table: fixture.table, have: fixture.table.map(() => true) }
+  return {
+    info: async (digest) => (digest === fixture.digest ? info : undefined),
+    read: async (digest, index, signal) => {
+      if (digest !== fixture.digest || index >= chunkCount(fixture.size, fixture.chunkSize)) return undefined
+      const start = index * fixture.chunkSize
+      const length = chunkLength(fixture, index)
+      const body = createReadStream(fixture.file, { start, end: start + length - 1, highWaterMark: fixture.readBuffer, signal })
+      return { length, body }
+    }
+  }
+}
+
+async function peerServer(fixture: BlobFixture, encrypt: boolean, dir: string): Promise<void> {
+  const node = await createPeerNode({ dataDir: dir, listen: ['/ip4/127.0.0.1/tcp/0'], bootstrap: [], logger })
+  const server = await createPeerDataServer({
+    libp2p: node.libp2p,
+    provider: fileProvider(fixture),
+    encrypt,
+    listen: { host: '127.0.0.1', port: 0 },
+    maxUploads: 64,
+    logger
+  })
+  const addrs = node.status().listenAddrs.map((a) => a.replace(/\/p2p\/[^/]+$/, ''))
+  announce({ role: 'peer-server', peer: { id: node.peerId, addrs }, dataPort: server.port })
+  await untilSignalled()
+  await server.close()
+  await node.stop()
+}
+
+async function peerClient(fixture: BlobFixture, peers: PeerRef[], encrypt: boolean, concurrency: number, dir: string): Promise<ClientResult> {
+  const node = await createPeerNode({ dataDir: dir, listen: ['/ip4/127.0.0.1/tcp/0'], bootstrap: [], logger })
+  const client = createPeerDataClient({ libp2p: node.libp2p, encrypt, logger, timeoutMs: 30_000 })
+  announce({ ready: true })
+  await waitForGo()
+  const started = performance.now()
+  const signal = AbortSignal.timeout(10 * 60_000)
+  const info = await client.info(peers[0]!, fixture.digest, { signal })
+  if (info?.table === undefined) throw new Error('the seeder has no table for the blob')
+  const table = info.table
+  const count = chunkCount(info.size, info.chunkSize)
+  let next = 0
+  let bytes = 0
+  const worker = async (): Promise<void> => {
+    for (let index = next++; index < count; index = next++) {
+      const peer = peers[index % peers.length]!
+      const body = await client.fetchChunk(peer, fixture.digest, index, { signal })
+      const hash = createHash('sha256')
+      let n = 0
+      for await (const part of body as AsyncIterable<Buffer>) {
+        hash.update(part)
+        n += part.length
+      }
+      if (n !== chunkLength(info, index) || hash.digest('hex') !== table[index]) throw new Error(`chunk ${index} failed verification`)
+      bytes += n
+    }
+  }
+  await Promise.all(Array.from({ length: Math.min(concurrency, count) }, worker))
+  const seconds = (performance.now() - started) / 1000
+  await client.close()
+  await node.stop()
+  return { bytes, seconds }
+}
+
+// ---------------------------------------------------------------- main
+
+function parseSize(text: string): number {
+  const m = /^(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?$/i.exec(text.trim())
+  if (m === null) throw new Error(`bad size "${text}" (e.g. 1GiB, 256M, 1073741824)`)
+  const unit = { '': 1, k: KiB, m: MiB, g: GiB, t: 1024 * GiB }[m[2]!.toLowerCase()]!
+  const bytes = Math.round(Number(m[1]) * unit)
+  if (!Number.isSafeInteger(bytes) || bytes < 1) throw new Error(`bad size "${text}"`)
+  return bytes
+}
+
+interface Variant {
+  name: string
+  /** index into the started servers */
+  server: number
+  clientArgs: (fixtureFile: string, announced: ServerAnnouncement, dir: string) => string[]
+}
+
+interface Row {
+  name: string
+  mbps: number
+  serverCpuPerGB: number
+  clientCpuPerGB: number
+  cpuPerGB: number
+}
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({
+    options: {
+      size: { type: 'string' },
+      rounds: { type: 'string' },
+      'chunk-size': { type: 'string', default: '4MiB' },
+      concurrency: { type: 'string', default: '2' },
+      'read-buffer': { type: 'string', default: '64KiB' },
+      quick: { type: 'boolean', default: false },
+      json: { type: 'string' }
+    }
+  })
+  const quick = values.quick === true
+  const size = values.size !== undefined ? parseSize(values.size) : quick ? 256 * MiB : GiB
+  const rounds = Number(values.rounds ?? (quick ? 1 : 3))
+  const chunkSize = parseSize(values['chunk-size']!)
+  const readBuffer = parseSize(values['read-buffer']!)
+  const concurrency = Number(values.concurrency)
+  if (!Number.isInteger(rounds) || rounds < 1 || !Number.isInteger(concurrency) || concurrency < 1) throw new Error('bad --rounds or --concurrency')
+
+  const dir = mkdtempSync(join(tmpdir(), 'shoal-bench-peer-'))
+  const servers: SpawnedServer[] = []
+  try {
+    process.stderr.write(`writing a ${formatBytes(size)} blob (chunks of ${formatBytes(chunkSize)})…\n`)
+    const { fixtureFile } = writeFixture(dir, size, chunkSize, readBuffer)
+    // page cache: read it once
+    await new Promise<void>((resolve, reject) => createReadStream(join(dir, 'blob.bin')).on('data', () => {}).once('end', resolve).once('error', reject))
+
+    servers.push(await startServer('baseline-server', fixtureFile))
+    servers.push(await startServer('peer-server', fixtureFile, ['--encrypt', 'true', '--dir', join(dir, 'seed-tls')]))
+    servers.push(await startServer('peer-server', fixtureFile, ['--encrypt', 'false', '--dir', join(dir, 'seed-plain')]))
+
+    let clients = 0
+    const peerArgs = (encrypt: boolean) => (fixture: string, announced: ServerAnnouncement, d: string) => {
+      if (announced.role !== 'peer-server') throw new Error('not a peer server')
+      return ['--role', 'peer-client', '--fixture', fixture, '--peers', JSON.stringify([announced.peer]), '--encrypt', String(encrypt), '--concurrency', String(concurrency), '--dir', join(d, `client-${clients++}`)]
+    }
+    const variants: Variant[] = [
+      {
+        name: 'node:http + sha256 (baseline)',
+        server: 0,
+        clientArgs: (fixture, announced) => ['--role', 'baseline-client', '--fixture', fixture, '--port', String(announced.role === 'baseline-server' ? announced.port : 0)]
+      },
+      { name: 'peer data plane, TLS-PSK AES128-GCM', server: 1, clientArgs: peerArgs(true) },
+      { name: 'peer data plane, plaintext (encryption off)', server: 2, clientArgs: peerArgs(false) }
+    ]
+    const samples = variants.map(() => [] as Measured[])
+    for (let round = 1; round <= rounds; round++) {
+      for (const [i, variant] of variants.entries()) {
+        const server = servers[variant.server]!
+        const measured = await runClient(variant.clientArgs(fixtureFile, server.announced, dir), [server.child.pid!])
+        if (measured.bytes !== size) throw new Error(`${variant.name}: ${measured.bytes} bytes, expected ${size}`)
+        samples[i]!.push(measured)
+        process.stderr.write(
+          `round ${round}/${rounds} ${variant.name}: ${(measured.bytes / 1e6 / measured.seconds).toFixed(0)} MB/s, CPU s server ${measured.cpu[0]!.toFixed(2)} client ${measured.cpu[1]!.toFixed(2)}\n`
+        )
+      }
+    }
+
+    const rows: Row[] = variants.map((variant, i) => {
+      const s = samples[i]!
+      const perGB = (m: Measured, k: number): number => (m.cpu[k]! * GB) / m.bytes
+      return {
+        name: variant.name,
+        mbps: median(s.map((m) => m.bytes / 1e6 / m.seconds)),
+        serverCpuPerGB: median(s.map((m) => perGB(m, 0))),
+        clientCpuPerGB: median(s.map((m) => perGB(m, 1))),
+        cpuPerGB: median(s.map((m) => perGB(m, 0) + perGB(m, 1)))
+      }
+    })
+    const base = rows[0]!
+    printTable(
+      `peer data plane vs node:http, ${formatBytes(size)} on loopback, medians of ${rounds} round(s); chunks ${formatBytes(chunkSize)}, ${concurrency} in flight, read buffer ${formatBytes(readBuffer)}`,
+      [
+        ['variant', 'MB/s', 'CPU s/GB server', 'CPU s/GB client', 'CPU s/GB total', 'throughput vs baseline', 'CPU vs baseline'],
+        ...rows.map((r) => [
+          r.name,
+          r.mbps.toFixed(0),
+          r.serverCpuPerGB.toFixed(2),
+          r.clientCpuPerGB.toFixed(2),
+          r.cpuPerGB.toFixed(2),
+          formatRatio(ratio(r.mbps, base.mbps)),
+          formatRatio(ratio(r.cpuPerGB, base.cpuPerGB))
+        ])
+      ]
+    )
+    const tls = rows[1]!
+    const pass = ratio(tls.mbps, base.mbps) >= 0.5 && ratio(tls.cpuPerGB, base.cpuPerGB) <= 2
+    process.stdout.write(`\ntarget (encrypted: ≥ 0.50× throughput, ≤ 2.00× CPU): ${pass ? 'met' : 'NOT met'}\n`)
+    const json = JSON.stringify({ bench: 'peer-transfer', size, rounds, chunkSize, concurrency, readBuffer, rows, samples: variants.map((v, i) => ({ name: v.name, samples: samples[i] })) })
+    process.stdout.write(`${json}\n`)
+    if (values.json !== undefined) writeFileSync(values.json, `${json}\n`)
+  } finally {
+    await Promise.all(servers.map((s) => s.stop()))
+    rmSync(dir, { recursive: true, force: true })
+  }
+}
+
+async function child(): Promise<void> {
+  const { values } = parseArgs({
+    options: {
+      role: { type: 'string' },
+      fixture: { type: 'string' },
+      port: { type: 'string' },
+      peers: { type: 'string' },
+      encrypt: { type: 'string', default: 'true' },
+      concurrency: { type: 'string', default: '2' },
+      dir: { type: 'string' }
+    }
+  })
+  const fixture = readFixture(values.fixture!)
+  const encrypt = values.encrypt !== 'false'
+  switch (values.role) {
+    case 'baseline-server':
+      return baselineServer(fixture)
+    case 'peer-server':
+      return peerServer(fixture, encrypt, values.dir!)
+    case 'baseline-client':
+    case 'peer-client': {
+      let result: ClientResult
+      try {
+        result =
+          values.role === 'baseline-client'
+            ? await baselineClient(fixture, Number(values.port))
+            : await peerClient(fixture, JSON.parse(values.peers!) as PeerRef[], encrypt, Number(values.concurrency), values.dir!)
+      } catch (err) {
+        announce({ error: String((err as Error)?.stack ?? err) })
+        process.exit(1)
+      }
+      announce(result)
+      process.exit(0) // do not wait for kept-alive handles
+      return
+    }
+    default:
+      throw new Error(`unknown role ${values.role}`)
+  }
+}
+
+const isChild = process.argv.includes('--role')
+;(isChild ? child() : main()).catch((err: unknown) => {
+  process.stderr.write(`${(err as Error)?.stack ?? String(err)}\n`)
+  process.exit(1)
+})

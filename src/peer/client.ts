@@ -1,0 +1,404 @@
+/**
+ * The requesting side of the peer data plane. Per peer it holds one session: a ticket fetched
+ * over libp2p (Noise-authenticated, so the ticket comes from the peer id we asked for) and a
+ * keep-alive agent for the peer's data port. Sessions are reused until shortly before the
+ * ticket expires, then replaced; a 401 or a failed handshake (the peer restarted and forgot its
+ * tickets) fetches a new ticket and retries once.
+ *
+ * Bytes are never verified here: `fetchChunk` returns the raw body and the caller checks it
+ * against the chunk table.
+ */
+import { Agent as HttpAgent, type IncomingMessage, request as httpRequest } from 'node:http'
+import { Agent as HttpsAgent, request as httpsRequest } from 'node:https'
+import type { Readable } from 'node:stream'
+import { peerIdFromString } from '@libp2p/peer-id'
+import { multiaddr } from '@multiformats/multiaddr'
+import type { Libp2p } from 'libp2p'
+import type { Logger } from 'pino'
+import { isDigest } from '../oci/digest.js'
+import type { PeerRef } from '../routing/types.js'
+import { abortable } from '../util/abort.js'
+import {
+  ChunkUnavailableError,
+  PeerBusyError,
+  PeerDataArgumentError,
+  PeerDataClosedError,
+  PeerDataError,
+  PeerHttpError,
+  PeerPolicyError,
+  PeerProtocolError,
+  PeerTimeoutError,
+  PeerUnreachableError
+} from './errors.js'
+import { type Libp2pConnection, connectionHost, readMessage, writeMessage } from './libp2p-io.js'
+import {
+  MAX_INFO_BYTES,
+  MAX_TICKET_MESSAGE_BYTES,
+  PSK_CIPHERS,
+  TICKET_PROTOCOL,
+  TLS_VERSION,
+  type TicketWire,
+  bearerToken,
+  blobPath,
+  chunkPath,
+  decodeInfo,
+  decodeTicket,
+  encodeTicketRequest
+} from './protocol.js'
+import type { BlobInfo, PeerDataClientStats } from './types.js'
+
+export const DEFAULT_MAX_SOCKETS_PER_PEER = 8
+/** idle kept-alive sockets close after this, before the server's 30 s, so we never reuse one the server is closing */
+export const CLIENT_FREE_SOCKET_TIMEOUT_MS = 20_000
+/** a ticket is replaced this long before it expires (at most a fifth of its lifetime) */
+export const TICKET_REFRESH_MARGIN_MS = 60_000
+const MAX_ERROR_BODY_BYTES = 1024
+
+export interface PeerDataClientOptions {
+  libp2p: Libp2p
+  /** refuse peers that offer only plaintext */
+  encrypt: boolean
+  logger: Logger
+  /** ticket exchange (dial + stream), connect + response headers, and idle body, each */
+  timeoutMs: number
+  maxSocketsPerPeer?: number
+  /** ms clock (default Date.now) */
+  now?: () => number
+}
+
+export interface PeerDataClient {
+  /** the peer's view of a blob; undefined when it holds nothing of it */
+  info(peer: PeerRef, digest: string, options: { signal: AbortSignal }): Promise<BlobInfo | undefined>
+  /**
+   * The raw bytes of chunk `index` (unverified: the caller checks them). Rejects with
+   * `ChunkUnavailableError` (not held), `PeerBusyError` (upload cap), `PeerTimeoutError`,
+   * `PeerUnreachableError`, `PeerProtocolError`, `PeerPolicyError`, or the signal's reason. The
+   * stream errors if the peer stops mid-chunk, idles past `timeoutMs`, or `signal` aborts.
+   */
+  fetchChunk(peer: PeerRef, digest: string, index: number, options: { signal: AbortSignal }): Promise<Readable>
+  stats(): PeerDataClientStats
+  close(): Promise<void>
+}
+
+interface Session {
+  readonly peerId: string
+  readonly tls: boolean
+  readonly host: string
+  readonly port: number
+  readonly agent: HttpAgent
+  readonly headers: Record<string, string>
+  /** local ms after which a new ticket is fetched */
+  readonly refreshAt: number
+}
+
+interface PeerState {
+  session: Session | undefined
+  pending: Promise<Session> | undefined
+}
+
+export function createPeerDataClient(options: PeerDataClientOptions): PeerDataClient {
+  return new DataClient(options)
+}
+
+class DataClient implements PeerDataClient {
+  private readonly libp2p: Libp2p
+  private readonly encrypt: boolean
+  private readonly log: Logger
+  private readonly timeoutMs: number
+  private readonly maxSockets: number
+  private readonly now: () => number
+  private readonly shutdown = new AbortController()
+  private readonly peers = new Map<string, PeerState>()
+  private readonly counters = { bytesReceived: 0, chunksFetched: 0, ticketsFetched: 0 }
+
+  constructor(options: PeerDataClientOptions) {
+    this.libp2p = options.libp2p
+    this.encrypt = options.encrypt
+    this.log = options.logger.child({ component: 'peer-data-client' })
+    this.timeoutMs = options.timeoutMs
+    this.maxSockets = options.maxSocketsPerPeer ?? DEFAULT_MAX_SOCKETS_PER_PEER
+    this.now = options.now ?? Date.now
+  }
+
+  async info(peer: PeerRef, digest: string, options: { signal: AbortSignal }): Promise<BlobInfo | undefined> {
+    if (!isDigest(digest)) throw new PeerDataArgumentError(`invalid digest ${JSON.stringify(digest.slice(0, 100))}`)
+    const res = await this.get(peer, blobPath(digest), options.signal)
+    if (res.statusCode === 404) {
+      res.resume()
+      return undefined
+    }
+    if (res.statusCode !== 200) throw await statusError(peer.id, res)
+    const length = Number(res.headers['content-length'])
+    if (!Number.isSafeInteger(length) || length > MAX_INFO_BYTES) {
+      res.destroy()
+      throw new PeerProtocolError(`peer ${peer.id} sent an info of ${res.headers['content-length']} bytes`)
+    }
+    const text = await readBody(res, length)
+    try {
+      return decodeInfo(text)
+    } catch (err) {
+      throw new PeerProtocolError(`peer ${peer.id} sent an invalid info for ${digest}`, { cause: err })
+    }
+  }
+
+  async fetchChunk(peer: PeerRef, digest: string, index: number, options: { signal: AbortSignal }): Promise<Readable> {
+    if (!isDigest(digest)) throw new PeerDataArgumentError(`invalid digest ${JSON.stringify(digest.slice(0, 100))}`)
+    if (!Number.isSafeInteger(index) || index < 0) throw new PeerDataArgumentError(`invalid chunk index ${index}`)
+    const res = await this.get(peer, chunkPath(digest, index), options.signal)
+    switch (res.statusCode) {
+      case 200:
+        break
+      case 404:
+        res.resume()
+        throw new ChunkUnavailableError(peer.id, digest, index)
+      case 503: {
+        res.resume()
+        const seconds = Number(res.headers['retry-after'])
+        throw new PeerBusyError(peer.id, Number.isFinite(seconds) && seconds >= 0 ? seconds * 1000 : undefined)
+      }
+      default:
+        throw await statusError(peer.id, res)
+    }
+    const length = Number(res.headers['content-length'])
+    if (!Number.isSafeInteger(length) || length < 0) {
+      res.destroy()
+      throw new PeerProtocolError(`peer ${peer.id} sent chunk ${index} without a content-length`)
+    }
+    this.counters.chunksFetched++
+    res.once('end', () => {
+      this.counters.bytesReceived += length
+    })
+    return res
+  }
+
+  stats(): PeerDataClientStats {
+    return { ...this.counters }
+  }
+
+  async close(): Promise<void> {
+    this.shutdown.abort(new PeerDataClosedError('peer data client'))
+    for (const state of this.peers.values()) state.session?.agent.destroy()
+    this.peers.clear()
+  }
+
+  // ------------------------------------------------------------ sessions (tickets)
+
+  private async session(peer: PeerRef, signal: AbortSignal): Promise<Session> {
+    this.shutdown.signal.throwIfAborted()
+    let state = this.peers.get(peer.id)
+    if (state === undefined) {
+      state = { session: undefined, pending: undefined }
+      this.peers.set(peer.id, state)
+    }
+    if (state.session !== undefined && this.now() < state.session.refreshAt) return state.session
+    if (state.pending === undefined) {
+      const current = state
+      // shared by every caller: bound by the client's shutdown and the timeout, not by the first caller's signal
+      const pending = this.openSession(peer).then(
+        (session) => {
+          if (current.pending === pending) current.pending = undefined
+          if (this.shutdown.signal.aborted) {
+            session.agent.destroy()
+            throw this.shutdown.signal.reason
+          }
+          if (current.session !== undefined) retire(current.session.agent)
+          current.session = session
+          return session
+        },
+        (err: unknown) => {
+          if (current.pending === pending) current.pending = undefined
+          throw err
+        }
+      )
+      pending.catch(() => {}) // a caller that aborted no longer listens
+      state.pending = pending
+    }
+    return abortable(state.pending, signal)
+  }
+
+  /** forget a session that the peer no longer accepts */
+  private invalidate(peerId: string, session: Session): void {
+    const state = this.peers.get(peerId)
+    if (state?.session !== session) return
+    state.session = undefined
+    retire(session.agent)
+  }
+
+  private async openSession(peer: PeerRef): Promise<Session> {
+    const started = this.now()
+    const signal = AbortSignal.any([this.shutdown.signal, AbortSignal.timeout(this.timeoutMs)])
+    let ticket: TicketWire
+    let host: string | undefined
+    try {
+      const connection = await this.connect(peer, signal)
+      host = connectionHost(connection)
+      const stream = await connection.newStream(TICKET_PROTOCOL, { signal })
+      await writeMessage(stream, encodeTicketRequest(), signal)
+      const bytes = await readMessage(stream, MAX_TICKET_MESSAGE_BYTES, signal)
+      try {
+        ticket = decodeTicket(bytes)
+      } catch (err) {
+        throw new PeerProtocolError(`peer ${peer.id} sent an invalid ticket`, { cause: err })
+      }
+    } catch (err) {
+      if (err instanceof PeerDataError) throw err
+      if (this.shutdown.signal.aborted) throw this.shutdown.signal.reason
+      if (signal.aborted) throw new PeerTimeoutError(`no data ticket from ${peer.id} within ${this.timeoutMs} ms`, { cause: err })
+      throw new PeerUnreachableError(`cannot get a data ticket from ${peer.id}`, { cause: err })
+    }
+    if (host === undefined) throw new PeerUnreachableError(`peer ${peer.id} is connected over a non-IP address; no data port to reach`)
+    if (this.encrypt && !ticket.tls) throw new PeerPolicyError(`peer ${peer.id} serves plaintext only and this node requires encryption`)
+    this.counters.ticketsFetched++
+    const agentOptions = { keepAlive: true, maxSockets: this.maxSockets, timeout: CLIENT_FREE_SOCKET_TIMEOUT_MS, scheduling: 'lifo' as const }
+    const key = Buffer.from(ticket.key, 'hex')
+    const agent = ticket.tls
+      ? new HttpsAgent({
+          ...agentOptions,
+          ciphers: PSK_CIPHERS,
+          minVersion: TLS_VERSION,
+          maxVersion: TLS_VERSION,
+          maxCachedSessions: 0, // the server does not resume sessions (see server.ts)
+          servername: '', // no SNI: the peer is reached by IP and authenticated by the PSK
+          pskCallback: () => ({ psk: key, identity: ticket.identity }),
+          checkServerIdentity: () => undefined // no certificate: the PSK handshake is the authentication
+        })
+      : new HttpAgent(agentOptions)
+    const refreshAt = started + ticket.ttlMs - Math.min(TICKET_REFRESH_MARGIN_MS, ticket.ttlMs / 5)
+    this.log.debug({ peerId: peer.id, host, port: ticket.port, tls: ticket.tls }, 'got data ticket')
+    return {
+      peerId: peer.id,
+      tls: ticket.tls,
+      host,
+      port: ticket.port,
+      agent,
+      headers: ticket.tls ? {} : { authorization: bearerToken(ticket.identity, ticket.key) },
+      refreshAt
+    }
+  }
+
+  /** an open libp2p connection to the peer, authenticated as peer.id */
+  private async connect(peer: PeerRef, signal: AbortSignal): Promise<Libp2pConnection> {
+    let peerId: ReturnType<typeof peerIdFromString>
+    try {
+      peerId = peerIdFromString(peer.id)
+    } catch (err) {
+      throw new PeerDataArgumentError(`invalid peer id ${JSON.stringify(peer.id.slice(0, 100))}`, { cause: err })
+    }
+    const open = this.libp2p.getConnections(peerId).find((c) => c.status === 'open')
+    const connection =
+      open ??
+      (await this.libp2p.dial(
+        peer.addrs.length > 0 ? peer.addrs.map((addr) => multiaddr(`${addr}/p2p/${peer.id}`)) : peerId,
+        { signal }
+      ))
+    // Noise proved the remote's key; this check ties it to the peer we meant
+    if (!connection.remotePeer.equals(peerId)) throw new PeerProtocolError(`dialled ${peer.id} but reached ${connection.remotePeer.toString()}`)
+    return connection
+  }
+
+  // ------------------------------------------------------------ HTTP
+
+  /** GET on the peer's data port; one retry with a fresh ticket on 401 or a failed connection */
+  private async get(peer: PeerRef, path: string, signal: AbortSignal): Promise<IncomingMessage> {
+    for (let attempt = 0; ; attempt++) {
+      const session = await this.session(peer, signal)
+      let res: IncomingMessage
+      try {
+        res = await this.request(session, path, signal)
+      } catch (err) {
+        if (attempt > 0 || !(err instanceof PeerUnreachableError)) throw err
+        this.log.debug({ peerId: peer.id, err }, 'data connection failed; retrying with a new ticket')
+        this.invalidate(peer.id, session)
+        continue
+      }
+      if (res.statusCode === 401 && attempt === 0) {
+        res.resume()
+        this.invalidate(peer.id, session)
+        continue
+      }
+      return res
+    }
+  }
+
+  private request(session: Session, path: string, signal: AbortSignal): Promise<IncomingMessage> {
+    const { peerId } = session
+    return new Promise<IncomingMessage>((resolve, reject) => {
+      if (signal.aborted) {
+        reject(signal.reason)
+        return
+      }
+      if (this.shutdown.signal.aborted) {
+        reject(this.shutdown.signal.reason)
+        return
+      }
+      const send = session.tls ? httpsRequest : httpRequest
+      const req = send({ agent: session.agent, host: session.host, port: session.port, path, method: 'GET', headers: session.headers })
+      let response: IncomingMessage | undefined
+      const destroy = (err: Error): void => {
+        if (response === undefined) req.destroy(err)
+        else response.destroy(err)
+      }
+      const onAbort = (): void => destroy(signal.reason instanceof Error ? signal.reason : new Error(String(signal.reason)))
+      const onShutdown = (): void => destroy(this.shutdown.signal.reason as Error)
+      signal.addEventListener('abort', onAbort, { once: true })
+      this.shutdown.signal.addEventListener('abort', onShutdown, { once: true })
+      const headersTimer = setTimeout(
+        () => req.destroy(new PeerTimeoutError(`no response from ${peerId}'s data port within ${this.timeoutMs} ms`)),
+        this.timeoutMs
+      )
+      req.setTimeout(this.timeoutMs, () => destroy(new PeerTimeoutError(`${peerId}'s data connection idle for ${this.timeoutMs} ms`)))
+      const cleanup = (): void => {
+        clearTimeout(headersTimer)
+        signal.removeEventListener('abort', onAbort)
+        this.shutdown.signal.removeEventListener('abort', onShutdown)
+      }
+      req.on('response', (res) => {
+        clearTimeout(headersTimer)
+        response = res
+        res.once('close', cleanup)
+        resolve(res)
+      })
+      req.on('error', (err: NodeJS.ErrnoException) => {
+        if (response !== undefined) return // the response stream reports it
+        cleanup()
+        if (err instanceof PeerDataError || err === signal.reason || err === this.shutdown.signal.reason) reject(err)
+        else reject(new PeerUnreachableError(`data request to ${peerId} at ${session.host}:${session.port} failed: ${err.code ?? err.message}`, { cause: err }))
+      })
+      req.end()
+    })
+  }
+}
+
+/** stop reusing an agent's sockets; requests in flight finish, then their sockets close */
+function retire(agent: HttpAgent): void {
+  // Node's Agent reads `keepAlive` when a socket frees up (not in @types/node)
+  ;(agent as HttpAgent & { keepAlive: boolean }).keepAlive = false
+  for (const sockets of Object.values(agent.freeSockets)) for (const socket of sockets ?? []) socket.destroy()
+}
+
+async function readBody(res: IncomingMessage, max: number): Promise<string> {
+  const parts: Buffer[] = []
+  let total = 0
+  for await (const chunk of res as AsyncIterable<Buffer>) {
+    total += chunk.length
+    if (total > max) {
+      res.destroy()
+      throw new PeerProtocolError(`response body larger than ${max} bytes`)
+    }
+    parts.push(chunk)
+  }
+  return Buffer.concat(parts).toString('utf8')
+}
+
+async function statusError(peerId: string, res: IncomingMessage): Promise<PeerHttpError> {
+  const status = res.statusCode ?? 0
+  let detail = ''
+  try {
+    const text = await readBody(res, MAX_ERROR_BODY_BYTES)
+    const parsed = JSON.parse(text) as { message?: unknown }
+    if (typeof parsed.message === 'string') detail = parsed.message.slice(0, 200)
+  } catch {
+    // the detail is optional
+  }
+  return new PeerHttpError(peerId, status, detail)
+}

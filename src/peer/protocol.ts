@@ -1,0 +1,203 @@
+/**
+ * Wire formats of the peer data plane (pure, no I/O).
+ *
+ * 1. Ticket, over libp2p (`/shoal/data-ticket/1.0.0`, Noise-authenticated, so each side knows
+ *    the other's peer id): the requester writes one JSON request and closes its write side; the
+ *    server answers one JSON ticket and closes. At most `MAX_TICKET_MESSAGE_BYTES` each way.
+ *      request  {"v":1}
+ *      response {"v":1,"tls":true,"port":40123,"identity":"<32 hex>","key":"<64 hex>","ttlMs":600000}
+ *             | {"v":1,"error":"..."}
+ *    The server binds the ticket to the requester's peer id. The key never travels anywhere
+ *    else: Noise carried it, with forward secrecy.
+ * 2. Bulk bytes, HTTP/1.1 on the data port (a separate TCP listener, no yamux):
+ *    - tls: TLS 1.2 with a pre-shared key (PSK identity = ticket identity, PSK = ticket key,
+ *      cipher PSK-AES128-GCM-SHA256): only the two holders of the key complete the handshake,
+ *      so both ends are authenticated as the libp2p peers that exchanged the ticket, and the
+ *      bytes are encrypted (AES-GCM, AES-NI).
+ *    - plaintext: `Authorization: Bearer <identity>.<key>` on every request: still
+ *      authenticated (the token came over Noise), not confidential.
+ *    Routes (GET only):
+ *      /shoal/v1/blobs/<digest>                  → 200 application/json (encodeInfo) | 404
+ *      /shoal/v1/blobs/<digest>/chunks/<index>   → 200 application/octet-stream | 404 | 416 | 503
+ */
+import type { BlobInfo } from './types.js'
+
+export const TICKET_PROTOCOL = '/shoal/data-ticket/1.0.0'
+export const WIRE_VERSION = 1
+export const MAX_TICKET_MESSAGE_BYTES = 4 * 1024
+/** TLS 1.2 PSK cipher suite: measured fastest of the PSK suites on AES-NI hardware (see the README) */
+export const PSK_CIPHERS = 'PSK-AES128-GCM-SHA256'
+export const TLS_VERSION = 'TLSv1.2'
+export const TICKET_IDENTITY_BYTES = 16
+export const TICKET_KEY_BYTES = 32
+/** a blob with more chunks than this is refused (bounds what a peer can make us allocate) */
+export const MAX_CHUNKS = 1 << 20
+/** upper bound of an info response body */
+export const MAX_INFO_BYTES = 256 + MAX_CHUNKS * 67 + MAX_CHUNKS / 8 * 1.4
+
+const IDENTITY_RE = /^[0-9a-f]{32}$/
+const KEY_RE = /^[0-9a-f]{64}$/
+const SHA256_HEX_RE = /^[0-9a-f]{64}$/
+const BASE64_RE = /^[A-Za-z0-9+/]*={0,2}$/
+const BEARER_RE = /^Bearer ([0-9a-f]{32})\.([0-9a-f]{64})$/
+const PATH_RE = /^\/shoal\/v1\/blobs\/([^/?]{1,200})(?:\/chunks\/(\d{1,10}))?$/
+
+export function blobPath(digest: string): string {
+  return `/shoal/v1/blobs/${digest}`
+}
+
+export function chunkPath(digest: string, index: number): string {
+  return `/shoal/v1/blobs/${digest}/chunks/${index}`
+}
+
+export type ParsedPath = { kind: 'info'; digest: string } | { kind: 'chunk'; digest: string; index: number }
+
+/** parse a request path (query string not allowed); undefined when it matches no route. Digest grammar is checked by the caller. */
+export function parsePath(url: string): ParsedPath | undefined {
+  const m = PATH_RE.exec(url)
+  if (m === null) return undefined
+  const digest = m[1]!
+  if (m[2] === undefined) return { kind: 'info', digest }
+  return { kind: 'chunk', digest, index: Number(m[2]) }
+}
+
+export function chunkCount(size: number, chunkSize: number): number {
+  return size === 0 ? 0 : Math.ceil(size / chunkSize)
+}
+
+/** byte length of chunk `index` */
+export function chunkLength(info: Pick<BlobInfo, 'size' | 'chunkSize'>, index: number): number {
+  return Math.min(info.chunkSize, info.size - index * info.chunkSize)
+}
+
+// ---------------------------------------------------------------- tickets
+
+export interface TicketWire {
+  tls: boolean
+  port: number
+  identity: string
+  key: string
+  ttlMs: number
+}
+
+export function encodeTicketRequest(): Uint8Array {
+  return new TextEncoder().encode(JSON.stringify({ v: WIRE_VERSION }))
+}
+
+/** validates a ticket request; throws a plain Error with the reason */
+export function decodeTicketRequest(bytes: Uint8Array): void {
+  const value = parseJson(bytes)
+  if (!isRecord(value) || value['v'] !== WIRE_VERSION) throw new Error('unsupported ticket request')
+}
+
+export function encodeTicket(ticket: TicketWire): Uint8Array {
+  return new TextEncoder().encode(JSON.stringify({ v: WIRE_VERSION, ...ticket }))
+}
+
+export function encodeTicketError(error: string): Uint8Array {
+  return new TextEncoder().encode(JSON.stringify({ v: WIRE_VERSION, error }))
+}
+
+/** validates a ticket response from a peer; throws a plain Error with the reason */
+export function decodeTicket(bytes: Uint8Array): TicketWire {
+  const value = parseJson(bytes)
+  if (!isRecord(value) || value['v'] !== WIRE_VERSION) throw new Error('unsupported ticket response')
+  if (typeof value['error'] === 'string') throw new Error(`peer refused a ticket: ${value['error'].slice(0, 200)}`)
+  const { tls, port, identity, key, ttlMs } = value
+  if (typeof tls !== 'boolean') throw new Error('ticket: tls is not a boolean')
+  if (typeof port !== 'number' || !Number.isInteger(port) || port < 1 || port > 65535) throw new Error('ticket: bad port')
+  if (typeof identity !== 'string' || !IDENTITY_RE.test(identity)) throw new Error('ticket: bad identity')
+  if (typeof key !== 'string' || !KEY_RE.test(key)) throw new Error('ticket: bad key')
+  if (typeof ttlMs !== 'number' || !Number.isInteger(ttlMs) || ttlMs < 1_000 || ttlMs > 24 * 3600_000) throw new Error('ticket: bad ttlMs')
+  return { tls, port, identity, key, ttlMs }
+}
+
+export function bearerToken(identity: string, key: string): string {
+  return `Bearer ${identity}.${key}`
+}
+
+export function parseBearer(header: string | undefined): { identity: string; key: string } | undefined {
+  if (header === undefined) return undefined
+  const m = BEARER_RE.exec(header)
+  return m === null ? undefined : { identity: m[1]!, key: m[2]! }
+}
+
+export function isTicketIdentity(value: string): boolean {
+  return IDENTITY_RE.test(value)
+}
+
+// ---------------------------------------------------------------- blob info
+
+interface InfoWire {
+  size: number
+  chunkSize: number
+  table?: string[]
+  /** bitfield, chunk i = bit (7 - i % 8) of byte i / 8, base64 */
+  have: string
+}
+
+/** checks a provider's (local, trusted but possibly buggy) info; throws with the reason */
+export function checkInfo(info: BlobInfo): void {
+  const { size, chunkSize, table, have } = info
+  if (!Number.isSafeInteger(size) || size < 0) throw new Error('bad size')
+  if (!Number.isSafeInteger(chunkSize) || chunkSize < 1) throw new Error('bad chunkSize')
+  const count = chunkCount(size, chunkSize)
+  if (count > MAX_CHUNKS) throw new Error(`too many chunks (${count} > ${MAX_CHUNKS})`)
+  if (!Array.isArray(have) || have.length !== count) throw new Error(`have has ${have.length} entries, expected ${count}`)
+  if (table !== undefined) {
+    if (!Array.isArray(table) || table.length !== count) throw new Error(`table has ${table.length} entries, expected ${count}`)
+    // a node still downloading knows the hashes of the chunks it holds: '' stands for the others
+    table.forEach((entry, i) => {
+      const ok = typeof entry === 'string' && (SHA256_HEX_RE.test(entry) || (entry === '' && !have[i]))
+      if (!ok) throw new Error('table entry is not 64 hex characters')
+    })
+  }
+}
+
+export function encodeInfo(info: BlobInfo): string {
+  const bits = Buffer.alloc(Math.ceil(info.have.length / 8))
+  info.have.forEach((held, i) => {
+    if (held) bits[i >> 3]! |= 0x80 >> (i & 7)
+  })
+  const wire: InfoWire = { size: info.size, chunkSize: info.chunkSize, have: bits.toString('base64') }
+  if (info.table !== undefined) wire.table = info.table
+  return JSON.stringify(wire)
+}
+
+/** parses and validates an info body from a peer (untrusted); throws with the reason */
+export function decodeInfo(text: string): BlobInfo {
+  let value: unknown
+  try {
+    value = JSON.parse(text)
+  } catch (err) {
+    throw new Error('info is not JSON', { cause: err })
+  }
+  if (!isRecord(value)) throw new Error('info is not an object')
+  const { size, chunkSize, table, have } = value
+  if (typeof size !== 'number' || typeof chunkSize !== 'number') throw new Error('info: size and chunkSize must be numbers')
+  if (typeof have !== 'string' || !BASE64_RE.test(have)) throw new Error('info: have must be base64')
+  if (table !== undefined && !Array.isArray(table)) throw new Error('info: table must be an array')
+  if (!Number.isSafeInteger(size) || size < 0 || !Number.isSafeInteger(chunkSize) || chunkSize < 1) throw new Error('info: bad size or chunkSize')
+  const count = chunkCount(size, chunkSize)
+  if (count > MAX_CHUNKS) throw new Error('info: too many chunks')
+  const bits = Buffer.from(have, 'base64')
+  if (bits.length !== Math.ceil(count / 8)) throw new Error('info: bitfield length does not match the chunk count')
+  const held: boolean[] = new Array(count)
+  for (let i = 0; i < count; i++) held[i] = (bits[i >> 3]! & (0x80 >> (i & 7))) !== 0
+  const info: BlobInfo = { size, chunkSize, have: held }
+  if (table !== undefined) info.table = table as string[]
+  checkInfo(info)
+  return info
+}
+
+function parseJson(bytes: Uint8Array): unknown {
+  try {
+    return JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(bytes))
+  } catch (err) {
+    throw new Error('not JSON', { cause: err })
+  }
+}
+
+function isRecord(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value)
+}

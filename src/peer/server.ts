@@ -1,0 +1,340 @@
+/**
+ * The serving side of the peer data plane: hands out tickets over libp2p
+ * (`/shoal/data-ticket/1.0.0`) and serves blob info and chunk bytes over HTTP/1.1 on its own TCP
+ * port, either inside TLS 1.2 PSK (encrypt: true, the default in config) or as plaintext with a
+ * bearer token. See protocol.ts for the wire formats and why both modes authenticate the peer.
+ *
+ * Everything a peer sends is validated: the ticket (handshake or bearer, checked again on every
+ * request, so an expired ticket stops working on a kept-alive connection), the method, the
+ * path, the digest grammar, the chunk index against the blob's chunk count. Errors answer 4xx
+ * (or 500 when the provider fails) and never take the server down.
+ */
+import { type IncomingMessage, type Server, type ServerResponse, STATUS_CODES, createServer as createHttpServer } from 'node:http'
+import { createServer as createHttpsServer } from 'node:https'
+import type { Socket } from 'node:net'
+import { constants as cryptoConstants } from 'node:crypto'
+import { pipeline } from 'node:stream'
+import type { TLSSocket } from 'node:tls'
+import type { Libp2p } from 'libp2p'
+import type { Logger } from 'pino'
+import { isDigest } from '../oci/digest.js'
+import { PeerDataError } from './errors.js'
+import { type Libp2pConnection, type Libp2pStream, readMessage, writeMessage } from './libp2p-io.js'
+import {
+  MAX_TICKET_MESSAGE_BYTES,
+  PSK_CIPHERS,
+  TICKET_PROTOCOL,
+  TLS_VERSION,
+  checkInfo,
+  chunkCount,
+  decodeTicketRequest,
+  encodeInfo,
+  encodeTicket,
+  encodeTicketError,
+  parseBearer,
+  parsePath
+} from './protocol.js'
+import { ThrottleStream, TokenBucket } from './rate-limit.js'
+import { type Ticket, TicketBook } from './ticket.js'
+import type { ChunkProvider, PeerDataServer, PeerDataServerStats } from './types.js'
+
+export const DEFAULT_SERVER_TIMEOUT_MS = 30_000
+/** kept-alive idle connections close after this; clients drop theirs sooner (see client.ts) */
+export const SERVER_KEEP_ALIVE_TIMEOUT_MS = 30_000
+export const TICKET_EXCHANGE_TIMEOUT_MS = 5_000
+export const MAX_TICKET_STREAMS = 32
+export const MAX_DATA_CONNECTIONS = 512
+const RETRY_AFTER_SECONDS = '1'
+
+export interface PeerDataServerOptions {
+  libp2p: Libp2p
+  provider: ChunkProvider
+  /** TLS 1.2 PSK on the data port; false: plaintext HTTP with a bearer ticket (trusted networks) */
+  encrypt: boolean
+  listen: { host: string; port: number }
+  /** concurrent chunk uploads; more are answered 503 */
+  maxUploads: number
+  /** optional cap of chunk bytes per second over all uploads */
+  uploadBytesPerSecond?: number
+  logger: Logger
+  /** ticket lifetime (default 10 min) */
+  ticketTtlMs?: number
+  /** TLS handshake, request headers, idle socket (default 30 s) */
+  timeoutMs?: number
+}
+
+export async function createPeerDataServer(options: PeerDataServerOptions): Promise<PeerDataServer> {
+  const server = new DataServer(options)
+  await server.start()
+  return server
+}
+
+class DataServer implements PeerDataServer {
+  readonly encrypt: boolean
+  private readonly libp2p: Libp2p
+  private readonly provider: ChunkProvider
+  private readonly log: Logger
+  private readonly maxUploads: number
+  private readonly bucket: TokenBucket | null
+  private readonly book: TicketBook
+  private readonly http: Server
+  private readonly listen: { host: string; port: number }
+  private readonly timeoutMs: number
+  /** the ticket identity each TLS socket authenticated with */
+  private readonly tlsIdentity = new WeakMap<Socket, string>()
+  private readonly closing = new AbortController()
+  private readonly counters = { uploads: 0, bytesSent: 0, uploadsTotal: 0, rejectedBusy: 0, rejectedUnauthorized: 0, ticketsIssued: 0 }
+  private boundPort = 0
+  private closed: Promise<void> | undefined
+
+  constructor(options: PeerDataServerOptions) {
+    if (!Number.isInteger(options.maxUploads) || options.maxUploads < 1) throw new RangeError(`maxUploads must be a positive integer, got ${options.maxUploads}`)
+    this.encrypt = options.encrypt
+    this.libp2p = options.libp2p
+    this.provider = options.provider
+    this.log = options.logger.child({ component: 'peer-data-server' })
+    this.maxUploads = options.maxUploads
+    this.bucket = options.uploadBytesPerSecond === undefined ? null : new TokenBucket({ rate: options.uploadBytesPerSecond })
+    this.book = new TicketBook(options.ticketTtlMs === undefined ? {} : { ttlMs: options.ticketTtlMs })
+    this.listen = options.listen
+    this.timeoutMs = options.timeoutMs ?? DEFAULT_SERVER_TIMEOUT_MS
+
+    const onRequest = (req: IncomingMessage, res: ServerResponse): void => this.onRequest(req, res)
+    this.http = this.encrypt
+      ? createHttpsServer(
+          {
+            ciphers: PSK_CIPHERS,
+            minVersion: TLS_VERSION,
+            maxVersion: TLS_VERSION,
+            handshakeTimeout: this.timeoutMs,
+            // no session resumption: a resumed session skips pskCallback, so the socket would carry
+            // no ticket identity (and get 401). A PSK handshake is cheap (no public-key operations).
+            secureOptions: cryptoConstants.SSL_OP_NO_TICKET,
+            pskCallback: (socket, identity) => this.pskFor(socket, identity)
+          },
+          onRequest
+        )
+      : createHttpServer(onRequest)
+    this.http.keepAliveTimeout = SERVER_KEEP_ALIVE_TIMEOUT_MS
+    this.http.headersTimeout = this.timeoutMs
+    this.http.requestTimeout = this.timeoutMs
+    this.http.timeout = this.timeoutMs
+    this.http.maxConnections = MAX_DATA_CONNECTIONS
+    this.http.on('tlsClientError', (err: Error & { code?: string }) => {
+      this.log.debug({ err: { message: err.message, code: err.code } }, 'TLS handshake failed')
+    })
+    this.http.on('clientError', (err: Error & { code?: string }, socket: Socket) => {
+      this.log.debug({ err: { message: err.message, code: err.code } }, 'bad HTTP from a peer')
+      socket.destroy()
+    })
+  }
+
+  get port(): number {
+    return this.boundPort
+  }
+
+  async start(): Promise<void> {
+    await new Promise<void>((resolve, reject) => {
+      const onError = (err: Error): void => reject(new PeerDataError(`cannot listen on ${this.listen.host}:${this.listen.port}`, 'ERR_PEER_DATA_LISTEN', { cause: err }))
+      this.http.once('error', onError)
+      this.http.listen({ host: this.listen.host, port: this.listen.port }, () => {
+        this.http.off('error', onError)
+        resolve()
+      })
+    })
+    this.http.on('error', (err) => this.log.error({ err }, 'data server error'))
+    const address = this.http.address()
+    this.boundPort = address !== null && typeof address === 'object' ? address.port : this.listen.port
+    try {
+      await this.libp2p.handle(TICKET_PROTOCOL, (stream, connection) => this.onTicketStream(stream, connection), {
+        maxInboundStreams: MAX_TICKET_STREAMS
+      })
+    } catch (err) {
+      await new Promise((resolve) => this.http.close(resolve))
+      throw new PeerDataError(`cannot register ${TICKET_PROTOCOL}`, 'ERR_PEER_DATA_PROTOCOL', { cause: err })
+    }
+    this.log.info({ port: this.boundPort, host: this.listen.host, encrypt: this.encrypt, maxUploads: this.maxUploads, uploadBytesPerSecond: this.bucket?.rate }, 'peer data server listening')
+  }
+
+  stats(): PeerDataServerStats {
+    this.book.sweep()
+    return { ...this.counters, tickets: this.book.size }
+  }
+
+  close(): Promise<void> {
+    this.closed ??= (async () => {
+      this.closing.abort()
+      await this.libp2p.unhandle(TICKET_PROTOCOL).catch((err: unknown) => this.log.debug({ err }, 'unhandle failed'))
+      const closed = new Promise<void>((resolve) => this.http.close(() => resolve()))
+      this.http.closeAllConnections()
+      await closed
+      this.book.clear()
+      this.log.info({ ...this.counters }, 'peer data server closed')
+    })()
+    return this.closed
+  }
+
+  // ------------------------------------------------------------ tickets over libp2p
+
+  private onTicketStream(stream: Libp2pStream, connection: Libp2pConnection): void {
+    const peerId = connection.remotePeer.toString()
+    const signal = AbortSignal.any([this.closing.signal, AbortSignal.timeout(TICKET_EXCHANGE_TIMEOUT_MS)])
+    // read at once: a handler that awaits something else first can lose the stream
+    readMessage(stream, MAX_TICKET_MESSAGE_BYTES, signal)
+      .then(async (request) => {
+        try {
+          decodeTicketRequest(request)
+        } catch (err) {
+          this.log.debug({ peerId, err }, 'bad ticket request')
+          await writeMessage(stream, encodeTicketError('bad request'), signal)
+          return
+        }
+        const ticket = this.book.issue(peerId, this.encrypt)
+        this.counters.ticketsIssued++
+        await writeMessage(
+          stream,
+          encodeTicket({ tls: ticket.tls, port: this.boundPort, identity: ticket.identity, key: ticket.key.toString('hex'), ttlMs: this.book.ttlMs }),
+          signal
+        )
+        this.log.debug({ peerId, identity: ticket.identity }, 'issued data ticket')
+      })
+      .catch((err: unknown) => {
+        this.log.debug({ peerId, err }, 'ticket exchange failed')
+        stream.abort(err instanceof Error ? err : new Error(String(err)))
+      })
+  }
+
+  private pskFor(socket: TLSSocket, identity: string): Buffer | null {
+    const ticket = this.book.get(identity)
+    if (ticket === undefined || !ticket.tls) {
+      this.counters.rejectedUnauthorized++
+      return null // handshake fails: a stranger learns nothing, not even the routes
+    }
+    this.tlsIdentity.set(socket, identity)
+    return ticket.key
+  }
+
+  private ticketOf(req: IncomingMessage): Ticket | undefined {
+    if (this.encrypt) {
+      const identity = this.tlsIdentity.get(req.socket)
+      return identity === undefined ? undefined : this.book.get(identity)
+    }
+    const bearer = parseBearer(req.headers.authorization)
+    return bearer === undefined ? undefined : this.book.verifyBearer(bearer.identity, bearer.key, false)
+  }
+
+  // ------------------------------------------------------------ HTTP
+
+  private onRequest(req: IncomingMessage, res: ServerResponse): void {
+    req.resume() // a GET has no body worth reading
+    const ticket = this.ticketOf(req)
+    if (ticket === undefined) {
+      this.counters.rejectedUnauthorized++
+      reply(res, 401, 'no valid ticket', { connection: 'close' })
+      return
+    }
+    if (req.method !== 'GET') {
+      reply(res, 405, 'only GET', { allow: 'GET' })
+      return
+    }
+    const parsed = parsePath(req.url ?? '')
+    if (parsed === undefined) {
+      reply(res, 404, 'no such route')
+      return
+    }
+    if (!isDigest(parsed.digest)) {
+      reply(res, 400, 'invalid digest')
+      return
+    }
+    const log = this.log.child({ peerId: ticket.peerId, digest: parsed.digest })
+    if (parsed.kind === 'info') {
+      this.serveInfo(parsed.digest, res, log).catch((err: unknown) => fail(res, log, err))
+      return
+    }
+    if (this.counters.uploads >= this.maxUploads) {
+      this.counters.rejectedBusy++
+      reply(res, 503, 'upload cap reached', { 'retry-after': RETRY_AFTER_SECONDS })
+      return
+    }
+    this.serveChunk(parsed.digest, parsed.index, res, log).catch((err: unknown) => fail(res, log, err))
+  }
+
+  private async serveInfo(digest: string, res: ServerResponse, log: Logger): Promise<void> {
+    const info = await this.provider.info(digest)
+    if (info === undefined) {
+      reply(res, 404, 'blob unknown')
+      return
+    }
+    checkInfo(info) // a provider bug answers 500, it does not reach the peer
+    const body = encodeInfo(info)
+    log.trace('served info')
+    if (res.destroyed) return
+    res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) })
+    res.end(body)
+  }
+
+  private async serveChunk(digest: string, index: number, res: ServerResponse, log: Logger): Promise<void> {
+    this.counters.uploads++
+    this.counters.uploadsTotal++
+    const controller = new AbortController()
+    let released = false
+    res.once('close', () => {
+      if (!released) {
+        released = true
+        this.counters.uploads--
+      }
+      if (!res.writableFinished) controller.abort()
+    })
+
+    const info = await this.provider.info(digest)
+    if (info === undefined) {
+      reply(res, 404, 'blob unknown')
+      return
+    }
+    if (index >= chunkCount(info.size, info.chunkSize)) {
+      reply(res, 416, 'chunk index out of range')
+      return
+    }
+    if (info.have[index] !== true) {
+      reply(res, 404, 'chunk not held')
+      return
+    }
+    if (res.destroyed) return
+    const chunk = await this.provider.read(digest, index, controller.signal)
+    if (chunk === undefined) {
+      reply(res, 404, 'chunk not held')
+      return
+    }
+    if (res.destroyed) {
+      chunk.body.destroy()
+      return
+    }
+    res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': chunk.length })
+    res.flushHeaders() // the requester learns at once that the chunk is coming (and stops its header timer)
+    const done = (err: NodeJS.ErrnoException | null): void => {
+      if (err === null || err === undefined) {
+        this.counters.bytesSent += chunk.length
+        log.trace({ index, bytes: chunk.length }, 'served chunk')
+      } else if (err.code === 'ERR_STREAM_PREMATURE_CLOSE') {
+        log.debug({ index }, 'peer hung up mid-chunk') // cancellation, not an error
+      } else {
+        log.warn({ index, err }, 'chunk upload failed')
+      }
+    }
+    if (this.bucket === null) pipeline(chunk.body, res, done)
+    else pipeline(chunk.body, new ThrottleStream(this.bucket), res, done)
+  }
+}
+
+function reply(res: ServerResponse, status: number, message: string, headers: Record<string, string> = {}): void {
+  if (res.headersSent || res.destroyed) return
+  const body = JSON.stringify({ error: STATUS_CODES[status] ?? 'error', message })
+  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body), ...headers })
+  res.end(body)
+}
+
+function fail(res: ServerResponse, log: Logger, err: unknown): void {
+  log.error({ err }, 'chunk provider failed')
+  if (res.headersSent) res.destroy()
+  else reply(res, 500, 'internal error')
+}

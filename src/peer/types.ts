@@ -1,0 +1,56 @@
+import type { Readable } from 'node:stream'
+
+/** What a node knows about a blob it can (partly) serve. */
+export interface BlobInfo {
+  /** blob size in bytes */
+  size: number
+  /** chunk size in bytes; chunk i covers [i*chunkSize, min(size, (i+1)*chunkSize)) */
+  chunkSize: number
+  /** per-chunk sha256 (64 lowercase hex characters; '' for a chunk not held), if this node knows the table */
+  table?: string[]
+  /** which chunks this node holds verified; length = ceil(size / chunkSize) */
+  have: boolean[]
+}
+
+/** The serving side: what a node can hand out. Implemented by the store/transfer layer. */
+export interface ChunkProvider {
+  /** blob info, or undefined when this node holds nothing of the blob */
+  info(digest: string): Promise<BlobInfo | undefined>
+  /**
+   * A readable of the verified bytes of chunk `index`; undefined when this node does not hold
+   * it verified. `length` is the exact number of bytes `body` yields. The provider must stop
+   * (destroy `body`) when `signal` aborts.
+   */
+  read(digest: string, index: number, signal: AbortSignal): Promise<{ length: number; body: Readable } | undefined>
+}
+
+export interface PeerDataServerStats {
+  /** chunk uploads in progress */
+  uploads: number
+  /** chunk body bytes written to peers since start */
+  bytesSent: number
+  /** chunk uploads started since start */
+  uploadsTotal: number
+  /** chunk requests answered 503 (upload cap) */
+  rejectedBusy: number
+  /** requests without a valid ticket (HTTP 401 or a failed TLS handshake) */
+  rejectedUnauthorized: number
+  ticketsIssued: number
+  /** tickets currently valid */
+  tickets: number
+}
+
+export interface PeerDataServer {
+  /** the data port (TCP) */
+  readonly port: number
+  readonly encrypt: boolean
+  stats(): PeerDataServerStats
+  /** unregister the ticket protocol, stop accepting, end connections; idempotent */
+  close(): Promise<void>
+}
+
+export interface PeerDataClientStats {
+  bytesReceived: number
+  chunksFetched: number
+  ticketsFetched: number
+}

@@ -1,0 +1,309 @@
+import assert from 'node:assert/strict'
+import { createHash, randomBytes } from 'node:crypto'
+import { once } from 'node:events'
+import { mkdtemp, rm, writeFile } from 'node:fs/promises'
+import { request as httpRequest } from 'node:http'
+import { tmpdir } from 'node:os'
+import path from 'node:path'
+import { Readable } from 'node:stream'
+import { after, afterEach, before, describe, it } from 'node:test'
+import { connect as tlsConnect } from 'node:tls'
+import { pino } from 'pino'
+import { type PeerNode, createPeerNode, generateSwarmKey } from '../../src/p2p/node.js'
+import {
+  type BlobInfo,
+  type ChunkProvider,
+  ChunkUnavailableError,
+  PeerBusyError,
+  PeerDataArgumentError,
+  type PeerDataClient,
+  type PeerDataServer,
+  type PeerDataServerOptions,
+  PeerPolicyError,
+  PeerTimeoutError,
+  PeerUnreachableError,
+  createPeerDataClient,
+  createPeerDataServer
+} from '../../src/peer/index.js'
+import { TICKET_PROTOCOL, decodeTicket, encodeTicketRequest } from '../../src/peer/protocol.js'
+import { readMessage, writeMessage } from '../../src/peer/libp2p-io.js'
+import type { PeerRef } from '../../src/routing/types.js'
+
+const logger = pino({ level: process.env['SHOAL_TEST_LOG'] ?? 'silent' })
+const CHUNK = 256 * 1024
+const SIZE = 5 * CHUNK + 1234 // 6 chunks, the last short
+const NOT_HELD = 3
+
+function sha256(bytes: Uint8Array): string {
+  return createHash('sha256').update(bytes).digest('hex')
+}
+
+const blob = randomBytes(SIZE)
+const DIGEST = `sha256:${sha256(blob)}`
+const CHUNKS = Array.from({ length: Math.ceil(SIZE / CHUNK) }, (_, i) => blob.subarray(i * CHUNK, Math.min(SIZE, (i + 1) * CHUNK)))
+const TABLE = CHUNKS.map(sha256)
+
+/** serves `blob` (all chunks but NOT_HELD); `gate` holds bodies back until released */
+class FakeProvider implements ChunkProvider {
+  gate: Promise<void> | undefined
+  reads = 0
+  aborted = 0
+
+  async info(digest: string): Promise<BlobInfo | undefined> {
+    if (digest !== DIGEST) return undefined
+    return { size: SIZE, chunkSize: CHUNK, table: TABLE, have: CHUNKS.map((_, i) => i !== NOT_HELD) }
+  }
+
+  async read(digest: string, index: number, signal: AbortSignal): Promise<{ length: number; body: Readable } | undefined> {
+    if (digest !== DIGEST || index === NOT_HELD || index >= CHUNKS.length) return undefined
+    this.reads++
+    const bytes = CHUNKS[index]!
+    const gate = this.gate
+    signal.addEventListener('abort', () => this.aborted++, { once: true })
+    const body = Readable.from(
+      (async function* () {
+        if (gate !== undefined) await gate
+        yield bytes
+      })()
+    )
+    return { length: bytes.length, body }
+  }
+}
+
+async function collect(stream: Readable): Promise<Buffer> {
+  const parts: Buffer[] = []
+  for await (const part of stream) parts.push(part as Buffer)
+  return Buffer.concat(parts)
+}
+
+function ref(node: PeerNode): PeerRef {
+  return { id: node.peerId, addrs: node.status().listenAddrs.map((a) => a.replace(/\/p2p\/[^/]+$/, '')) }
+}
+
+/** plain HTTP GET, resolving to status and body, or rejecting on a transport error */
+function rawGet(port: number, urlPath: string, headers: Record<string, string> = {}, method = 'GET'): Promise<{ status: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    const req = httpRequest({ host: '127.0.0.1', port, path: urlPath, method, headers, agent: false }, (res) => {
+      collect(res).then((body) => resolve({ status: res.statusCode ?? 0, body: body.toString() }), reject)
+    })
+    req.setTimeout(3_000, () => req.destroy(new Error('timeout')))
+    req.once('error', reject)
+    req.end()
+  })
+}
+
+describe('peer data plane: tickets over libp2p, chunks over HTTP(S) on a data port', { timeout: 20_000 }, () => {
+  let root: string
+  let a: PeerNode
+  let b: PeerNode
+  let outsider: PeerNode
+  const provider = new FakeProvider()
+  const servers: PeerDataServer[] = []
+  const clients: PeerDataClient[] = []
+
+  async function serve(options: Partial<PeerDataServerOptions> = {}): Promise<PeerDataServer> {
+    const server = await createPeerDataServer({
+      libp2p: a.libp2p,
+      provider,
+      encrypt: true,
+      listen: { host: '127.0.0.1', port: 0 },
+      maxUploads: 8,
+      logger,
+      ...options
+    })
+    servers.push(server)
+    return server
+  }
+
+  function client(encrypt: boolean, extra: { node?: PeerNode; timeoutMs?: number; now?: () => number } = {}): PeerDataClient {
+    const c = createPeerDataClient({ libp2p: (extra.node ?? b).libp2p, encrypt, logger, timeoutMs: extra.timeoutMs ?? 5_000, ...(extra.now ? { now: extra.now } : {}) })
+    clients.push(c)
+    return c
+  }
+
+  before(async () => {
+    root = await mkdtemp(path.join(tmpdir(), 'shoal-peer-data-'))
+    const swarm = path.join(root, 'swarm.key')
+    const otherSwarm = path.join(root, 'other.key')
+    await writeFile(swarm, generateSwarmKey(), { mode: 0o600 })
+    await writeFile(otherSwarm, generateSwarmKey(), { mode: 0o600 })
+    const start = (name: string, swarmKeyFile: string): Promise<PeerNode> =>
+      createPeerNode({ dataDir: path.join(root, name), listen: ['/ip4/127.0.0.1/tcp/0'], bootstrap: [], swarmKeyFile, logger: logger.child({ node: name }) })
+    ;[a, b, outsider] = await Promise.all([start('a', swarm), start('b', swarm), start('outsider', otherSwarm)])
+  })
+
+  afterEach(async () => {
+    provider.gate = undefined
+    await Promise.all(clients.splice(0).map((c) => c.close()))
+    await Promise.all(servers.splice(0).map((s) => s.close()))
+  })
+
+  after(async () => {
+    await Promise.all([a, b, outsider].filter(Boolean).map((n) => n.stop()))
+    await rm(root, { recursive: true, force: true })
+  })
+
+  for (const encrypt of [true, false]) {
+    it(`serves info and verified chunks (${encrypt ? 'TLS-PSK' : 'plaintext + bearer'})`, async () => {
+      const server = await serve({ encrypt })
+      const c = client(encrypt)
+      const signal = AbortSignal.timeout(5_000)
+      const info = await c.info(ref(a), DIGEST, { signal })
+      assert.deepEqual(info, await provider.info(DIGEST))
+      assert.equal(await c.info(ref(a), `sha256:${'0'.repeat(64)}`, { signal }), undefined)
+
+      const got = await Promise.all(
+        CHUNKS.map(async (_, i) => (i === NOT_HELD ? undefined : sha256(await collect(await c.fetchChunk(ref(a), DIGEST, i, { signal })))))
+      )
+      got.forEach((hash, i) => {
+        if (i !== NOT_HELD) assert.equal(hash, TABLE[i], `chunk ${i}`)
+      })
+      await assert.rejects(c.fetchChunk(ref(a), DIGEST, NOT_HELD, { signal }), ChunkUnavailableError)
+      await assert.rejects(c.fetchChunk(ref(a), DIGEST, 99, { signal }), (err: Error & { status?: number }) => err.status === 416)
+      await assert.rejects(c.fetchChunk(ref(a), 'sha256:nope', 0, { signal }), PeerDataArgumentError)
+
+      const stats = server.stats()
+      assert.equal(stats.bytesSent, SIZE - CHUNKS[NOT_HELD]!.length)
+      assert.equal(stats.uploads, 0)
+      assert.equal(stats.ticketsIssued, 1, 'one ticket, reused by every request')
+      assert.equal(c.stats().ticketsFetched, 1)
+      assert.equal(c.stats().bytesReceived, stats.bytesSent)
+    })
+  }
+
+  it('a client that requires encryption refuses a plaintext peer; a plaintext client follows a TLS peer', async () => {
+    await serve({ encrypt: false })
+    await assert.rejects(client(true).info(ref(a), DIGEST, { signal: AbortSignal.timeout(5_000) }), PeerPolicyError)
+    await servers.pop()!.close()
+    await serve({ encrypt: true })
+    assert.ok(await client(false).info(ref(a), DIGEST, { signal: AbortSignal.timeout(5_000) }))
+  })
+
+  it('gives a third party without a ticket nothing', async () => {
+    const reads = provider.reads
+    const tlsServer = await serve({ encrypt: true })
+    // TLS with a made-up PSK identity and key: the handshake fails
+    for (const identity of ['f'.repeat(32), 'stranger']) {
+      const socket = tlsConnect({
+        host: '127.0.0.1',
+        port: tlsServer.port,
+        ciphers: 'PSK-AES128-GCM-SHA256',
+        maxVersion: 'TLSv1.2',
+        checkServerIdentity: () => undefined,
+        pskCallback: () => ({ psk: randomBytes(32), identity })
+      })
+      const [err] = (await once(socket, 'error')) as [Error]
+      assert.match(String((err as { code?: string }).code ?? err.message), /SSL|EPROTO|ECONNRESET/)
+      socket.destroy()
+    }
+    // plain HTTP to the TLS port: no HTTP answer
+    await assert.rejects(rawGet(tlsServer.port, `/shoal/v1/blobs/${DIGEST}`))
+    assert.ok(tlsServer.stats().rejectedUnauthorized >= 2)
+    await servers.pop()!.close()
+
+    const plain = await serve({ encrypt: false })
+    assert.equal((await rawGet(plain.port, `/shoal/v1/blobs/${DIGEST}/chunks/0`)).status, 401)
+    const forged = { authorization: `Bearer ${'a'.repeat(32)}.${'b'.repeat(64)}` }
+    assert.equal((await rawGet(plain.port, `/shoal/v1/blobs/${DIGEST}/chunks/0`, forged)).status, 401)
+    assert.equal(provider.reads, reads, 'the provider was never asked')
+  })
+
+  it('validates what a ticket holder sends (4xx, never a crash)', async () => {
+    const plain = await serve({ encrypt: false })
+    // a real ticket, fetched as node B would
+    const stream = await b.libp2p.dialProtocol(a.libp2p.getMultiaddrs(), TICKET_PROTOCOL)
+    const signal = AbortSignal.timeout(3_000)
+    await writeMessage(stream, encodeTicketRequest(), signal)
+    const ticket = decodeTicket(await readMessage(stream, 4096, signal))
+    assert.equal(ticket.port, plain.port)
+    const auth = { authorization: `Bearer ${ticket.identity}.${ticket.key}` }
+    const cases: [string, number, string?][] = [
+      [`/shoal/v1/blobs/${DIGEST}`, 200],
+      [`/shoal/v1/blobs/${DIGEST}/chunks/0`, 200],
+      [`/shoal/v1/blobs/${DIGEST}/chunks/${NOT_HELD}`, 404],
+      [`/shoal/v1/blobs/${DIGEST}/chunks/6`, 416],
+      [`/shoal/v1/blobs/${DIGEST}/chunks/9999999999`, 416],
+      [`/shoal/v1/blobs/${DIGEST}/chunks/-1`, 404],
+      [`/shoal/v1/blobs/${DIGEST}/chunks/0?x=1`, 404],
+      ['/shoal/v1/blobs/sha256:ABC/chunks/0', 400],
+      [`/shoal/v1/blobs/md5:${'0'.repeat(32)}`, 400],
+      ['/shoal/v1/blobs/..%2f..%2fetc%2fpasswd', 400],
+      ['/etc/passwd', 404],
+      [`/shoal/v1/blobs/${DIGEST}`, 405, 'POST'],
+      [`/shoal/v1/blobs/${DIGEST}`, 405, 'DELETE']
+    ]
+    for (const [url, status, method] of cases) {
+      assert.equal((await rawGet(plain.port, url, auth, method)).status, status, `${method ?? 'GET'} ${url}`)
+    }
+  })
+
+  it('keeps a node of another private swarm from getting a ticket', async () => {
+    await serve({ encrypt: true })
+    const c = client(true, { node: outsider, timeoutMs: 1_500 })
+    const started = performance.now()
+    await assert.rejects(c.info(ref(a), DIGEST, { signal: AbortSignal.timeout(5_000) }), (err: Error) => err instanceof PeerTimeoutError || err instanceof PeerUnreachableError)
+    assert.ok(performance.now() - started < 3_000)
+    assert.equal(servers[0]!.stats().ticketsIssued, 0)
+  })
+
+  it('answers 503 beyond maxUploads, and serves again when a slot frees', async () => {
+    const server = await serve({ encrypt: true, maxUploads: 2 })
+    const c = client(true)
+    const signal = AbortSignal.timeout(5_000)
+    let release!: () => void
+    provider.gate = new Promise((resolve) => {
+      release = resolve
+    })
+    const held = await Promise.all([c.fetchChunk(ref(a), DIGEST, 0, { signal }), c.fetchChunk(ref(a), DIGEST, 1, { signal })])
+    assert.equal(server.stats().uploads, 2)
+    await assert.rejects(c.fetchChunk(ref(a), DIGEST, 2, { signal }), (err: Error) => err instanceof PeerBusyError && err.retryAfterMs === 1000)
+    assert.equal(server.stats().rejectedBusy, 1)
+    release()
+    const bodies = await Promise.all(held.map(collect))
+    assert.equal(sha256(bodies[0]!), TABLE[0])
+    await new Promise((resolve) => setImmediate(resolve))
+    assert.equal(server.stats().uploads, 0)
+    assert.equal(sha256(await collect(await c.fetchChunk(ref(a), DIGEST, 2, { signal }))), TABLE[2])
+  })
+
+  it('frees the slot and aborts the provider when the requester hangs up mid-chunk', async () => {
+    const server = await serve({ encrypt: true, maxUploads: 1 })
+    const c = client(true)
+    provider.gate = new Promise(() => {}) // never
+    const controller = new AbortController()
+    const body = await c.fetchChunk(ref(a), DIGEST, 0, { signal: controller.signal })
+    const aborted = provider.aborted
+    controller.abort()
+    await assert.rejects(collect(body))
+    const deadline = Date.now() + 2_000
+    while (server.stats().uploads !== 0 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 10))
+    assert.equal(server.stats().uploads, 0)
+    assert.equal(provider.aborted, aborted + 1)
+  })
+
+  it('limits the upload rate', async () => {
+    const rate = 2 * 1024 * 1024
+    await serve({ encrypt: false, uploadBytesPerSecond: rate })
+    const c = client(false)
+    const signal = AbortSignal.timeout(5_000)
+    await c.info(ref(a), DIGEST, { signal }) // ticket and connection outside the timing
+    const started = performance.now()
+    const bodies = await Promise.all([0, 1, 2, 4].map(async (i) => collect(await c.fetchChunk(ref(a), DIGEST, i, { signal }))))
+    const seconds = (performance.now() - started) / 1000
+    const bytes = bodies.reduce((n, body) => n + body.length, 0)
+    // 1 MiB at 2 MiB/s with a 204.8 KiB burst: at least ~0.4 s
+    assert.ok(seconds >= (bytes - rate / 10) / rate - 0.05, `${bytes} bytes in ${seconds.toFixed(2)} s`)
+  })
+
+  it('fetches a new ticket when the peer no longer accepts the old one', async () => {
+    const server = await serve({ encrypt: true, ticketTtlMs: 1_000 })
+    const frozen = Date.now()
+    const c = client(true, { now: () => frozen }) // never refreshes on its own
+    const signal = AbortSignal.timeout(5_000)
+    assert.ok(await c.info(ref(a), DIGEST, { signal }))
+    await new Promise((resolve) => setTimeout(resolve, 1_100)) // the server forgets the ticket
+    assert.ok(await c.info(ref(a), DIGEST, { signal }), 'kept-alive connection: 401, then a new ticket')
+    assert.equal(c.stats().ticketsFetched, 2)
+    assert.equal(server.stats().ticketsIssued, 2)
+  })
+})

@@ -1,0 +1,122 @@
+import assert from 'node:assert/strict'
+import { describe, it } from 'node:test'
+import {
+  bearerToken,
+  decodeInfo,
+  decodeTicket,
+  encodeInfo,
+  encodeTicket,
+  encodeTicketError,
+  parseBearer,
+  parsePath
+} from '../../src/peer/protocol.js'
+import { TicketBook } from '../../src/peer/ticket.js'
+
+describe('peer data: ticket book', () => {
+  it('issues random tickets bound to a peer, valid until expiry', () => {
+    let now = 1_000
+    const book = new TicketBook({ ttlMs: 60_000, now: () => now })
+    const t = book.issue('peerA', true)
+    assert.match(t.identity, /^[0-9a-f]{32}$/)
+    assert.equal(t.key.length, 32)
+    assert.equal(t.peerId, 'peerA')
+    assert.notEqual(book.issue('peerA', true).identity, t.identity)
+    assert.equal(book.get(t.identity), t)
+    now += 59_999
+    assert.equal(book.get(t.identity), t)
+    now += 1
+    assert.equal(book.get(t.identity), undefined, 'expired')
+    assert.equal(book.get('0'.repeat(32)), undefined)
+  })
+
+  it('checks bearer keys and the mode they were issued for', () => {
+    const book = new TicketBook()
+    const t = book.issue('peerA', false)
+    const key = t.key.toString('hex')
+    assert.equal(book.verifyBearer(t.identity, key, false), t)
+    assert.equal(book.verifyBearer(t.identity, key, true), undefined, 'a plaintext ticket is not a TLS ticket')
+    assert.equal(book.verifyBearer(t.identity, 'f'.repeat(64), false), undefined)
+    assert.equal(book.verifyBearer(t.identity, 'abc', false), undefined)
+    const parsed = parseBearer(bearerToken(t.identity, key))
+    assert.deepEqual(parsed, { identity: t.identity, key })
+    for (const bad of [undefined, '', 'Basic x', `Bearer ${t.identity}`, `Bearer ${t.identity}.${key}x`, `bearer ${t.identity}.${key}`]) {
+      assert.equal(parseBearer(bad), undefined, String(bad))
+    }
+  })
+
+  it('bounds live tickets per peer and overall, oldest first', () => {
+    const book = new TicketBook({ maxPerPeer: 2, maxTickets: 3 })
+    const [a1, a2, a3] = [book.issue('a', true), book.issue('a', true), book.issue('a', true)]
+    assert.equal(book.get(a1.identity), undefined)
+    assert.ok(book.get(a2.identity) && book.get(a3.identity))
+    const b1 = book.issue('b', true)
+    const c1 = book.issue('c', true)
+    assert.equal(book.size, 3)
+    assert.equal(book.get(a2.identity), undefined, 'the oldest overall went')
+    assert.ok(book.get(b1.identity) && book.get(c1.identity))
+  })
+
+  it('sweeps expired tickets', () => {
+    let now = 0
+    const book = new TicketBook({ ttlMs: 10, now: () => now })
+    for (let i = 0; i < 5; i++) book.issue(`p${i}`, true)
+    now = 10
+    book.issue('late', true)
+    assert.equal(book.size, 1)
+  })
+})
+
+describe('peer data: wire formats', () => {
+  it('round-trips a ticket and rejects malformed ones', () => {
+    const wire = { tls: true, port: 4002, identity: 'a'.repeat(32), key: 'b'.repeat(64), ttlMs: 600_000 }
+    assert.deepEqual(decodeTicket(encodeTicket(wire)), wire)
+    const enc = (v: unknown): Uint8Array => new TextEncoder().encode(JSON.stringify(v))
+    for (const bad of [
+      { ...wire, v: 2 },
+      { v: 1, ...wire, port: 0 },
+      { v: 1, ...wire, port: 70000 },
+      { v: 1, ...wire, identity: 'A'.repeat(32) },
+      { v: 1, ...wire, key: 'b'.repeat(63) },
+      { v: 1, ...wire, tls: 'yes' },
+      { v: 1, ...wire, ttlMs: 5 },
+      [1]
+    ]) {
+      assert.throws(() => decodeTicket(enc(bad)), JSON.stringify(bad))
+    }
+    assert.throws(() => decodeTicket(new Uint8Array([0xff, 0xfe])))
+    assert.throws(() => decodeTicket(encodeTicketError('nope')), /nope/)
+  })
+
+  it('round-trips blob info as a bitfield and validates a peer’s info', () => {
+    const have = [true, false, true, true, false, false, false, true, true, false]
+    const info = { size: 10 * 100 - 7, chunkSize: 100, have, table: have.map((_, i) => 'abcdef0123'[i]!.repeat(64)) }
+    assert.deepEqual(decodeInfo(encodeInfo(info)), info)
+    const noTable = { size: 0, chunkSize: 4, have: [] }
+    assert.deepEqual(decodeInfo(encodeInfo(noTable)), noTable)
+    const good = JSON.parse(encodeInfo(info)) as Record<string, unknown>
+    for (const patch of [
+      { size: -1 },
+      { size: 1.5 },
+      { chunkSize: 0 },
+      { size: 2 ** 40, chunkSize: 1 },
+      { have: 'AAAA' },
+      { have: '%%%' },
+      { table: ['x'] },
+      { table: 'nope' },
+      { table: (info.table as string[]).map((t) => t.toUpperCase()) }
+    ]) {
+      assert.throws(() => decodeInfo(JSON.stringify({ ...good, ...patch })), JSON.stringify(patch))
+    }
+    assert.throws(() => decodeInfo('not json'))
+    assert.throws(() => decodeInfo('[]'))
+  })
+
+  it('parses data-port paths', () => {
+    const d = `sha256:${'a'.repeat(64)}`
+    assert.deepEqual(parsePath(`/shoal/v1/blobs/${d}`), { kind: 'info', digest: d })
+    assert.deepEqual(parsePath(`/shoal/v1/blobs/${d}/chunks/12`), { kind: 'chunk', digest: d, index: 12 })
+    for (const bad of ['/', `/shoal/v1/blobs/${d}/`, `/shoal/v1/blobs/${d}/chunks/`, `/shoal/v1/blobs/${d}/chunks/1x`, `/shoal/v1/blobs/${d}?a=b`, `/shoal/v1/blobs/${d}/chunks/12345678901`]) {
+      assert.equal(parsePath(bad), undefined, bad)
+    }
+  })
+})
