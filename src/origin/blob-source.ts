@@ -14,21 +14,23 @@ export class OriginBlobSource implements BlobSource {
     this.client = client
   }
 
-  async open(locator: BlobLocator, options: { signal: AbortSignal; offset?: number }): Promise<SourceBody> {
+  async open(locator: BlobLocator, options: { signal: AbortSignal; offset?: number; length?: number }): Promise<SourceBody> {
     const offset = options.offset ?? 0
+    const ranged = offset > 0 || options.length !== undefined
+    const last = options.length !== undefined ? `${offset + options.length - 1}` : ''
     const res = await this.client.request({
       registry: locator.registry,
       name: locator.name,
       path: `blobs/${locator.digest.value}`,
       method: 'GET',
-      headers: offset > 0 ? { range: `bytes=${offset}-` } : {},
+      headers: ranged ? { range: `bytes=${offset}-${last}` } : {},
       signal: options.signal,
     })
     if (res.status === 404) {
       await res.body.dump()
       throw blobUnknown(locator.registry, locator.name, locator.digest.value)
     }
-    if (res.status === 206 && offset > 0) {
+    if (res.status === 206 && ranged) {
       const m = CONTENT_RANGE_RE.exec(header(res.headers, 'content-range') ?? '')
       if (m === null || Number(m[1]) !== offset) {
         await res.body.dump()

@@ -441,8 +441,12 @@ export class BlobStore {
     try {
       fh = await open(path, constants.O_RDWR)
       const hash = createHash(digest.algorithm)
-      const size = (await fh.stat()).size
+      let size = (await fh.stat()).size
       if (size > meta.size) throw new SizeMismatchError(meta.size, size)
+      if (meta.sparse === true && size > meta.written) {
+        await fh.truncate(meta.written)
+        size = meta.written
+      }
       const buf = Buffer.allocUnsafe(Math.min(HASH_CHUNK_BYTES, Math.max(size, 1)))
       for (let pos = 0; pos < size; ) {
         const { bytesRead } = await fh.read(buf, 0, Math.min(buf.length, size - pos), pos)
@@ -469,9 +473,10 @@ export class BlobStore {
   }
 
   /** @internal progress of a partial, recorded now and then */
-  checkpoint(writer: BlobWriter): void {
+  checkpoint(writer: BlobWriter, sparse = false): void {
     const meta = this.partials.get(writer.digest.value)
     if (meta === undefined) return
+    if (sparse) meta.sparse = true
     meta.written = writer.written
     meta.updatedAt = Date.now()
     this.partialsDb.put(meta.digest, meta).catch((err) => this.log.debug({ err, digest: meta.digest }, 'checkpoint failed'))
@@ -811,6 +816,7 @@ export class BlobWriter {
   private lastCheckpoint: number
   private settled = false
   private closed = false
+  private sparse = false
 
   constructor(store: BlobStore, digest: Digest, expectedSize: number, fh: FileHandle, hash: Hash, position: number) {
     this.store = store
@@ -841,6 +847,47 @@ export class BlobWriter {
     } catch (err) {
       if (isNoSpace(err)) throw new StoreFullError('disk full while writing a blob', { cause: err })
       throw err
+    }
+    if (this.position - this.lastCheckpoint >= CHECKPOINT_BYTES) {
+      this.lastCheckpoint = this.position
+      this.store.checkpoint(this)
+    }
+  }
+
+  /**
+   * Writes bytes ahead of the contiguous prefix (chunks arriving out of order). They are not
+   * hashed yet: `advance()` takes them into the digest once the prefix reaches them.
+   */
+  async writeAt(position: number, chunk: Uint8Array): Promise<void> {
+    if (position < this.position || position + chunk.byteLength > this.expectedSize) {
+      throw new SizeMismatchError(this.expectedSize, position + chunk.byteLength)
+    }
+    if (!this.sparse) {
+      this.sparse = true
+      this.store.checkpoint(this, true)
+    }
+    try {
+      let offset = 0
+      while (offset < chunk.byteLength) {
+        const { bytesWritten } = await this.fh.write(chunk, offset, chunk.byteLength - offset, position + offset)
+        offset += bytesWritten
+      }
+    } catch (err) {
+      if (isNoSpace(err)) throw new StoreFullError('disk full while writing a blob', { cause: err })
+      throw err
+    }
+  }
+
+  /** Extends the contiguous prefix over `length` bytes already in the file (from writeAt), hashing them. */
+  async advance(length: number): Promise<void> {
+    if (this.position + length > this.expectedSize) throw new SizeMismatchError(this.expectedSize, this.position + length)
+    const buf = Buffer.allocUnsafe(Math.min(HASH_CHUNK_BYTES, Math.max(length, 1)))
+    for (let done = 0; done < length; ) {
+      const { bytesRead } = await this.fh.read(buf, 0, Math.min(buf.length, length - done), this.position)
+      if (bytesRead === 0) throw new StoreError('SHORT_READ', 'partial file is shorter than written')
+      this.hash.update(buf.subarray(0, bytesRead))
+      this.position += bytesRead
+      done += bytesRead
     }
     if (this.position - this.lastCheckpoint >= CHECKPOINT_BYTES) {
       this.lastCheckpoint = this.position

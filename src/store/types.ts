@@ -14,6 +14,11 @@ export interface PartialMeta {
   /** bytes on disk (a checkpoint while it is being written) */
   written: number
   updatedAt: number
+  /**
+   * chunks were written out of order (peer downloads): bytes past `written` may be holes, so a
+   * resume keeps only the first `written` bytes
+   */
+  sparse?: boolean
 }
 
 /** Manifest bytes exactly as origin served them, with origin's Content-Type. */

@@ -1,16 +1,11 @@
 import type { Logger } from 'pino'
 import type { ContentRouter, PeerRef } from '../routing/types.js'
 import { type ChunkPlan, planChunks } from '../transfer/chunks/plan.js'
+import type { SwarmPlan } from '../transfer/swarm-download.js'
 import type { PeerPenalties } from './penalties.js'
 import { PeerChunkSource } from './peer-source.js'
 import type { PeerBlobInfo, PeerChunkClient } from './types.js'
 
-export interface SwarmPlan {
-  plan: ChunkPlan
-  /** adopted chunk hashes; undefined where no peer knows the chunk yet */
-  table: (string | undefined)[]
-  sources: PeerChunkSource[]
-}
 
 export interface DiscoverOptions {
   router: ContentRouter
@@ -76,15 +71,16 @@ export async function discoverPeers(digest: string, opts: DiscoverOptions): Prom
 /** Merges a peer's table entries into the adopted table; false (and no change) on a conflict. */
 export function adoptTable(table: (string | undefined)[], info: PeerBlobInfo): boolean {
   const entries = info.table ?? []
-  for (let i = 0; i < table.length; i++) {
-    const theirs = entries[i] ?? undefined
-    if (info.have[i] && !isHex(theirs)) return false
-    if (theirs !== undefined && table[i] !== undefined && table[i] !== theirs) return false
+  const theirs = (i: number): string | undefined => {
+    const v = entries[i]
+    return isHex(v) ? v : undefined
   }
   for (let i = 0; i < table.length; i++) {
-    const theirs = entries[i] ?? undefined
-    if (isHex(theirs)) table[i] = theirs
+    const h = theirs(i)
+    if (info.have[i] && h === undefined) return false
+    if (h !== undefined && table[i] !== undefined && table[i] !== h) return false
   }
+  for (let i = 0; i < table.length; i++) table[i] = theirs(i) ?? table[i]
   return true
 }
 

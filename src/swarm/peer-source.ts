@@ -1,5 +1,5 @@
 import type { PeerRef } from '../routing/types.js'
-import type { ChunkSource } from '../transfer/chunks/scheduler.js'
+import type { PeerSource } from '../transfer/swarm-download.js'
 import type { PeerBlobInfo, PeerChunkClient } from './types.js'
 
 /** How often the bitfield of a peer that is itself still downloading is asked again. */
@@ -9,11 +9,12 @@ const REFRESH_INTERVAL_MS = 500
  * One peer as a chunk source for one blob. Its bitfield comes from `info` and is refreshed while
  * the peer is incomplete, so chunks it receives meanwhile become available (in-flight sharing).
  */
-export class PeerChunkSource implements ChunkSource {
+export class PeerChunkSource implements PeerSource {
   readonly kind = 'peer' as const
   readonly id: string
   readonly peer: PeerRef
   private have: boolean[]
+  private table: (string | undefined)[]
   private complete: boolean
   private refreshing = false
   private lastRefresh = Date.now()
@@ -28,9 +29,15 @@ export class PeerChunkSource implements ChunkSource {
     this.client = client
     this.digest = digest
     this.have = info.have
+    this.table = info.have.map((held, i) => (held ? (info.table?.[i] ?? undefined) : undefined))
     this.complete = info.have.every(Boolean)
     this.maxChunkBytes = info.chunkSize
     this.signal = signal
+  }
+
+  /** the hash this peer claims for a chunk it holds */
+  hashOf(index: number): string | undefined {
+    return this.table[index] ?? undefined
   }
 
   has(index: number): boolean {
@@ -63,8 +70,15 @@ export class PeerChunkSource implements ChunkSource {
       .then(
         (info) => {
           if (info === undefined) return
-          // a bitfield only grows: a peer cannot take back what it announced it holds
-          this.have = this.have.map((h, i) => h || info.have[i] === true)
+          if (info.have.length !== this.have.length) return
+          // a bitfield only grows, and a claimed hash never changes
+          for (let i = 0; i < this.have.length; i++) {
+            if (this.have[i] || info.have[i] !== true) continue
+            const hash = info.table?.[i]
+            if (typeof hash !== 'string' || hash.length !== 64) continue
+            this.have[i] = true
+            this.table[i] = hash
+          }
           this.complete = this.have.every(Boolean)
         },
         () => {},

@@ -5,7 +5,10 @@ import { blobUnknown } from '../oci/errors.js'
 import type { BlobStore, BlobWriter } from '../store/blob-store.js'
 import { DigestMismatchError, SizeMismatchError } from '../store/errors.js'
 import { abortable } from '../util/abort.js'
+import { planChunks } from './chunks/plan.js'
+import { ChunkState } from './chunks/state.js'
 import { Download } from './download.js'
+import { runSwarmDownload, type SwarmHooks } from './swarm-download.js'
 import type { BlobLocator, BlobSource, ByteSource, SourceBody } from './types.js'
 
 /** An open blob: its size, and a way to stream any byte range of it. */
@@ -31,6 +34,8 @@ export interface BlobServiceOptions {
   /** aborts every download at shutdown */
   signal: AbortSignal
   events?: BlobServiceEvents
+  /** peers: where blobs are looked for before origin, and told about what this node holds */
+  swarm?: SwarmHooks
 }
 
 /**
@@ -51,6 +56,11 @@ export class BlobService {
 
   inflight(): number {
     return this.downloads.size
+  }
+
+  /** An ongoing download (for peers asking for its verified chunks). */
+  download(digest: string): Download | undefined {
+    return this.downloads.get(digest)
   }
 
   /** Resolves once every download has ended (abort the service's signal first to hurry them). */
@@ -176,16 +186,49 @@ export class BlobService {
     // A partial download left by an earlier attempt or run: its bytes are re-hashed and served
     // at once, and only the rest is fetched.
     let writer: BlobWriter | undefined = await store.resumeWriter(locator.digest)
+    if (writer !== undefined) {
+      this.log.info({ digest, offset: writer.written, size: writer.expectedSize }, 'resuming partial download')
+      dl.begin(writer)
+      if (writer.written === writer.expectedSize) {
+        try {
+          await writer.commit()
+        } catch (err) {
+          await writer.abandon(false)
+          throw err
+        }
+        return
+      }
+    }
+    if (writer === undefined && this.opts.swarm !== undefined) {
+      const plan = await this.opts.swarm.discover(digest, signal).catch((err: Error) => {
+        this.log.debug({ digest, err: err.message }, 'swarm discovery failed')
+        return undefined
+      })
+      if (plan !== undefined) {
+        writer = await store.createWriter(locator.digest, plan.plan.size)
+        dl.begin(writer)
+        this.log.debug({ digest, peers: plan.sources.length, size: plan.plan.size }, 'fetching blob from peers')
+        try {
+          await runSwarmDownload({
+            locator,
+            plan,
+            writer,
+            download: dl,
+            origin: source,
+            swarm: this.opts.swarm,
+            signal,
+            logger: this.log,
+            onFetched: this.opts.events?.onFetched,
+          })
+        } catch (err) {
+          await writer.abandon(isResumable(err))
+          throw err
+        }
+        return
+      }
+    }
     let first: SourceBody
     try {
-      if (writer !== undefined) {
-        this.log.info({ digest, offset: writer.written, size: writer.expectedSize }, 'resuming partial download')
-        dl.begin(writer)
-        if (writer.written === writer.expectedSize) {
-          await writer.commit()
-          return
-        }
-      }
       first = await source.open(locator, { signal, offset: writer?.written ?? 0 })
       if (writer !== undefined && first.size !== writer.expectedSize) throw new SizeMismatchError(writer.expectedSize, first.size)
     } catch (err) {
@@ -204,6 +247,13 @@ export class BlobService {
       }
       dl.begin(writer)
     }
+    let announced = false
+    const swarm = this.opts.swarm
+    const chunks = swarm ? new ChunkState(planChunks(writer.expectedSize, swarm.chunkSize)) : undefined
+    if (chunks !== undefined) {
+      chunks.skipTo(writer.written)
+      dl.chunks = chunks
+    }
     try {
       let body = first
       for (let resumes = 0; ; ) {
@@ -221,6 +271,10 @@ export class BlobService {
             }
             await writer.write(data)
             this.opts.events?.onFetched?.(source.kind, data.byteLength)
+            if (chunks !== undefined && chunks.feed(data).length > 0 && !announced) {
+              announced = true
+              swarm?.announce(digest)
+            }
             dl.progress()
           }
           break
@@ -234,6 +288,7 @@ export class BlobService {
         }
       }
       await writer.commit()
+      if (chunks?.complete) swarm?.completed(digest, chunks.hashes as string[])
     } catch (err) {
       if ((err as Error).name === 'StoreFullError') {
         this.log.warn({ digest, reason: (err as Error).message }, 'disk full: streaming the rest of the blob through from origin without caching')

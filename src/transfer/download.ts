@@ -2,6 +2,7 @@ import { Readable } from 'node:stream'
 import type { Logger } from 'pino'
 import type { BlobWriter } from '../store/blob-store.js'
 import { StoreError } from '../store/errors.js'
+import type { ChunkState } from './chunks/state.js'
 
 const READ_CHUNK = 1024 * 1024
 
@@ -24,6 +25,8 @@ export class Download {
   private state: 'starting' | 'running' | 'done' | 'failed' = 'starting'
   /** the store had no room: readers stream from the source instead (see BlobService) */
   passthrough = false
+  /** chunks held verified so far, when the swarm is on: what peers may take from this download */
+  chunks: ChunkState | undefined
   private error: Error | undefined
   private waiters: (() => void)[] = []
   /** the download itself holds one reference; each reader holds one */

@@ -22,8 +22,12 @@ export interface SourceBody {
  */
 export interface BlobSource {
   readonly kind: string
-  /** Opens the blob from `offset`; rejects with an OciError 404 BLOB_UNKNOWN if the source lacks it. */
-  open(locator: BlobLocator, options: { signal: AbortSignal; offset?: number }): Promise<SourceBody>
+  /**
+   * Opens the blob from `offset` (to its end, or for `length` bytes); rejects with an OciError
+   * 404 BLOB_UNKNOWN if the source lacks it. A source may ignore the range and send everything
+   * from 0 (`offset` in the answer says so).
+   */
+  open(locator: BlobLocator, options: { signal: AbortSignal; offset?: number; length?: number }): Promise<SourceBody>
   /** The blob's size, or undefined when the source does not have it. */
   stat(locator: BlobLocator, options: { signal: AbortSignal }): Promise<number | undefined>
 }

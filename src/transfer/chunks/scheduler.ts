@@ -14,7 +14,7 @@ export interface ChunkSource {
 export interface SchedulerOptions {
   plan: ChunkPlan
   /** chunk check (against the table); a false return marks the source bad for this blob */
-  verify(index: number, bytes: Uint8Array): boolean
+  verify(index: number, bytes: Uint8Array, source: ChunkSource): boolean
   /** stores a verified chunk; called once per chunk, in any order */
   accept(index: number, bytes: Uint8Array): Promise<void>
   peers: ChunkSource[]
@@ -28,7 +28,7 @@ export interface SchedulerOptions {
   requestTimeoutMs?: number
   /** a chunk in flight longer than this is also asked of another source */
   hedgeAfterMs?: number
-  /** consecutive failures after which a peer is dropped for this blob */
+  /** consecutive failures after which a peer is dropped for this blob, or origin gives up */
   maxPeerFailures?: number
   /** a peer sent bytes that failed verification */
   onBadPeer?(peer: string, index: number): void
@@ -231,7 +231,7 @@ export class ChunkScheduler {
       this.pump()
       return
     }
-    if (!this.opts.verify(index, bytes)) {
+    if (!this.opts.verify(index, bytes, flight.source)) {
       if (flight.source.kind === 'origin') {
         this.fail(new TableMismatchError(index))
         return
@@ -251,13 +251,19 @@ export class ChunkScheduler {
     this.pump()
   }
 
-  private onError(index: number, flight: Inflight, _err: unknown): void {
+  private onError(index: number, flight: Inflight, err: unknown): void {
     this.end(index, flight)
     this.result.wasted++
     if (!this.finished && !this.done.has(index) && !flight.controller.signal.aborted) {
       const n = (this.failures.get(flight.source) ?? 0) + 1
       this.failures.set(flight.source, n)
-      if (flight.source.kind === 'peer' && n >= this.opts.maxPeerFailures) this.dropPeer(flight.source)
+      if (n >= this.opts.maxPeerFailures) {
+        if (flight.source.kind === 'peer') this.dropPeer(flight.source)
+        else {
+          this.fail(err instanceof Error ? err : new Error(String(err)))
+          return
+        }
+      }
     }
     this.pump()
   }

@@ -1,0 +1,79 @@
+import { createHash, type Hash } from 'node:crypto'
+import { type ChunkPlan, chunkBounds } from './plan.js'
+
+/**
+ * Which chunks of one blob a node holds verified, and their hashes: what it tells peers about a
+ * blob it is still downloading, so that they can take those chunks from it (in-flight sharing).
+ */
+export class ChunkState {
+  readonly plan: ChunkPlan
+  readonly hashes: (string | undefined)[]
+  readonly have: boolean[]
+  private held = 0
+  private seq: Hash | undefined
+  private seqIndex = 0
+  private seqFill = 0
+
+  constructor(plan: ChunkPlan, table?: readonly (string | undefined)[]) {
+    this.plan = plan
+    this.hashes = table ? [...table] : new Array(plan.count).fill(undefined)
+    this.have = new Array(plan.count).fill(false)
+  }
+
+  get complete(): boolean {
+    return this.held === this.plan.count
+  }
+
+  /** Records a chunk as held; returns true the first time. */
+  mark(index: number, hash: string): boolean {
+    if (this.have[index]) return false
+    this.have[index] = true
+    this.hashes[index] = hash
+    this.held++
+    return true
+  }
+
+  /**
+   * For bytes arriving in order (a stream from origin): hashes them chunk by chunk and marks each
+   * chunk once its last byte arrived. Returns the chunks completed by these bytes.
+   */
+  feed(bytes: Uint8Array): number[] {
+    const completed: number[] = []
+    let offset = 0
+    while (offset < bytes.byteLength && this.seqIndex < this.plan.count) {
+      const { start, end } = chunkBounds(this.plan, this.seqIndex)
+      const need = end - start - this.seqFill
+      const take = Math.min(need, bytes.byteLength - offset)
+      this.seq ??= createHash('sha256')
+      this.seq.update(bytes.subarray(offset, offset + take))
+      this.seqFill += take
+      offset += take
+      if (this.seqFill === end - start) {
+        this.mark(this.seqIndex, this.seq.digest('hex'))
+        completed.push(this.seqIndex)
+        this.seq = undefined
+        this.seqFill = 0
+        this.seqIndex++
+      }
+    }
+    return completed
+  }
+
+  /** Starts the in-order hasher at `position` (a resumed download re-hashes nothing it skips). */
+  skipTo(position: number): void {
+    this.seqIndex = Math.floor(position / this.plan.chunkSize)
+    this.seqFill = 0
+    this.seq = undefined
+    if (position % this.plan.chunkSize !== 0) this.seqIndex = this.plan.count // partial chunk: give up on the table
+  }
+
+  /** The peer-protocol view: hashes only of chunks held. */
+  info(): { size: number; chunkSize: number; table: string[]; have: boolean[] } {
+    return {
+      size: this.plan.size,
+      chunkSize: this.plan.chunkSize,
+      table: this.hashes.map((h, i) => (this.have[i] && h !== undefined ? h : '')),
+      have: [...this.have],
+    }
+  }
+}
