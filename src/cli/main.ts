@@ -12,11 +12,14 @@ const USAGE = `Usage: shoal <command> [options]
 Commands:
   daemon     run the node-local registry mirror
   version    print the version
+  swarm-key  print a new pre-shared key for a private swarm (shoal swarm-key > /etc/shoal/swarm.key)
   pin, unpin, prefetch, gc, verify, store ls   manage a running daemon's store (below)
 
 shoal daemon [--config FILE] [--listen HOST:PORT] [--data-dir DIR]
              [--upstream REGISTRY=URL]... [--default-registry REGISTRY] [--log-level LEVEL]
              [--store-max-bytes SIZE] [--store-max-percent PERCENT]
+             [--p2p-listen MULTIADDR]... [--bootstrap MULTIADDR|dns:NAME:PORT]...
+             [--swarm-key FILE] [--peer-listen HOST:PORT] [--no-p2p]
 
 ${ADMIN_USAGE}
 Every option can also be set in the YAML config file or as SHOAL_* environment variables
@@ -39,6 +42,11 @@ async function daemon(args: string[]): Promise<void> {
       'log-level': { type: 'string' },
       'store-max-bytes': { type: 'string' },
       'store-max-percent': { type: 'string' },
+      'p2p-listen': { type: 'string', multiple: true },
+      bootstrap: { type: 'string', multiple: true },
+      'swarm-key': { type: 'string' },
+      'peer-listen': { type: 'string' },
+      'no-p2p': { type: 'boolean' },
       help: { type: 'boolean', short: 'h' },
     },
     strict: true,
@@ -59,6 +67,11 @@ async function daemon(args: string[]): Promise<void> {
       logLevel: values['log-level'],
       'store.maxBytes': values['store-max-bytes'],
       'store.maxPercent': values['store-max-percent'],
+      'p2p.listen': values['p2p-listen'],
+      'p2p.bootstrap': values.bootstrap,
+      'p2p.swarmKeyFile': values['swarm-key'],
+      'p2p.peerListen': values['peer-listen'],
+      'p2p.enabled': values['no-p2p'] ? 'false' : undefined,
     },
   })
   const d = await startDaemon(config)
@@ -90,6 +103,9 @@ async function main(argv: string[]): Promise<void> {
     case 'verify':
     case 'store':
       return adminCommand(command, rest)
+    case 'swarm-key':
+      process.stdout.write((await import('../p2p/node.js')).generateSwarmKey())
+      return
     case 'version':
     case '--version':
       process.stdout.write(`shoal ${VERSION}\n`)

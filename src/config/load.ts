@@ -19,7 +19,20 @@ export interface ConfigSources {
   flags?: Partial<Record<FlagKey, string | string[] | undefined>>
 }
 
-export type FlagKey = 'listen' | 'dataDir' | 'defaultRegistry' | 'logLevel' | 'upstreams' | 'store.maxBytes' | 'store.maxPercent'
+export type FlagKey =
+  | 'listen'
+  | 'dataDir'
+  | 'defaultRegistry'
+  | 'logLevel'
+  | 'upstreams'
+  | 'store.maxBytes'
+  | 'store.maxPercent'
+  | 'p2p.enabled'
+  | 'p2p.listen'
+  | 'p2p.bootstrap'
+  | 'p2p.announce'
+  | 'p2p.swarmKeyFile'
+  | 'p2p.peerListen'
 
 /** Scalar keys and their environment variables. Maps (upstreams, credentials) are handled apart. */
 const SCALAR_KEYS = [
@@ -38,6 +51,18 @@ const SCALAR_KEYS = [
   'store.lowWatermark',
   'store.manifestMaxBytes',
   'store.maxTags',
+  'p2p.enabled',
+  'p2p.listen',
+  'p2p.announce',
+  'p2p.bootstrap',
+  'p2p.swarmKeyFile',
+  'p2p.peerListen',
+  'p2p.encrypt',
+  'p2p.chunkSize',
+  'p2p.maxUploads',
+  'p2p.uploadRate',
+  'p2p.lookupTimeout',
+  'p2p.penalty',
 ] as const
 type ScalarKey = (typeof SCALAR_KEYS)[number]
 
@@ -111,6 +136,27 @@ export function loadConfig(sources: ConfigSources = {}): Config {
       manifestMaxBytes: bytes(scalars.get('store.manifestMaxBytes'), 'store.manifestMaxBytes'),
       maxTags: int(scalars.get('store.maxTags'), 'store.maxTags', 1, 100_000_000),
     },
+    p2p: {
+      enabled: bool(scalars.get('p2p.enabled'), 'p2p.enabled'),
+      listen: list(scalars.get('p2p.listen'), 'p2p.listen'),
+      announce: list(scalars.get('p2p.announce'), 'p2p.announce'),
+      bootstrap: list(scalars.get('p2p.bootstrap'), 'p2p.bootstrap'),
+      swarmKeyFile: str(scalars.get('p2p.swarmKeyFile'), 'p2p.swarmKeyFile', true),
+      peerListen: parseListen(str(scalars.get('p2p.peerListen'), 'p2p.peerListen'), 'p2p.peerListen'),
+      encrypt: bool(scalars.get('p2p.encrypt'), 'p2p.encrypt'),
+      chunkSize: chunkSize(scalars.get('p2p.chunkSize')),
+      maxUploads: int(scalars.get('p2p.maxUploads'), 'p2p.maxUploads', 1, 4096),
+      uploadRate: bytes(scalars.get('p2p.uploadRate'), 'p2p.uploadRate'),
+      lookupTimeoutMs: duration(scalars.get('p2p.lookupTimeout'), 'p2p.lookupTimeout'),
+      penaltyMs: duration(scalars.get('p2p.penalty'), 'p2p.penalty'),
+    },
+  }
+  if (config.p2p.swarmKeyFile !== '') {
+    try {
+      readFileSync(config.p2p.swarmKeyFile)
+    } catch (err) {
+      throw new ConfigError('p2p.swarmKeyFile', `cannot read: ${(err as NodeJS.ErrnoException).code ?? 'error'}`)
+    }
   }
   if (config.store.lowWatermark >= config.store.highWatermark) {
     throw new ConfigError('store.lowWatermark', 'must be below store.highWatermark')
@@ -118,7 +164,7 @@ export function loadConfig(sources: ConfigSources = {}): Config {
   return deepFreeze(config)
 }
 
-const KNOWN_TOP_KEYS = new Set(['listen', 'dataDir', 'defaultRegistry', 'logLevel', 'upstreams', 'credentials', 'manifests', 'origin', 'store'])
+const KNOWN_TOP_KEYS = new Set(['listen', 'dataDir', 'defaultRegistry', 'logLevel', 'upstreams', 'credentials', 'manifests', 'origin', 'store', 'p2p'])
 
 function readYaml(path: string | URL, label: string): Raw {
   let text: string
@@ -187,6 +233,24 @@ function str(value: unknown, key: string, allowEmpty = false): string {
   if (typeof value === 'number') return String(value)
   if (typeof value !== 'string' || (!allowEmpty && value.trim() === '')) throw new ConfigError(key, 'expected a non-empty string')
   return value.trim()
+}
+
+/** A list: a YAML sequence, repeated flags, or a comma-separated string (environment). */
+function list(value: unknown, key: string): string[] {
+  const items = typeof value === 'string' ? value.split(',') : value === null || value === undefined ? [] : value
+  if (!Array.isArray(items) || items.some((v) => typeof v !== 'string')) throw new ConfigError(key, 'expected a list of strings')
+  return (items as string[]).map((v) => v.trim()).filter((v) => v !== '')
+}
+
+const MIN_CHUNK = 64 * 1024
+const MAX_CHUNK = 64 * 1024 * 1024
+
+function chunkSize(value: unknown): number {
+  const n = parseBytes(value)
+  if (n === undefined || n < MIN_CHUNK || n > MAX_CHUNK) {
+    throw new ConfigError('p2p.chunkSize', `expected a size from 64KiB to 64MiB, got ${JSON.stringify(value)}`)
+  }
+  return n
 }
 
 function oneOf<T extends string>(value: unknown, key: string, allowed: readonly T[]): T {

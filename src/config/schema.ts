@@ -16,6 +16,33 @@ export interface Config {
   readonly manifests: { readonly tagTtlMs: number; readonly staleIfError: boolean }
   readonly origin: { readonly timeoutMs: number; readonly bodyTimeoutMs: number; readonly retries: number }
   readonly store: StoreConfig
+  readonly p2p: P2pConfig
+}
+
+export interface P2pConfig {
+  /** false: a plain mirror, no peer layer */
+  readonly enabled: boolean
+  /** libp2p listen multiaddrs */
+  readonly listen: readonly string[]
+  /** multiaddrs announced to peers instead of the listen ones (empty: the listen ones) */
+  readonly announce: readonly string[]
+  /** multiaddrs (with or without /p2p/ID) or dns:NAME:PORT */
+  readonly bootstrap: readonly string[]
+  /** pre-shared key file of a private swarm; '' for none */
+  readonly swarmKeyFile: string
+  /** the peer data port (chunk bytes) */
+  readonly peerListen: { host: string; port: number }
+  /** TLS (PSK from a libp2p-authenticated ticket) on the peer data port */
+  readonly encrypt: boolean
+  readonly chunkSize: number
+  /** concurrent chunk uploads to peers */
+  readonly maxUploads: number
+  /** cap on upload bytes per second to peers; 0: none */
+  readonly uploadRate: number
+  /** how long a download looks for peers before it goes to origin */
+  readonly lookupTimeoutMs: number
+  /** how long a peer that sent bad bytes is left out */
+  readonly penaltyMs: number
 }
 
 export interface StoreConfig {

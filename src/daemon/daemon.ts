@@ -8,6 +8,7 @@ import { BlobStore } from '../store/blob-store.js'
 import { BlobService } from '../transfer/blob-service.js'
 import { ManifestService } from '../transfer/manifest-service.js'
 import { VERSION } from '../version.js'
+import { type Swarm, startSwarm } from './swarm.js'
 
 export interface Daemon {
   /** the /v2 listener, e.g. http://127.0.0.1:5050 */
@@ -34,19 +35,41 @@ export async function startDaemon(config: Config, options: DaemonOptions = {}): 
   const startedAt = Date.now()
 
   const store = await BlobStore.open(config.dataDir, logger.child({ component: 'store' }), config.store)
-  // The peer layer will withdraw its announcements here.
   store.onEvict((digest) => logger.debug({ digest }, 'blob evicted'))
   const origin = OriginClient.fromConfig(config, logger.child({ component: 'origin' }), (registry, method, status) =>
     metrics.originResponses.inc({ registry, method, status }),
   )
-  const blobs = new BlobService({
+  let blobs: BlobService | undefined
+  let swarm: Swarm | undefined
+  if (config.p2p.enabled) {
+    try {
+      swarm = await startSwarm({
+        config: config.p2p,
+        dataDir: config.dataDir,
+        store,
+        download: (digest) => blobs?.download(digest),
+        metrics,
+        logger: logger.child({ component: 'swarm' }),
+        signal: shutdown.signal,
+      })
+    } catch (err) {
+      await origin.close()
+      await store.close()
+      throw err
+    }
+  }
+  blobs = new BlobService({
     store,
     source: new OriginBlobSource(origin),
     logger: logger.child({ component: 'transfer' }),
     resumeAttempts: RESUME_ATTEMPTS,
     signal: shutdown.signal,
+    swarm: swarm?.hooks,
     events: {
-      onFetched: (source, bytes) => metrics.bytesFetched.inc({ source }, bytes),
+      onFetched: (source, bytes, peer) => {
+        metrics.bytesFetched.inc({ source }, bytes)
+        if (peer !== undefined) swarm?.received(peer, bytes)
+      },
       onDownload: (event) => metrics.downloads.inc({ event }),
     },
   })
@@ -68,7 +91,7 @@ export async function startDaemon(config: Config, options: DaemonOptions = {}): 
     manifests,
     origin,
     rules: { upstreams: config.upstreams, defaultRegistry: config.defaultRegistry },
-    ready: () => true,
+    ready: () => ({ ready: true, swarm: swarm === undefined ? undefined : { joined: swarm.joined(), peers: swarm.status().connectedPeers } }),
     admin: { store, blobs, manifests, rules: { upstreams: config.upstreams, defaultRegistry: config.defaultRegistry }, logger },
     status: () => ({
       version: VERSION,
@@ -79,6 +102,7 @@ export async function startDaemon(config: Config, options: DaemonOptions = {}): 
       downloadsInFlight: blobs.inflight(),
       defaultRegistry: config.defaultRegistry,
       upstreams: Object.fromEntries([...config.upstreams].map(([registry, url]) => [registry, url.href])),
+      p2p: swarm === undefined ? { enabled: false } : { enabled: true, ...swarm.status() },
     }),
   })
 
@@ -86,6 +110,7 @@ export async function startDaemon(config: Config, options: DaemonOptions = {}): 
   try {
     address = await server.listen({ host: config.listen.host, port: config.listen.port })
   } catch (err) {
+    await swarm?.stop()
     await origin.close()
     await store.close()
     throw err
@@ -101,6 +126,7 @@ export async function startDaemon(config: Config, options: DaemonOptions = {}): 
         shutdown.abort(new Error('shutting down'))
         await server.close()
         await blobs.settled()
+        await swarm?.stop()
         await origin.close()
         await store.close()
         logger.info('shoal stopped')

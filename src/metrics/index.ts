@@ -64,6 +64,43 @@ export class Metrics {
     collect: (): void => this.storeBlobs.set(this.storeUsage().blobs),
   })
 
+  /** set by the composition root when the peer layer runs: read when metrics are scraped */
+  peerStats: () => { connectedPeers: number; routingTableSize: number; bytesToPeers: number; uploads: number } | undefined = () => undefined
+
+  readonly peersConnected: Gauge = new Gauge({
+    name: 'shoal_p2p_connected_peers',
+    help: 'Peers with an open libp2p connection',
+    registers: [this.registry],
+    collect: (): void => this.peersConnected.set(this.peerStats()?.connectedPeers ?? 0),
+  })
+
+  readonly routingTable: Gauge = new Gauge({
+    name: 'shoal_p2p_routing_table_peers',
+    help: 'Peers in the DHT routing table',
+    registers: [this.registry],
+    collect: (): void => this.routingTable.set(this.peerStats()?.routingTableSize ?? 0),
+  })
+
+  readonly uploads: Gauge = new Gauge({
+    name: 'shoal_p2p_uploads',
+    help: 'Chunk uploads to peers in progress',
+    registers: [this.registry],
+    collect: (): void => this.uploads.set(this.peerStats()?.uploads ?? 0),
+  })
+
+  readonly bytesUploaded: Gauge = new Gauge({
+    name: 'shoal_p2p_uploaded_bytes',
+    help: 'Chunk bytes sent to peers since start',
+    registers: [this.registry],
+    collect: (): void => this.bytesUploaded.set(this.peerStats()?.bytesToPeers ?? 0),
+  })
+
+  readonly badChunks = new Counter({
+    name: 'shoal_p2p_bad_chunks_total',
+    help: 'Chunks or blobs from peers that failed verification (the peer was penalised)',
+    registers: [this.registry],
+  })
+
   constructor() {
     collectDefaultMetrics({ register: this.registry, prefix: 'shoal_' })
   }

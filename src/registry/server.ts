@@ -23,8 +23,8 @@ export interface RegistryServerOptions {
   rules: TargetRules
   /** the document served at /api/v1/status */
   status: () => Record<string, unknown>
-  /** whether /readyz answers 200 */
-  ready: () => boolean
+  /** /readyz: 200 when `ready`, with the whole answer as its JSON body */
+  ready: () => { ready: boolean; [key: string]: unknown }
   /** the admin API (/api/v1/store, /api/v1/pins, /api/v1/prefetch) */
   admin?: AdminOptions
 }
@@ -113,8 +113,8 @@ export function buildServer(opts: RegistryServerOptions) {
 
   app.get('/healthz', async () => 'ok\n')
   app.get('/readyz', async (_request, reply) => {
-    const ready = opts.ready()
-    return reply.code(ready ? 200 : 503).send({ ready })
+    const answer = opts.ready()
+    return reply.code(answer.ready ? 200 : 503).send(answer)
   })
   app.get('/api/v1/status', async () => opts.status())
   if (opts.admin !== undefined) void app.register(adminRoutes, opts.admin)

@@ -114,6 +114,17 @@ export class DhtContentRouter implements ContentRouter {
     await raceSignal(this.provideShared(digest), options.signal)
   }
 
+  /**
+   * Puts digests on the announce schedule without announcing them now (what a node holds at
+   * start): a pass announces them, a few at a time, as soon as the routing table has peers.
+   */
+  enqueue(digests: Iterable<string>): void {
+    for (const digest of digests) {
+      if (!this.schedule.has(digest)) this.schedule.set(digest, { cid: digestToCid(digest), storedAt: undefined })
+    }
+    if (this.ready()) this.onPeerAdded()
+  }
+
   async withdraw(digest: string): Promise<void> {
     const entry = this.schedule.get(digest)
     if (entry === undefined) return

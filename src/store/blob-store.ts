@@ -7,6 +7,7 @@ import type { Logger } from 'pino'
 import type { Digest } from '../oci/digest.js'
 import { DigestMismatchError, isNoSpace, SizeMismatchError, StoreError, StoreFullError, StoreLockedError } from './errors.js'
 import type {
+  ChunkTableRecord,
   BlobMeta,
   EvictionResult,
   ManifestRecord,
@@ -69,6 +70,7 @@ export class BlobStore {
   private readonly db: Level<string, unknown>
   private readonly blobsDb
   private readonly partialsDb
+  private readonly chunksDb
   private readonly pinsDb
   private readonly manifestsDb
   private readonly tagsDb
@@ -114,6 +116,7 @@ export class BlobStore {
     this.db = db
     this.blobsDb = db.sublevel<string, BlobMeta>('blobs', { valueEncoding: 'json' })
     this.partialsDb = db.sublevel<string, PartialMeta>('partials', { valueEncoding: 'json' })
+    this.chunksDb = db.sublevel<string, ChunkTableRecord>('chunks', { valueEncoding: 'json' })
     this.pinsDb = db.sublevel<string, PinRecord>('pins', { valueEncoding: 'json' })
     this.manifestsDb = db.sublevel<string, StoredManifest>('manifests', { valueEncoding: 'json' })
     this.tagsDb = db.sublevel<string, TagRecord>('tags', { valueEncoding: 'json' })
@@ -652,6 +655,7 @@ export class BlobStore {
       .batch([
         ...blobs.map((meta) => ({ type: 'del', sublevel: this.blobsDb, key: meta.digest })),
         ...partials.map((p) => ({ type: 'del', sublevel: this.partialsDb, key: p.digest })),
+        ...blobs.map((meta) => ({ type: 'del', sublevel: this.chunksDb, key: meta.digest })),
       ] as never)
       .catch((err: unknown) => this.log.warn({ err }, 'cannot drop evicted blobs from the index (the next start will)'))
     this.evictedBlobs += blobs.length
@@ -740,6 +744,21 @@ export class BlobStore {
       if (n > 0) this.pinned.set(d, n)
       else this.pinned.delete(d)
     }
+  }
+
+  // ---- chunk tables ---------------------------------------------------------------------------
+
+  /**
+   * A blob's chunk table (per-chunk sha256 for one chunk size), computed by this node from bytes
+   * that matched the blob's digest. A table is a function of the blob's content, so a stale
+   * entry never lies; entries leave with their blob.
+   */
+  async getChunkTable(digest: string): Promise<ChunkTableRecord | undefined> {
+    return this.chunksDb.get(digest)
+  }
+
+  async putChunkTable(digest: string, record: ChunkTableRecord): Promise<void> {
+    await this.chunksDb.put(digest, record)
   }
 
   // ---- manifests and tags (their own caps) ----------------------------------------------------

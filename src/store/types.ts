@@ -6,6 +6,12 @@ export interface BlobMeta {
   lastAccess: number
 }
 
+/** Per-chunk sha256 (hex) of a blob cut into `chunkSize` chunks. */
+export interface ChunkTableRecord {
+  readonly chunkSize: number
+  readonly hashes: readonly string[]
+}
+
 /** A download that stopped before the end: its bytes stay in tmp/ and it resumes from there. */
 export interface PartialMeta {
   readonly digest: string

@@ -21,7 +21,7 @@ export interface BlobHandle {
 
 export interface BlobServiceEvents {
   /** bytes that arrived from a source and were written to a temporary file */
-  onFetched?(source: string, bytes: number): void
+  onFetched?(source: string, bytes: number, peer?: string): void
   onDownload?(event: 'started' | 'completed' | 'failed', digest: string): void
 }
 

@@ -119,6 +119,26 @@ export class Download {
     return new DownloadReader(this, start, end, fallback)
   }
 
+  /**
+   * Bytes [start, start + length) of the partial file, past the in-order prefix too: for a
+   * verified chunk a peer asks for (the caller checks `chunks` first).
+   */
+  async readRange(start: number, length: number): Promise<Buffer> {
+    if (this.writer === undefined || this.state === 'failed') throw new StoreError('NOT_STARTED', 'download is not running')
+    this.acquire()
+    try {
+      const buf = Buffer.allocUnsafe(length)
+      for (let off = 0; off < length; ) {
+        const { bytesRead } = await this.writer.fh.read(buf, off, length - off, start + off)
+        if (bytesRead === 0) throw new StoreError('SHORT_READ', 'blob file is shorter than a held chunk')
+        off += bytesRead
+      }
+      return buf
+    } finally {
+      this.release()
+    }
+  }
+
   /** @internal */
   async readAt(buf: Buffer, length: number, position: number): Promise<number> {
     if (this.writer === undefined) throw new StoreError('NOT_STARTED', 'download has not started')

@@ -42,7 +42,8 @@ export interface SwarmDownloadOptions {
   swarm: SwarmHooks
   signal: AbortSignal
   logger: Logger
-  onFetched?(source: string, bytes: number): void
+  /** bytes accepted from a source kind ('peer', 'origin'), with the peer's id */
+  onFetched?(source: string, bytes: number, peer?: string): void
 }
 
 /**
@@ -116,12 +117,13 @@ export async function runSwarmDownload(opts: SwarmDownloadOptions): Promise<void
     },
     onChunk: (_index, source, bytes) => {
       if (source.kind === 'peer') contributors.add(source.id)
-      opts.onFetched?.(source.kind, bytes)
+      opts.onFetched?.(source.kind, bytes, source.kind === 'peer' ? source.id : undefined)
     },
   })
   try {
-    await scheduler.run(signal)
+    const result = await scheduler.run(signal)
     await writer.commit()
+    opts.logger.info({ digest, size: plan.plan.size, bySource: Object.fromEntries(result.bySource), wasted: result.wasted }, 'blob fetched through the swarm')
   } catch (err) {
     if ((err as Error).name === 'DigestMismatchError' || err instanceof TableMismatchError) {
       opts.logger.warn({ digest, peers: [...contributors], err: (err as Error).message }, 'blob from peers failed its digest: peers penalised')

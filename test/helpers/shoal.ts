@@ -40,6 +40,8 @@ export interface StartShoalOptions {
   args?: string[]
   env?: NodeJS.ProcessEnv
   logLevel?: string
+  /** the peer layer, on loopback with ephemeral ports (default true); false: --no-p2p */
+  p2p?: boolean
 }
 
 export async function startShoal(opts: StartShoalOptions = {}): Promise<Shoal> {
@@ -50,6 +52,8 @@ export async function startShoal(opts: StartShoalOptions = {}): Promise<Shoal> {
   const port = await freePort()
   const args = [SHOAL_MAIN, 'daemon', '--listen', `127.0.0.1:${port}`, '--data-dir', dataDir, '--log-level', opts.logLevel ?? 'info']
   for (const [registry, url] of Object.entries(opts.upstreams ?? {})) args.push('--upstream', `${registry}=${url}`)
+  if (opts.p2p === false) args.push('--no-p2p')
+  else args.push('--p2p-listen', '/ip4/127.0.0.1/tcp/0', '--peer-listen', '127.0.0.1:0')
   args.push(...(opts.args ?? []))
   const proc = spawnLogged(process.execPath, args, logPath, { env: { ...process.env, ...opts.env } })
   const url = `http://127.0.0.1:${port}`

@@ -1,0 +1,167 @@
+import type { Logger } from 'pino'
+import type { P2pConfig } from '../config/schema.js'
+import type { Metrics } from '../metrics/index.js'
+import { createPeerNode, type PeerNode } from '../p2p/node.js'
+import { createPeerDataClient, createPeerDataServer, type PeerDataClient, type PeerDataServer } from '../peer/index.js'
+import type { BlobStore } from '../store/blob-store.js'
+import { discoverPeers } from '../swarm/discover.js'
+import { PeerPenalties } from '../swarm/penalties.js'
+import { StoreChunkProvider } from '../swarm/provider.js'
+import type { Download } from '../transfer/download.js'
+import type { SwarmHooks } from '../transfer/swarm-download.js'
+
+/** Peer info requests during discovery, each. */
+const INFO_TIMEOUT_MS = 2_000
+/** Peer data plane: ticket exchange, response headers, body idle. */
+const DATA_TIMEOUT_MS = 10_000
+/** Peers asked about one blob. */
+const MAX_PEERS_PER_BLOB = 8
+
+export interface SwarmStatus {
+  peerId: string
+  listen: string[]
+  peerPort: number
+  encrypt: boolean
+  privateSwarm: boolean
+  connectedPeers: number
+  routingTableSize: number
+  joined: boolean
+  bytesFromPeers: number
+  bytesToPeers: number
+  bytesFromPeer: Record<string, number>
+  uploads: number
+  penalisedPeers: number
+  announced: number
+}
+
+export interface Swarm {
+  readonly hooks: SwarmHooks
+  /** at least one peer in the routing table */
+  joined(): boolean
+  status(): SwarmStatus
+  /** bytes accepted from a peer (for status) */
+  received(peerId: string, bytes: number): void
+  stop(): Promise<void>
+}
+
+export interface SwarmOptions {
+  config: P2pConfig
+  dataDir: string
+  store: BlobStore
+  /** the download in progress for a digest (wired after the blob service exists) */
+  download(digest: string): Download | undefined
+  metrics: Metrics
+  logger: Logger
+  signal: AbortSignal
+}
+
+/**
+ * The peer side of a daemon: the libp2p node (identity, DHT), the peer data plane (server and
+ * client), and the hooks through which the transfer layer finds peers and tells the swarm what
+ * this node holds. Announcements follow the store: what it holds at start is announced, what
+ * arrives is announced from its first verified chunk, what it evicts is withdrawn.
+ */
+export async function startSwarm(opts: SwarmOptions): Promise<Swarm> {
+  const { config, store, logger } = opts
+  if (config.swarmKeyFile === '') {
+    logger.warn('no swarm key (p2p.swarmKeyFile): any host that can reach the p2p ports may join this swarm; set one on shared networks')
+  }
+  const node: PeerNode = await createPeerNode({
+    dataDir: opts.dataDir,
+    listen: [...config.listen],
+    announce: config.announce.length > 0 ? [...config.announce] : undefined,
+    bootstrap: [...config.bootstrap],
+    swarmKeyFile: config.swarmKeyFile === '' ? undefined : config.swarmKeyFile,
+    logger: logger.child({ component: 'p2p' }),
+    signal: opts.signal,
+  })
+  let server: PeerDataServer
+  try {
+    server = await createPeerDataServer({
+      libp2p: node.libp2p,
+      provider: new StoreChunkProvider({ store, download: opts.download, chunkSize: config.chunkSize, logger }),
+      encrypt: config.encrypt,
+      listen: config.peerListen,
+      maxUploads: config.maxUploads,
+      uploadBytesPerSecond: config.uploadRate > 0 ? config.uploadRate : undefined,
+      logger: logger.child({ component: 'peer-data' }),
+    })
+  } catch (err) {
+    await node.stop()
+    throw err
+  }
+  const client: PeerDataClient = createPeerDataClient({ libp2p: node.libp2p, encrypt: config.encrypt, logger, timeoutMs: DATA_TIMEOUT_MS })
+  const penalties = new PeerPenalties(config.penaltyMs)
+  const fromPeer = new Map<string, number>()
+
+  node.router.enqueue([...store.list()].map((meta) => meta.digest))
+  const unsubscribe = store.onEvict((digest) => {
+    node.router.withdraw(digest).catch((err: Error) => logger.debug({ digest, err: err.message }, 'withdraw failed'))
+  })
+
+  const hooks: SwarmHooks = {
+    chunkSize: config.chunkSize,
+    discover: (digest, signal) =>
+      discoverPeers(digest, {
+        router: node.router,
+        client,
+        penalties,
+        logger,
+        chunkSize: config.chunkSize,
+        lookupTimeoutMs: config.lookupTimeoutMs,
+        infoTimeoutMs: INFO_TIMEOUT_MS,
+        maxPeers: MAX_PEERS_PER_BLOB,
+        signal,
+      }),
+    announce: (digest) => {
+      node.router.advertise(digest).catch((err: Error) => logger.debug({ digest, err: err.message }, 'announce deferred'))
+    },
+    penalise: (peerId) => {
+      penalties.penalise(peerId)
+      opts.metrics.badChunks.inc()
+    },
+    completed: (digest, table) => {
+      store.putChunkTable(digest, { chunkSize: config.chunkSize, hashes: table }).catch((err: Error) => logger.warn({ digest, err: err.message }, 'cannot record chunk table'))
+    },
+  }
+
+  const status = (): SwarmStatus => {
+    const s = node.status()
+    const served = server.stats()
+    return {
+      peerId: s.peerId,
+      listen: s.listenAddrs,
+      peerPort: server.port,
+      encrypt: server.encrypt,
+      privateSwarm: config.swarmKeyFile !== '',
+      connectedPeers: s.connectedPeers,
+      routingTableSize: s.routingTableSize,
+      joined: node.router.ready(),
+      bytesFromPeers: [...fromPeer.values()].reduce((a, b) => a + b, 0),
+      bytesToPeers: served.bytesSent,
+      bytesFromPeer: Object.fromEntries(fromPeer),
+      uploads: served.uploads,
+      penalisedPeers: penalties.count(),
+      announced: node.router.advertised().length,
+    }
+  }
+  opts.metrics.peerStats = () => {
+    const s = node.status()
+    const served = server.stats()
+    return { connectedPeers: s.connectedPeers, routingTableSize: s.routingTableSize, bytesToPeers: served.bytesSent, uploads: served.uploads }
+  }
+  logger.info({ peerId: node.peerId, listen: node.status().listenAddrs, peerPort: server.port, encrypt: server.encrypt }, 'joined the peer layer')
+
+  return {
+    hooks,
+    joined: () => node.router.ready(),
+    status,
+    received: (peerId, bytes) => fromPeer.set(peerId, (fromPeer.get(peerId) ?? 0) + bytes),
+    stop: async () => {
+      unsubscribe()
+      await server.close()
+      await client.close()
+      await node.stop()
+    },
+  }
+}

@@ -1,0 +1,121 @@
+import { createHash } from 'node:crypto'
+import { Readable } from 'node:stream'
+import type { Logger } from 'pino'
+import type { BlobInfo, ChunkProvider } from '../peer/types.js'
+import type { BlobStore } from '../store/blob-store.js'
+import { chunkBounds, planChunks } from '../transfer/chunks/plan.js'
+import type { Download } from '../transfer/download.js'
+
+export interface StoreChunkProviderOptions {
+  store: BlobStore
+  /** the download in progress for a digest, if any (its verified chunks are served too) */
+  download(digest: string): Download | undefined
+  chunkSize: number
+  logger: Logger
+}
+
+/**
+ * What this node hands out to peers: every chunk of the blobs it holds complete, and the
+ * verified chunks of the blobs it is still downloading (in-flight sharing).
+ *
+ * A complete blob's chunk table comes from the index (recorded when the download completed);
+ * when it is missing (the blob came in before the swarm was on, or a resumed download), the file
+ * is hashed once, chunk by chunk, and the table recorded. Either way it is computed from bytes
+ * that matched the blob's digest.
+ */
+export class StoreChunkProvider implements ChunkProvider {
+  private readonly opts: StoreChunkProviderOptions
+  private readonly computing = new Map<string, Promise<string[]>>()
+
+  constructor(opts: StoreChunkProviderOptions) {
+    this.opts = opts
+  }
+
+  async info(digest: string): Promise<BlobInfo | undefined> {
+    const { store, chunkSize } = this.opts
+    const held = store.stat(digest)
+    if (held !== undefined) {
+      const table = await this.table(digest, held.size)
+      if (table === undefined) return undefined
+      return { size: held.size, chunkSize, table, have: table.map(() => true) }
+    }
+    const chunks = this.inflight(digest)?.chunks
+    if (chunks === undefined || !chunks.have.some(Boolean)) return undefined
+    return chunks.info()
+  }
+
+  async read(digest: string, index: number, signal: AbortSignal): Promise<{ length: number; body: Readable } | undefined> {
+    const { store, chunkSize } = this.opts
+    const held = store.stat(digest)
+    if (held !== undefined) {
+      const plan = planChunks(held.size, chunkSize)
+      if (index >= plan.count) return undefined
+      const { start, end } = chunkBounds(plan, index)
+      if (end === start) return { length: 0, body: Readable.from([]) }
+      const body = store.createReadStream(digest, start, end - 1)
+      signal.addEventListener('abort', () => body.destroy(), { once: true })
+      return { length: end - start, body }
+    }
+    const download = this.inflight(digest)
+    const chunks = download?.chunks
+    if (download === undefined || chunks === undefined || chunks.have[index] !== true) return undefined
+    const { start, end } = chunkBounds(chunks.plan, index)
+    const bytes = await download.readRange(start, end - start)
+    signal.throwIfAborted()
+    return { length: bytes.byteLength, body: Readable.from([bytes]) }
+  }
+
+  private inflight(digest: string): Download | undefined {
+    const download = this.opts.download(digest)
+    if (download === undefined || download.failed !== undefined || download.chunks?.plan.chunkSize !== this.opts.chunkSize) return undefined
+    return download
+  }
+
+  /** The chunk table of a held blob; undefined if the blob went away meanwhile. */
+  private async table(digest: string, size: number): Promise<string[] | undefined> {
+    const { store, chunkSize } = this.opts
+    const recorded = await store.getChunkTable(digest).catch(() => undefined)
+    if (recorded !== undefined && recorded.chunkSize === chunkSize) return [...recorded.hashes]
+    let pending = this.computing.get(digest)
+    if (pending === undefined) {
+      pending = this.compute(digest, size).finally(() => this.computing.delete(digest))
+      this.computing.set(digest, pending)
+    }
+    try {
+      return await pending
+    } catch (err) {
+      this.opts.logger.debug({ digest, err: (err as Error).message }, 'cannot compute chunk table')
+      return undefined
+    }
+  }
+
+  private async compute(digest: string, size: number): Promise<string[]> {
+    const { store, chunkSize } = this.opts
+    const plan = planChunks(size, chunkSize)
+    const hashes: string[] = []
+    let hash = createHash('sha256')
+    let fill = 0
+    let limit = chunkBounds(plan, 0).end
+    if (size > 0) {
+      for await (const data of store.createReadStream(digest, 0, size - 1) as AsyncIterable<Buffer>) {
+        let offset = 0
+        while (offset < data.byteLength) {
+          const take = Math.min(limit - fill, data.byteLength - offset)
+          hash.update(data.subarray(offset, offset + take))
+          fill += take
+          offset += take
+          if (fill === limit) {
+            hashes.push(hash.digest('hex'))
+            hash = createHash('sha256')
+            fill = 0
+            if (hashes.length < plan.count) limit = chunkBounds(plan, hashes.length).end - chunkBounds(plan, hashes.length).start
+          }
+        }
+      }
+    }
+    if (size === 0) hashes.push(hash.digest('hex'))
+    if (hashes.length !== plan.count) throw new Error(`blob file of ${digest} is shorter than its size`)
+    await store.putChunkTable(digest, { chunkSize, hashes })
+    return hashes
+  }
+}
