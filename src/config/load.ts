@@ -63,6 +63,8 @@ const SCALAR_KEYS = [
   'p2p.uploadRate',
   'p2p.lookupTimeout',
   'p2p.penalty',
+  'p2p.originFetchers',
+  'p2p.fetcherStall',
 ] as const
 type ScalarKey = (typeof SCALAR_KEYS)[number]
 
@@ -149,6 +151,8 @@ export function loadConfig(sources: ConfigSources = {}): Config {
       uploadRate: bytes(scalars.get('p2p.uploadRate'), 'p2p.uploadRate'),
       lookupTimeoutMs: duration(scalars.get('p2p.lookupTimeout'), 'p2p.lookupTimeout'),
       penaltyMs: duration(scalars.get('p2p.penalty'), 'p2p.penalty'),
+      originFetchers: int(scalars.get('p2p.originFetchers'), 'p2p.originFetchers', 1, 64),
+      fetcherStallMs: duration(scalars.get('p2p.fetcherStall'), 'p2p.fetcherStall'),
     },
   }
   if (config.p2p.swarmKeyFile !== '') {

@@ -43,6 +43,10 @@ export interface P2pConfig {
   readonly lookupTimeoutMs: number
   /** how long a peer that sent bad bytes is left out */
   readonly penaltyMs: number
+  /** nodes that share the origin fetch of a blob nobody holds (the closest to its DHT key) */
+  readonly originFetchers: number
+  /** an origin fetcher whose holdings do not grow for this long is taken over */
+  readonly fetcherStallMs: number
 }
 
 export interface StoreConfig {

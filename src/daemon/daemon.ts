@@ -7,6 +7,9 @@ import { buildServer } from '../registry/server.js'
 import { BlobStore } from '../store/blob-store.js'
 import { BlobService } from '../transfer/blob-service.js'
 import { ManifestService } from '../transfer/manifest-service.js'
+import { isDigest, parseDigest } from '../oci/digest.js'
+import { isValidName } from '../oci/reference.js'
+import type { BlobLocator } from '../transfer/types.js'
 import { VERSION } from '../version.js'
 import { type Swarm, startSwarm } from './swarm.js'
 
@@ -19,6 +22,18 @@ export interface Daemon {
 
 export interface DaemonOptions {
   logger?: Logger
+}
+
+/** Downloads in progress above which a peer's fetch request is ignored. */
+const MAX_WANTED_DOWNLOADS = 32
+
+/** A peer's fetch request (`registry/name` and digest), if it names a registry this node mirrors. */
+function wantedBlob(digest: string, from: string, config: Config): BlobLocator | undefined {
+  const slash = from.indexOf('/')
+  const registry = from.slice(0, slash)
+  const name = from.slice(slash + 1)
+  if (slash <= 0 || !config.upstreams.has(registry) || !isValidName(name) || !isDigest(digest)) return undefined
+  return { registry, name, digest: parseDigest(digest) }
 }
 
 /** Attempts to resume a blob body that origin cut mid-way. */
@@ -48,6 +63,16 @@ export async function startDaemon(config: Config, options: DaemonOptions = {}): 
         dataDir: config.dataDir,
         store,
         download: (digest) => blobs?.download(digest),
+        want: (digest, from, peerId) => {
+          const locator = wantedBlob(digest, from, config)
+          if (locator === undefined) {
+            logger.debug({ digest, from, peerId }, 'ignored a fetch request for a blob of an unknown registry or an invalid name')
+            return
+          }
+          if (blobs?.prefetch(locator, MAX_WANTED_DOWNLOADS)) {
+            logger.info({ digest, registry: locator.registry, name: locator.name, peerId }, 'fetching a blob for the swarm as one of its origin fetchers')
+          }
+        },
         metrics,
         logger: logger.child({ component: 'swarm' }),
         signal: shutdown.signal,

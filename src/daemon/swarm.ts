@@ -5,6 +5,7 @@ import { createPeerNode, type PeerNode } from '../p2p/node.js'
 import { createPeerDataClient, createPeerDataServer, type PeerDataClient, type PeerDataServer } from '../peer/index.js'
 import type { BlobStore } from '../store/blob-store.js'
 import { discoverPeers } from '../swarm/discover.js'
+import { planFanout } from '../swarm/fanout.js'
 import { PeerPenalties } from '../swarm/penalties.js'
 import { StoreChunkProvider } from '../swarm/provider.js'
 import type { Download } from '../transfer/download.js'
@@ -50,6 +51,8 @@ export interface SwarmOptions {
   store: BlobStore
   /** the download in progress for a digest (wired after the blob service exists) */
   download(digest: string): Download | undefined
+  /** a peer asks this node to fetch a blob as one of its origin fetchers (untrusted input) */
+  want(digest: string, source: string, peerId: string): void
   metrics: Metrics
   logger: Logger
   signal: AbortSignal
@@ -79,7 +82,7 @@ export async function startSwarm(opts: SwarmOptions): Promise<Swarm> {
   try {
     server = await createPeerDataServer({
       libp2p: node.libp2p,
-      provider: new StoreChunkProvider({ store, download: opts.download, chunkSize: config.chunkSize, logger }),
+      provider: new StoreChunkProvider({ store, download: opts.download, want: opts.want, chunkSize: config.chunkSize, logger }),
       encrypt: config.encrypt,
       listen: config.peerListen,
       maxUploads: config.maxUploads,
@@ -101,6 +104,20 @@ export async function startSwarm(opts: SwarmOptions): Promise<Swarm> {
 
   const hooks: SwarmHooks = {
     chunkSize: config.chunkSize,
+    fetcherStallMs: config.fetcherStallMs,
+    joined: () => node.router.ready(),
+    fanout: (locator, plan, signal) =>
+      planFanout(locator, plan, {
+        selfId: node.peerId,
+        closest: (digest, options) => node.router.closest(digest, options),
+        client,
+        penalties,
+        fetchers: config.originFetchers,
+        lookupTimeoutMs: config.lookupTimeoutMs,
+        infoTimeoutMs: INFO_TIMEOUT_MS,
+        logger,
+        signal,
+      }),
     discover: (digest, signal) =>
       discoverPeers(digest, {
         router: node.router,

@@ -23,7 +23,7 @@
  * replaced (that would change the node's identity).
  */
 import '../polyfill.js'
-import { randomBytes } from 'node:crypto'
+import { createHash, randomBytes } from 'node:crypto'
 import { lookup as dnsLookup } from 'node:dns/promises'
 import { setMaxListeners } from 'node:events'
 import { chmod, link, mkdir, open, readFile, stat, unlink } from 'node:fs/promises'
@@ -36,6 +36,7 @@ import { type KadDHT, kadDHT, passthroughMapper } from '@libp2p/kad-dht'
 import { type Ping, ping } from '@libp2p/ping'
 import { preSharedKey } from '@libp2p/pnet'
 import { tcp } from '@libp2p/tcp'
+import { peerIdFromString } from '@libp2p/peer-id'
 import { type Multiaddr, multiaddr } from '@multiformats/multiaddr'
 import { type Libp2p, createLibp2p } from 'libp2p'
 import type { Logger } from 'pino'
@@ -308,11 +309,12 @@ export function parseBootstrapEntry(entry: string): BootstrapTarget {
 /** the kad-dht routing table as it is at runtime (not part of the public typings) */
 interface RoutingTableView extends EventTarget {
   readonly size: number
+  closestPeers(kadId: Uint8Array, options?: { count?: number }): Array<{ toString(): string }>
 }
 
 function routingTableOf(dht: KadDHT): RoutingTableView {
   const table = (dht as unknown as { routingTable?: Partial<RoutingTableView> }).routingTable
-  if (table === undefined || typeof table.size !== 'number' || typeof table.addEventListener !== 'function') {
+  if (table === undefined || typeof table.size !== 'number' || typeof table.addEventListener !== 'function' || typeof table.closestPeers !== 'function') {
     throw new PeerNodeError('kad-dht has no routing table: unsupported @libp2p/kad-dht version', 'ERR_KAD_DHT_VERSION')
   }
   return table as RoutingTableView
@@ -330,6 +332,9 @@ function dhtBackend(node: PeerLibp2p, table: RoutingTableView): DhtBackend {
     },
     provide: (cid, options) => dht.provide(cid, options),
     findProviders: (cid, options) => dht.findProviders(cid, options),
+    closestPeers: (cid, options) => dht.getClosestPeers(cid.multihash.bytes, options),
+    localClosest: (cid, count) => table.closestPeers(createHash('sha256').update(cid.multihash.bytes).digest(), { count }).map((id) => id.toString()),
+    addressesOf: async (id) => (await node.peerStore.get(peerIdFromString(id))).addresses.map((a) => a.multiaddr.toString()),
     cancelReprovide: (cid) => dht.cancelReprovide(cid)
   }
 }

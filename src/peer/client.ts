@@ -68,7 +68,8 @@ export interface PeerDataClientOptions {
 
 export interface PeerDataClient {
   /** the peer's view of a blob; undefined when it holds nothing of it */
-  info(peer: PeerRef, digest: string, options: { signal: AbortSignal }): Promise<BlobInfo | undefined>
+  /** `want` (`registry/name`): also ask the peer to fetch the blob, as one of its origin fetchers */
+  info(peer: PeerRef, digest: string, options: { signal: AbortSignal; want?: string | undefined }): Promise<BlobInfo | undefined>
   /**
    * The raw bytes of chunk `index` (unverified: the caller checks them). Rejects with
    * `ChunkUnavailableError` (not held), `PeerBusyError` (upload cap), `PeerTimeoutError`,
@@ -120,9 +121,9 @@ class DataClient implements PeerDataClient {
     this.now = options.now ?? Date.now
   }
 
-  async info(peer: PeerRef, digest: string, options: { signal: AbortSignal }): Promise<BlobInfo | undefined> {
+  async info(peer: PeerRef, digest: string, options: { signal: AbortSignal; want?: string | undefined }): Promise<BlobInfo | undefined> {
     if (!isDigest(digest)) throw new PeerDataArgumentError(`invalid digest ${JSON.stringify(digest.slice(0, 100))}`)
-    const res = await this.get(peer, blobPath(digest), options.signal)
+    const res = await this.get(peer, blobPath(digest, options.want), options.signal)
     if (res.statusCode === 404) {
       res.resume()
       return undefined

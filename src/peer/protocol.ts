@@ -40,23 +40,31 @@ const KEY_RE = /^[0-9a-f]{64}$/
 const SHA256_HEX_RE = /^[0-9a-f]{64}$/
 const BASE64_RE = /^[A-Za-z0-9+/]*={0,2}$/
 const BEARER_RE = /^Bearer ([0-9a-f]{32})\.([0-9a-f]{64})$/
-const PATH_RE = /^\/shoal\/v1\/blobs\/([^/?]{1,200})(?:\/chunks\/(\d{1,10}))?$/
+const PATH_RE = /^\/shoal\/v1\/blobs\/([^/?]{1,200})(?:\/chunks\/(\d{1,10})|\?want=([A-Za-z0-9%._-]{1,600}))?$/
 
-export function blobPath(digest: string): string {
-  return `/shoal/v1/blobs/${digest}`
+/** `want`: `registry/name`, asking the peer to fetch the blob as one of its origin fetchers */
+export function blobPath(digest: string, want?: string): string {
+  return want === undefined ? `/shoal/v1/blobs/${digest}` : `/shoal/v1/blobs/${digest}?want=${encodeURIComponent(want)}`
 }
 
 export function chunkPath(digest: string, index: number): string {
   return `/shoal/v1/blobs/${digest}/chunks/${index}`
 }
 
-export type ParsedPath = { kind: 'info'; digest: string } | { kind: 'chunk'; digest: string; index: number }
+export type ParsedPath = { kind: 'info'; digest: string; want?: string } | { kind: 'chunk'; digest: string; index: number }
 
-/** parse a request path (query string not allowed); undefined when it matches no route. Digest grammar is checked by the caller. */
+/** parse a request path (no query string but `?want=` on info); undefined when it matches no route. Digest grammar is checked by the caller. */
 export function parsePath(url: string): ParsedPath | undefined {
   const m = PATH_RE.exec(url)
   if (m === null) return undefined
   const digest = m[1]!
+  if (m[3] !== undefined) {
+    try {
+      return { kind: 'info', digest, want: decodeURIComponent(m[3]) }
+    } catch {
+      return undefined
+    }
+  }
   if (m[2] === undefined) return { kind: 'info', digest }
   return { kind: 'chunk', digest, index: Number(m[2]) }
 }
@@ -134,6 +142,7 @@ interface InfoWire {
   table?: string[]
   /** bitfield, chunk i = bit (7 - i % 8) of byte i / 8, base64 */
   have: string
+  received?: number
 }
 
 /** checks a provider's (local, trusted but possibly buggy) info; throws with the reason */
@@ -161,6 +170,7 @@ export function encodeInfo(info: BlobInfo): string {
   })
   const wire: InfoWire = { size: info.size, chunkSize: info.chunkSize, have: bits.toString('base64') }
   if (info.table !== undefined) wire.table = info.table
+  if (info.received !== undefined) wire.received = info.received
   return JSON.stringify(wire)
 }
 
@@ -173,7 +183,8 @@ export function decodeInfo(text: string): BlobInfo {
     throw new Error('info is not JSON', { cause: err })
   }
   if (!isRecord(value)) throw new Error('info is not an object')
-  const { size, chunkSize, table, have } = value
+  const { size, chunkSize, table, have, received } = value
+  if (received !== undefined && (typeof received !== 'number' || !Number.isSafeInteger(received) || received < 0)) throw new Error('info: bad received')
   if (typeof size !== 'number' || typeof chunkSize !== 'number') throw new Error('info: size and chunkSize must be numbers')
   if (typeof have !== 'string' || !BASE64_RE.test(have)) throw new Error('info: have must be base64')
   if (table !== undefined && !Array.isArray(table)) throw new Error('info: table must be an array')
@@ -186,6 +197,7 @@ export function decodeInfo(text: string): BlobInfo {
   for (let i = 0; i < count; i++) held[i] = (bits[i >> 3]! & (0x80 >> (i & 7))) !== 0
   const info: BlobInfo = { size, chunkSize, have: held }
   if (table !== undefined) info.table = table as string[]
+  if (received !== undefined) info.received = received
   checkInfo(info)
   return info
 }

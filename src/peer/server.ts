@@ -248,6 +248,7 @@ class DataServer implements PeerDataServer {
     }
     const log = this.log.child({ peerId: ticket.peerId, digest: parsed.digest })
     if (parsed.kind === 'info') {
+      if (parsed.want !== undefined) this.provider.want?.(parsed.digest, parsed.want, ticket.peerId)
       this.serveInfo(parsed.digest, res, log).catch((err: unknown) => fail(res, log, err))
       return
     }

@@ -10,6 +10,8 @@ export interface BlobInfo {
   table?: string[]
   /** which chunks this node holds verified; length = ceil(size / chunkSize) */
   have: boolean[]
+  /** bytes received so far by a download in progress (partial chunks too): a liveness signal */
+  received?: number
 }
 
 /** The serving side: what a node can hand out. Implemented by the store/transfer layer. */
@@ -22,6 +24,11 @@ export interface ChunkProvider {
    * (destroy `body`) when `signal` aborts.
    */
   read(digest: string, index: number, signal: AbortSignal): Promise<{ length: number; body: Readable } | undefined>
+  /**
+   * A peer asks this node to fetch the blob (from `source`, `registry/name`) as one of its origin
+   * fetchers. Untrusted input: the provider validates it and may ignore it.
+   */
+  want?(digest: string, source: string, peerId: string): void
 }
 
 export interface PeerDataServerStats {

@@ -40,6 +40,8 @@ export const DEFAULT_ADVERTISE_TIMEOUT_MS = 30_000
 export const DEFAULT_LOOKUP_TIMEOUT_MS = 2_000
 export const DEFAULT_REANNOUNCE_INTERVAL_MS = 10 * 60_000
 export const DEFAULT_REANNOUNCE_CONCURRENCY = 4
+/** closest peers taken from the local routing table as origin-fetcher candidates */
+const LOCAL_CLOSEST = 20
 /** wait this long after the routing table gains a peer before announcing pending digests */
 const PENDING_DEBOUNCE_MS = 1_000
 
@@ -52,6 +54,12 @@ export interface DhtBackend {
   onPeerAdded(listener: () => void): () => void
   provide(cid: CID, options: { signal: AbortSignal }): AsyncIterable<QueryEvent>
   findProviders(cid: CID, options: { signal: AbortSignal }): AsyncIterable<QueryEvent>
+  /** kad-dht `getClosestPeers` on the CID's multihash */
+  closestPeers(cid: CID, options: { signal: AbortSignal }): AsyncIterable<QueryEvent>
+  /** peer ids of the local routing table closest to the CID's DHT key (no network) */
+  localClosest(cid: CID, count: number): string[]
+  /** multiaddrs the peer store knows for a peer (kad-dht's final answers carry none) */
+  addressesOf(peerId: string): Promise<string[]>
   /** forget our own provider record locally (kad-dht `cancelReprovide`) */
   cancelReprovide(cid: CID): Promise<void>
 }
@@ -160,6 +168,50 @@ export class DhtContentRouter implements ContentRouter {
     } finally {
       deadline.clear()
     }
+  }
+
+  /**
+   * Candidates for the peers closest to the blob's DHT key (kad-dht's XOR metric), self
+   * excluded, each with an address: the closest of the local routing table, and the query's
+   * final answer (or, when the deadline comes first, every peer the query heard of). The caller
+   * ranks them. Empty at once when the routing table is.
+   */
+  async closest(digest: string, options: LookupOptions = {}): Promise<PeerRef[]> {
+    const cid = digestToCid(digest)
+    if (options.signal?.aborted === true || !this.ready()) return []
+    const deadline = withDeadline(options.timeoutMs ?? this.lookupTimeoutMs, [this.shutdown.signal, options.signal])
+    const heard = new Map<string, string[]>()
+    const final = new Set<string>()
+    const hear = (id: string, multiaddrs: ReadonlyArray<{ toString(): string }>): void => {
+      const addrs = transportAddrs(multiaddrs)
+      if (id !== this.backend.selfId && (addrs.length > 0 || !heard.has(id))) heard.set(id, addrs)
+    }
+    try {
+      for await (const event of this.backend.closestPeers(cid, { signal: deadline.signal })) {
+        if (event.name === 'PEER_RESPONSE') {
+          hear(event.from.toString(), [])
+          for (const peer of event.closer) hear(peer.id.toString(), peer.multiaddrs)
+        } else if (event.name === 'FINAL_PEER') {
+          hear(event.peer.id.toString(), event.peer.multiaddrs)
+          final.add(event.peer.id.toString())
+        }
+      }
+    } catch (err) {
+      if (!deadline.signal.aborted) throw new LookupFailedError(digest, { cause: err })
+    } finally {
+      deadline.clear()
+    }
+    for (const id of this.backend.localClosest(cid, LOCAL_CLOSEST)) {
+      if (id !== this.backend.selfId && !heard.has(id)) heard.set(id, [])
+      final.add(id)
+    }
+    const out: PeerRef[] = []
+    for (const [id, known] of heard) {
+      if (final.size > 0 && !final.has(id)) continue
+      const addrs = known.length > 0 ? known : transportAddrs(await this.backend.addressesOf(id).catch(() => []))
+      if (addrs.length > 0) out.push({ id, addrs })
+    }
+    return out
   }
 
   /** digests in the re-announce schedule */

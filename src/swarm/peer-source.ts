@@ -4,6 +4,8 @@ import type { PeerBlobInfo, PeerChunkClient } from './types.js'
 
 /** How often the bitfield of a peer that is itself still downloading is asked again. */
 const REFRESH_INTERVAL_MS = 500
+/** A bitfield refresh slower than this counts as a failure (a loaded peer answers late, not never). */
+const REFRESH_TIMEOUT_MS = 5_000
 
 /**
  * One peer as a chunk source for one blob. Its bitfield comes from `info` and is refreshed while
@@ -15,15 +17,29 @@ export class PeerChunkSource implements PeerSource {
   readonly peer: PeerRef
   private have: boolean[]
   private table: (string | undefined)[]
-  private complete: boolean
+  complete: boolean
+  lastGrowth = Date.now()
+  lastAnswer = Date.now()
+  refreshFailures = 0
+  private received = -1
+
+  /** it answered that it has begun on the blob (reported received bytes or holds a chunk) */
+  get started(): boolean {
+    return this.received >= 0 || this.have.some(Boolean)
+  }
   private refreshing = false
   private lastRefresh = Date.now()
   private readonly client: PeerChunkClient
   private readonly digest: string
   private readonly maxChunkBytes: number
   private readonly signal: AbortSignal
+  private readonly want: string | undefined
 
-  constructor(peer: PeerRef, info: PeerBlobInfo, client: PeerChunkClient, digest: string, signal: AbortSignal) {
+  /**
+   * `want` (`registry/name`): ask the peer to fetch the blob if it has not started, as the
+   * origin fetcher of its share (see OriginStripes)
+   */
+  constructor(peer: PeerRef, info: PeerBlobInfo, client: PeerChunkClient, digest: string, signal: AbortSignal, want?: string) {
     this.peer = peer
     this.id = peer.id
     this.client = client
@@ -33,6 +49,7 @@ export class PeerChunkSource implements PeerSource {
     this.complete = info.have.every(Boolean)
     this.maxChunkBytes = info.chunkSize
     this.signal = signal
+    this.want = want
   }
 
   /** the hash this peer claims for a chunk it holds */
@@ -61,15 +78,26 @@ export class PeerChunkSource implements PeerSource {
     return Buffer.concat(parts, total)
   }
 
+  /** asks the peer for its holdings again, at most every REFRESH_INTERVAL_MS, until it is complete */
+  poll(): void {
+    if (!this.complete) this.maybeRefresh()
+  }
+
   private maybeRefresh(): void {
     if (this.refreshing || Date.now() - this.lastRefresh < REFRESH_INTERVAL_MS || this.signal.aborted) return
     this.refreshing = true
     this.lastRefresh = Date.now()
     this.client
-      .info(this.peer, this.digest, { signal: AbortSignal.any([this.signal, AbortSignal.timeout(2_000)]) })
+      .info(this.peer, this.digest, { signal: AbortSignal.any([this.signal, AbortSignal.timeout(REFRESH_TIMEOUT_MS)]), want: this.want })
       .then(
         (info) => {
+          this.refreshFailures = 0
+          this.lastAnswer = Date.now()
           if (info === undefined) return
+          if (info.received !== undefined && info.received > this.received) {
+            if (this.received >= 0) this.lastGrowth = Date.now()
+            this.received = info.received
+          }
           if (info.have.length !== this.have.length) return
           // a bitfield only grows, and a claimed hash never changes
           for (let i = 0; i < this.have.length; i++) {
@@ -78,10 +106,13 @@ export class PeerChunkSource implements PeerSource {
             if (typeof hash !== 'string' || hash.length !== 64) continue
             this.have[i] = true
             this.table[i] = hash
+            this.lastGrowth = Date.now()
           }
           this.complete = this.have.every(Boolean)
         },
-        () => {},
+        () => {
+          this.refreshFailures++
+        },
       )
       .finally(() => {
         this.refreshing = false

@@ -10,6 +10,7 @@ export interface StoreChunkProviderOptions {
   store: BlobStore
   /** the download in progress for a digest, if any (its verified chunks are served too) */
   download(digest: string): Download | undefined
+  want?(digest: string, source: string, peerId: string): void
   chunkSize: number
   logger: Logger
 }
@@ -39,9 +40,11 @@ export class StoreChunkProvider implements ChunkProvider {
       if (table === undefined) return undefined
       return { size: held.size, chunkSize, table, have: table.map(() => true) }
     }
-    const chunks = this.inflight(digest)?.chunks
-    if (chunks === undefined || !chunks.have.some(Boolean)) return undefined
-    return chunks.info()
+    // a download that has begun answers even before its first chunk: peers waiting on it as an
+    // origin fetcher see that it moves
+    const download = this.inflight(digest)
+    if (download?.chunks === undefined) return undefined
+    return { ...download.chunks.info(), received: download.received }
   }
 
   async read(digest: string, index: number, signal: AbortSignal): Promise<{ length: number; body: Readable } | undefined> {
@@ -63,6 +66,10 @@ export class StoreChunkProvider implements ChunkProvider {
     const bytes = await download.readRange(start, end - start)
     signal.throwIfAborted()
     return { length: bytes.byteLength, body: Readable.from([bytes]) }
+  }
+
+  want(digest: string, source: string, peerId: string): void {
+    this.opts.want?.(digest, source, peerId)
   }
 
   private inflight(digest: string): Download | undefined {

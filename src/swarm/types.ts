@@ -9,10 +9,13 @@ export interface PeerBlobInfo {
   table?: (string | undefined | null)[]
   /** chunks the peer holds verified */
   have: boolean[]
+  /** bytes its download in progress received so far */
+  received?: number
 }
 
 /** The part of the peer data plane the swarm needs. */
 export interface PeerChunkClient {
-  info(peer: PeerRef, digest: string, options: { signal: AbortSignal }): Promise<PeerBlobInfo | undefined>
+  /** `want` (`registry/name`): ask the peer to start fetching the blob (it is one of its origin fetchers) */
+  info(peer: PeerRef, digest: string, options: { signal: AbortSignal; want?: string | undefined }): Promise<PeerBlobInfo | undefined>
   fetchChunk(peer: PeerRef, digest: string, index: number, options: { signal: AbortSignal }): Promise<Readable>
 }

@@ -8,7 +8,7 @@ import { abortable } from '../util/abort.js'
 import { planChunks } from './chunks/plan.js'
 import { ChunkState } from './chunks/state.js'
 import { Download } from './download.js'
-import { runSwarmDownload, type SwarmHooks } from './swarm-download.js'
+import { runSwarmDownload, type SwarmHooks, type SwarmPlan } from './swarm-download.js'
 import type { BlobLocator, BlobSource, ByteSource, SourceBody } from './types.js'
 
 /** An open blob: its size, and a way to stream any byte range of it. */
@@ -61,6 +61,17 @@ export class BlobService {
   /** An ongoing download (for peers asking for its verified chunks). */
   download(digest: string): Download | undefined {
     return this.downloads.get(digest)
+  }
+
+  /**
+   * Starts fetching a blob no request here asked for (a peer wants this node to fetch it as an
+   * origin fetcher). False when it is held, already coming, or `maxDownloads` are running.
+   */
+  prefetch(locator: BlobLocator, maxDownloads: number): boolean {
+    const digest = locator.digest.value
+    if (this.opts.store.stat(digest) !== undefined || this.downloads.has(digest) || this.downloads.size >= maxDownloads) return false
+    this.start(locator)
+    return true
   }
 
   /** Resolves once every download has ended (abort the service's signal first to hurry them). */
@@ -180,6 +191,37 @@ export class BlobService {
     return dl
   }
 
+  /**
+   * How the swarm can serve a blob: the peers that hold it, and, unless one holds it whole, the
+   * blob's origin fetchers (so that the fleet fetches it from origin about once). Undefined: go
+   * to origin alone.
+   */
+  private async swarmPlan(locator: BlobLocator, swarm: SwarmHooks): Promise<SwarmPlan | undefined> {
+    const { signal, source } = this.opts
+    const digest = locator.digest.value
+    const quiet = (what: string) => (err: Error) => {
+      this.log.debug({ digest, err: err.message }, what)
+      return undefined
+    }
+    const discovered = swarm.discover(digest, signal).catch(quiet('swarm discovery failed'))
+    // Origin fetchers are looked for meanwhile; they are needed unless a peer holds the blob whole.
+    const planned = discovered.then(async (found) => {
+      if (found?.sources.some((s) => s.complete)) return undefined
+      if (found !== undefined) return found.plan
+      const size = await source.stat(locator, { signal }).catch(quiet('origin stat failed'))
+      return size === undefined ? undefined : planChunks(size, swarm.chunkSize)
+    })
+    const [found, plan, fanout] = await Promise.all([discovered, planned, swarm.fanout(locator, planned, signal).catch(quiet('choosing origin fetchers failed'))])
+    if (plan === undefined || fanout === undefined) return found
+    const known = new Set(found?.sources.map((s) => s.id))
+    return {
+      plan,
+      table: found?.table ?? new Array(plan.count).fill(undefined),
+      sources: [...(found?.sources ?? []), ...fanout.sources.filter((s) => !known.has(s.id))],
+      stripes: fanout.stripes,
+    }
+  }
+
   private async run(locator: BlobLocator, dl: Download): Promise<void> {
     const { store, source, signal } = this.opts
     const digest = locator.digest.value
@@ -199,15 +241,13 @@ export class BlobService {
         return
       }
     }
-    if (writer === undefined && this.opts.swarm !== undefined) {
-      const plan = await this.opts.swarm.discover(digest, signal).catch((err: Error) => {
-        this.log.debug({ digest, err: err.message }, 'swarm discovery failed')
-        return undefined
-      })
+    const swarm = this.opts.swarm
+    if (writer === undefined && swarm?.joined()) {
+      const plan = await this.swarmPlan(locator, swarm)
       if (plan !== undefined) {
         writer = await store.createWriter(locator.digest, plan.plan.size)
         dl.begin(writer)
-        this.log.debug({ digest, peers: plan.sources.length, size: plan.plan.size }, 'fetching blob from peers')
+        this.log.debug({ digest, peers: plan.sources.length, size: plan.plan.size, fanout: plan.stripes !== undefined }, 'fetching blob through the swarm')
         try {
           await runSwarmDownload({
             locator,
@@ -215,7 +255,7 @@ export class BlobService {
             writer,
             download: dl,
             origin: source,
-            swarm: this.opts.swarm,
+            swarm,
             signal,
             logger: this.log,
             onFetched: this.opts.events?.onFetched,
@@ -248,7 +288,6 @@ export class BlobService {
       dl.begin(writer)
     }
     let announced = false
-    const swarm = this.opts.swarm
     const chunks = swarm ? new ChunkState(planChunks(writer.expectedSize, swarm.chunkSize)) : undefined
     if (chunks !== undefined) {
       chunks.skipTo(writer.written)
@@ -270,6 +309,7 @@ export class BlobService {
               skip = 0
             }
             await writer.write(data)
+            dl.received += data.byteLength
             this.opts.events?.onFetched?.(source.kind, data.byteLength)
             if (chunks !== undefined && chunks.feed(data).length > 0 && !announced) {
               announced = true

@@ -27,6 +27,8 @@ export class Download {
   passthrough = false
   /** chunks held verified so far, when the swarm is on: what peers may take from this download */
   chunks: ChunkState | undefined
+  /** bytes received from any source, partial chunks included: tells peers the download moves */
+  received = 0
   private error: Error | undefined
   private waiters: (() => void)[] = []
   /** the download itself holds one reference; each reader holds one */

@@ -4,8 +4,27 @@ import { type ChunkPlan, chunkBounds, chunkHash } from './chunks/plan.js'
 import { OriginChunkSource } from './chunks/origin-source.js'
 import { ChunkScheduler, type ChunkSource, TableMismatchError } from './chunks/scheduler.js'
 import { ChunkState } from './chunks/state.js'
+import type { OriginStripes } from './chunks/stripes.js'
 import type { Download } from './download.js'
 import type { BlobLocator, BlobSource } from './types.js'
+
+/** Origin requests in flight per fetcher when the fleet shares origin: origin's link is the limit. */
+const FANOUT_ORIGIN_INFLIGHT = 2
+/** A fetcher that cannot be asked this many times in a row is taken for dead. */
+const FETCHER_MAX_FAILURES = 3
+const WATCHDOG_MS = 500
+/** How often a running download looks for more peers. */
+const REDISCOVER_MS = 1_500
+
+/** A chunk source that offers only the chunks `allowed` admits (checked anew at every pick). */
+function gated(source: ChunkSource, allowed: (index: number) => boolean): ChunkSource {
+  return {
+    id: source.id,
+    kind: source.kind,
+    has: (index) => allowed(index) && source.has(index),
+    fetch: (index, signal) => source.fetch(index, signal),
+  }
+}
 
 /** Peers that hold a blob, as found by the swarm. */
 export interface SwarmPlan {
@@ -13,18 +32,48 @@ export interface SwarmPlan {
   /** chunk hashes agreed by the peers that answered; undefined where none knows it yet */
   readonly table: readonly (string | undefined)[]
   readonly sources: readonly PeerSource[]
+  /** who fetches which chunks from origin, when the fleet shares that work (see OriginStripes) */
+  readonly stripes?: OriginStripes
 }
 
 /** A peer as a chunk source, with the hashes it claims for the chunks it holds. */
 export interface PeerSource extends ChunkSource {
   hashOf(index: number): string | undefined
+  /** it holds every chunk */
+  readonly complete: boolean
+  /** when its holdings or its download's received bytes last grew (or it was first asked), ms since epoch */
+  readonly lastGrowth: number
+  /** when it last answered about its holdings, ms since epoch */
+  readonly lastAnswer: number
+  /** it has begun on the blob (a fetcher asked to start may take a moment) */
+  readonly started: boolean
+  /** consecutive failed attempts to learn its holdings */
+  readonly refreshFailures: number
+  /** asks it for its holdings again (rate-limited), even when the scheduler stopped using it */
+  poll(): void
+}
+
+/** The blob's origin fetchers, and the ones that are peers as chunk sources. */
+export interface FanoutPlan {
+  readonly stripes: OriginStripes
+  readonly sources: readonly PeerSource[]
 }
 
 /** What the transfer layer asks of the swarm (implemented by the composition root). */
 export interface SwarmHooks {
   readonly chunkSize: number
+  /** the node has peers: worth asking the swarm at all */
+  joined(): boolean
   /** peers holding the blob, found within a short deadline; undefined when there are none */
   discover(digest: string, signal: AbortSignal): Promise<SwarmPlan | undefined>
+  /**
+   * The blob's origin fetchers (the nodes closest to its key), each asked to fetch its share;
+   * undefined when there are no peers to share with, or when `plan` resolves undefined (no need:
+   * the lookup for them starts at once, the asking only once the plan is known).
+   */
+  fanout(locator: BlobLocator, plan: Promise<ChunkPlan | undefined>, signal: AbortSignal): Promise<FanoutPlan | undefined>
+  /** an origin fetcher whose holdings do not grow for this long is taken over */
+  readonly fetcherStallMs: number
   /** this node holds (part of) the blob now: announce it */
   announce(digest: string): void
   /** a peer sent bytes that failed verification */
@@ -105,21 +154,77 @@ export async function runSwarmDownload(opts: SwarmDownloadOptions): Promise<void
     }
   }
 
+  const sources = new Map<string, PeerSource>(plan.sources.map((p) => [p.id, p]))
+  const stripes = plan.stripes
+  const originSource = new OriginChunkSource(opts.origin, locator, plan.plan, (n) => {
+    download.received += n
+  })
   const scheduler = new ChunkScheduler({
     plan: plan.plan,
     verify,
     accept,
-    peers: [...plan.sources],
-    origin: new OriginChunkSource(opts.origin, locator, plan.plan),
+    peers: [...sources.values()],
+    // with stripes, origin takes only this node's share (and what fetchers that died leave)
+    origin: stripes === undefined ? originSource : gated(originSource, (i) => stripes.mine(i)),
+    maxInflightOrigin: stripes === undefined ? undefined : FANOUT_ORIGIN_INFLIGHT,
+    mayWait: () => stripes !== undefined && stripes.others().length > 0,
     onBadPeer: (peer, index) => {
       opts.logger.warn({ peer, digest, chunk: index }, 'peer sent a chunk that failed verification: penalised')
       swarm.penalise(peer)
     },
     onChunk: (_index, source, bytes) => {
-      if (source.kind === 'peer') contributors.add(source.id)
+      if (source.kind === 'peer') {
+        contributors.add(source.id)
+        download.received += bytes
+      }
       opts.onFetched?.(source.kind, bytes, source.kind === 'peer' ? source.id : undefined)
     },
   })
+
+  // Fetchers that died or stalled: their share of origin's chunks falls to the others.
+  const watchdog = (): void => {
+    if (stripes === undefined) return
+    for (const id of stripes.others()) {
+      const src = sources.get(id)
+      src?.poll()
+      const dead = src === undefined || src.refreshFailures >= FETCHER_MAX_FAILURES
+      const waitedOn = () => {
+        for (let i = 0; i < plan.plan.count; i++) {
+          if (state.have[i] || stripes.owner(i) !== id) continue
+          if (![...sources.values()].some((p) => p.has(i))) return true
+        }
+        return false
+      }
+      // stalled: it answers, but what it holds has not moved for a while (a peer that does not
+      // answer at all counts as dead after a few tries, not as stalled: a loaded peer answers late)
+      const grace = src?.started ? swarm.fetcherStallMs : 2 * swarm.fetcherStallMs
+      if (dead || (src.lastAnswer - src.lastGrowth > grace && waitedOn())) {
+        stripes.drop(id)
+        opts.logger.warn({ digest, fetcher: id, dead }, 'origin fetcher gone or stalled: its chunks fall to the next fetchers')
+      }
+    }
+  }
+  // Peers that started on the blob after this download did (they announce their first chunk).
+  let looking = false
+  const rediscover = (): void => {
+    if (looking || state.complete) return
+    looking = true
+    swarm
+      .discover(digest, signal)
+      .then((found) => {
+        if (found === undefined || found.plan.size !== plan.plan.size || found.plan.chunkSize !== plan.plan.chunkSize) return
+        for (const src of found.sources) {
+          if (sources.has(src.id)) continue
+          sources.set(src.id, src)
+          scheduler.addPeer(src)
+        }
+      })
+      .catch(() => {})
+      .finally(() => {
+        looking = false
+      })
+  }
+  const timers = [setInterval(watchdog, WATCHDOG_MS), setInterval(rediscover, REDISCOVER_MS)]
   try {
     const result = await scheduler.run(signal)
     await writer.commit()
@@ -130,6 +235,8 @@ export async function runSwarmDownload(opts: SwarmDownloadOptions): Promise<void
       for (const peer of contributors) swarm.penalise(peer)
     }
     throw err
+  } finally {
+    for (const t of timers) clearInterval(t)
   }
   swarm.completed(digest, table as string[])
 }

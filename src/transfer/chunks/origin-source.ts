@@ -10,10 +10,14 @@ export class OriginChunkSource implements ChunkSource {
   private readonly locator: BlobLocator
   private readonly plan: ChunkPlan
 
-  constructor(source: BlobSource, locator: BlobLocator, plan: ChunkPlan) {
+  private readonly onBytes: ((bytes: number) => void) | undefined
+
+  /** `onBytes`: bytes as they arrive (a chunk is only returned whole) */
+  constructor(source: BlobSource, locator: BlobLocator, plan: ChunkPlan, onBytes?: (bytes: number) => void) {
     this.source = source
     this.locator = locator
     this.plan = plan
+    this.onBytes = onBytes
   }
 
   has(): boolean {
@@ -41,6 +45,7 @@ export class OriginChunkSource implements ChunkSource {
         const take = Math.min(data.byteLength, length - filled)
         data.copy(out, filled, 0, take)
         filled += take
+        this.onBytes?.(take)
         if (filled === length) break
       }
     } finally {

@@ -30,6 +30,13 @@ export interface SchedulerOptions {
   hedgeAfterMs?: number
   /** consecutive failures after which a peer is dropped for this blob, or origin gives up */
   maxPeerFailures?: number
+  /**
+   * Whether chunks no source holds yet may still come (peers still downloading, an origin gate
+   * that may open): the scheduler then waits instead of failing with NoSourceError.
+   */
+  mayWait?(): boolean
+  /** how often the scheduler looks again at sources whose holdings change (default 100 ms) */
+  pollMs?: number
   /** a peer sent bytes that failed verification */
   onBadPeer?(peer: string, index: number): void
   onChunk?(index: number, source: ChunkSource, bytes: number): void
@@ -54,6 +61,7 @@ const DEFAULTS = {
   requestTimeoutMs: 15_000,
   hedgeAfterMs: 3_000,
   maxPeerFailures: 3,
+  pollMs: 100,
 }
 
 /** Origin's own bytes disagree with the chunk table: the table is false and must be dropped. */
@@ -113,7 +121,7 @@ export class ChunkScheduler {
         return
       }
       signal.addEventListener('abort', () => this.fail(signal.reason as Error), { once: true })
-      this.hedgeTimer = setInterval(() => this.pump(), Math.max(10, Math.floor(this.opts.hedgeAfterMs / 4)))
+      this.hedgeTimer = setInterval(() => this.pump(), Math.max(10, Math.min(this.opts.pollMs, Math.floor(this.opts.hedgeAfterMs / 4))))
       this.hedgeTimer.unref()
       this.pump()
     })
@@ -158,7 +166,7 @@ export class ChunkScheduler {
         progress = true
       }
     }
-    if (this.inflight.size === 0 && this.done.size < this.opts.plan.count) {
+    if (this.inflight.size === 0 && this.done.size < this.opts.plan.count && this.opts.mayWait?.() !== true) {
       this.fail(new NoSourceError(this.opts.plan.count - this.done.size))
     }
   }

@@ -1,0 +1,92 @@
+import { createHash } from 'node:crypto'
+import { peerIdFromString } from '@libp2p/peer-id'
+import type { Logger } from 'pino'
+import { digestToCid } from '../routing/key.js'
+import type { PeerRef } from '../routing/types.js'
+import type { ChunkPlan } from '../transfer/chunks/plan.js'
+import { OriginStripes } from '../transfer/chunks/stripes.js'
+import type { FanoutPlan } from '../transfer/swarm-download.js'
+import type { BlobLocator } from '../transfer/types.js'
+import type { PeerPenalties } from './penalties.js'
+import { PeerChunkSource } from './peer-source.js'
+import type { PeerBlobInfo, PeerChunkClient } from './types.js'
+
+export interface FanoutOptions {
+  selfId: string
+  /** peers closest to the blob's DHT key, within a deadline */
+  closest(digest: string, options: { signal: AbortSignal; timeoutMs: number }): Promise<PeerRef[]>
+  client: PeerChunkClient
+  penalties: PeerPenalties
+  /** origin fetchers per blob */
+  fetchers: number
+  lookupTimeoutMs: number
+  infoTimeoutMs: number
+  logger: Logger
+  /** the download's signal: sources stop with it */
+  signal: AbortSignal
+}
+
+/**
+ * Chooses a blob's origin fetchers (the DHT query runs while `planned` is worked out; undefined
+ * there means no fan-out is needed, and nobody is asked anything): the `fetchers` nodes closest to its DHT key, this node
+ * among the candidates, in kad-dht's own metric (so every node that asks the DHT ranks the
+ * same nodes first). Fetchers other than this node are asked to start on the blob (`want`) and
+ * become chunk sources. Undefined when the DHT knows no peer.
+ */
+export async function planFanout(
+  locator: BlobLocator,
+  planned: Promise<ChunkPlan | undefined>,
+  opts: FanoutOptions,
+): Promise<FanoutPlan | undefined> {
+  const digest = locator.digest.value
+  const candidates = new Map<string, PeerRef>()
+  const started = Date.now()
+  const query = opts.closest(digest, { signal: opts.signal, timeoutMs: opts.lookupTimeoutMs }).catch((err: Error) => {
+    opts.logger.debug({ digest, err: err.message }, 'closest-peers query failed')
+    return []
+  })
+  const [closest, plan] = await Promise.all([query, planned])
+  if (plan === undefined) return undefined
+  for (const peer of closest) if (!opts.penalties.isPenalised(peer.id)) candidates.set(peer.id, peer)
+  if (candidates.size === 0) {
+    opts.logger.debug({ digest, ms: Date.now() - started }, 'no candidate origin fetchers')
+    return undefined
+  }
+  const ranking = rankByDistance(digest, [opts.selfId, ...candidates.keys()]).slice(0, opts.fetchers)
+  const want = `${locator.registry}/${locator.name}`
+  const sources = await Promise.all(
+    ranking
+      .filter((id) => id !== opts.selfId)
+      .map(async (id) => {
+        const peer = candidates.get(id) as PeerRef
+        const info = await opts.client
+          .info(peer, digest, { signal: AbortSignal.any([opts.signal, AbortSignal.timeout(opts.infoTimeoutMs)]), want })
+          .catch(() => undefined)
+        const usable = info !== undefined && info.size === plan.size && info.chunkSize === plan.chunkSize && info.have.length === plan.count
+        return new PeerChunkSource(peer, usable ? info : nothing(plan), opts.client, digest, opts.signal, want)
+      }),
+  )
+  opts.logger.info({ digest, fetchers: ranking, self: ranking.includes(opts.selfId), candidates: candidates.size, ms: Date.now() - started }, 'origin fetchers chosen')
+  return { stripes: new OriginStripes(ranking, opts.selfId), sources }
+}
+
+function nothing(plan: ChunkPlan): PeerBlobInfo {
+  return { size: plan.size, chunkSize: plan.chunkSize, have: new Array(plan.count).fill(false) }
+}
+
+/** Peer ids sorted by kad-dht's XOR distance (sha256 of the key, sha256 of the peer id's multihash) to the blob's key. */
+export function rankByDistance(digest: string, ids: readonly string[]): string[] {
+  const key = sha256(digestToCid(digest).multihash.bytes)
+  const distance = new Map(ids.map((id) => [id, xor(key, sha256(peerIdFromString(id).toMultihash().bytes))]))
+  return [...new Set(ids)].sort((a, b) => Buffer.compare(distance.get(a) as Buffer, distance.get(b) as Buffer))
+}
+
+function sha256(bytes: Uint8Array): Buffer {
+  return createHash('sha256').update(bytes).digest()
+}
+
+function xor(a: Buffer, b: Buffer): Buffer {
+  const out = Buffer.allocUnsafe(a.length)
+  for (let i = 0; i < a.length; i++) out[i] = (a[i] as number) ^ (b[i] as number)
+  return out
+}

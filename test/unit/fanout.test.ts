@@ -1,0 +1,174 @@
+import assert from 'node:assert/strict'
+import { randomBytes } from 'node:crypto'
+import { mkdtemp, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { after, before, describe, test } from 'node:test'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { generateKeyPair } from '@libp2p/crypto/keys'
+import { peerIdFromPrivateKey } from '@libp2p/peer-id'
+import { pino } from 'pino'
+import { BlobStore } from '../../src/store/blob-store.js'
+import { rankByDistance } from '../../src/swarm/fanout.js'
+import { StoreChunkProvider } from '../../src/swarm/provider.js'
+import { chunkBounds, chunkHash, planChunks } from '../../src/transfer/chunks/plan.js'
+import { ChunkScheduler, type ChunkSource, NoSourceError } from '../../src/transfer/chunks/scheduler.js'
+import { OriginStripes } from '../../src/transfer/chunks/stripes.js'
+import { putBlob } from '../helpers/store.js'
+
+const log = pino({ level: 'silent' })
+const DIGEST = `sha256:${'5a'.repeat(32)}`
+
+async function peerIds(n: number): Promise<string[]> {
+  return Promise.all(Array.from({ length: n }, async () => peerIdFromPrivateKey(await generateKeyPair('Ed25519')).toString()))
+}
+
+describe('origin stripes', () => {
+  test('chunks are striped over the fetchers in rank order; a dropped fetcher hands its chunks on', () => {
+    const s = new OriginStripes(['a', 'self', 'c'], 'self')
+    assert.deepEqual([0, 1, 2, 3, 4, 5].map((i) => s.owner(i)), ['a', 'self', 'c', 'a', 'self', 'c'])
+    assert.deepEqual([0, 1, 2].map((i) => s.mine(i)), [false, true, false])
+    assert.deepEqual(s.others(), ['a', 'c'])
+    assert.equal(s.drop('a'), true)
+    assert.equal(s.drop('a'), false, 'already dropped')
+    assert.equal(s.drop('self'), false, 'a node never drops itself')
+    assert.deepEqual([0, 1, 2, 3].map((i) => s.owner(i)), ['self', 'c', 'self', 'c'])
+    s.drop('c')
+    assert.deepEqual(s.others(), [])
+    assert.equal(s.mine(1), true)
+  })
+
+  test('with no fetcher left, this node fetches everything', () => {
+    const s = new OriginStripes(['a'], 'self')
+    assert.equal(s.mine(0), false)
+    s.drop('a')
+    assert.equal(s.owner(0), undefined)
+    assert.equal(s.mine(0), true)
+  })
+})
+
+describe('fetcher ranking', () => {
+  test('every node ranks the same ids the same way, whatever order it learnt them in', async () => {
+    const ids = await peerIds(8)
+    const a = rankByDistance(DIGEST, ids)
+    const b = rankByDistance(DIGEST, [...ids].reverse())
+    const c = rankByDistance(DIGEST, [ids[3] as string, ...ids, ids[0] as string])
+    assert.deepEqual(a, b)
+    assert.deepEqual(a, c, 'duplicates collapse')
+    assert.equal(a.length, 8)
+  })
+
+  test('different blobs get different fetchers (load spreads over the fleet)', async () => {
+    const ids = await peerIds(16)
+    const firsts = new Set<string>()
+    for (let i = 0; i < 20; i++) firsts.add(rankByDistance(`sha256:${i.toString(16).padStart(64, '0')}`, ids)[0] as string)
+    assert.ok(firsts.size >= 5, `20 blobs had only ${firsts.size} distinct first fetchers`)
+  })
+})
+
+describe('scheduler with an origin gate (fan-out)', () => {
+  // the scheduler's timers are unref'd (a daemon has sockets keeping it alive; a test has not)
+  let keepAlive: NodeJS.Timeout
+  before(() => {
+    keepAlive = setInterval(() => {}, 1_000)
+  })
+  after(() => clearInterval(keepAlive))
+  const CHUNK = 1024
+  const bytes = randomBytes(CHUNK * 8)
+  const plan = planChunks(bytes.length, CHUNK)
+  const chunk = (i: number): Buffer => {
+    const { start, end } = chunkBounds(plan, i)
+    return Buffer.from(bytes.subarray(start, end))
+  }
+  const hashes = Array.from({ length: plan.count }, (_, i) => chunkHash(chunk(i)))
+
+  test('origin fetches only this node’s share; the rest comes from a peer as it lands', async () => {
+    const stripes = new OriginStripes(['peer', 'self'], 'self')
+    const originAsked: number[] = []
+    const started = Date.now()
+    // the other fetcher gets its chunks over time
+    const peer: ChunkSource = {
+      id: 'peer',
+      kind: 'peer',
+      has: (i) => stripes.owner(i) === 'peer' && Date.now() - started > 50 + i * 10,
+      fetch: async (i) => chunk(i),
+    }
+    const origin: ChunkSource = {
+      id: 'origin',
+      kind: 'origin',
+      has: (i) => stripes.mine(i),
+      fetch: async (i) => {
+        originAsked.push(i)
+        return chunk(i)
+      },
+    }
+    const out = Buffer.alloc(bytes.length)
+    const s = new ChunkScheduler({
+      plan,
+      verify: (i, b) => chunkHash(b) === hashes[i],
+      accept: async (i, b) => {
+        Buffer.from(b).copy(out, chunkBounds(plan, i).start)
+      },
+      peers: [peer],
+      origin,
+      mayWait: () => stripes.others().length > 0,
+      pollMs: 10,
+    })
+    await s.run(AbortSignal.timeout(5_000))
+    assert.deepEqual(out, bytes)
+    assert.deepEqual(originAsked.sort((a, b) => a - b), [1, 3, 5, 7])
+  })
+
+  test('when the other fetcher is dropped, origin takes its chunks; without waiting, a closed gate fails fast', async () => {
+    const stripes = new OriginStripes(['peer', 'self'], 'self')
+    const origin: ChunkSource = { id: 'origin', kind: 'origin', has: (i) => stripes.mine(i), fetch: async (i) => chunk(i) }
+    const make = (mayWait: () => boolean): ChunkScheduler =>
+      new ChunkScheduler({
+        plan,
+        verify: (i, b) => chunkHash(b) === hashes[i],
+        accept: async () => {},
+        peers: [],
+        origin,
+        mayWait,
+        pollMs: 10,
+      })
+    await assert.rejects(make(() => false).run(AbortSignal.timeout(5_000)), NoSourceError)
+    const run = make(() => stripes.others().length > 0).run(AbortSignal.timeout(5_000))
+    await sleep(50)
+    stripes.drop('peer')
+    const result = await run
+    assert.equal(result.bySource.get('origin'), bytes.length)
+  })
+})
+
+describe('chunk provider over the store', () => {
+  test('computes, records and serves the chunk table of a held blob', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'shoal-provider-'))
+    const store = await BlobStore.open(dir, log)
+    try {
+      const bytes = randomBytes(10 * 1024 + 17)
+      const digest = await putBlob(store, bytes)
+      const chunkSize = 4096
+      const provider = new StoreChunkProvider({ store, download: () => undefined, chunkSize, logger: log })
+      const info = await provider.info(digest)
+      const plan = planChunks(bytes.length, chunkSize)
+      const expected = Array.from({ length: plan.count }, (_, i) => {
+        const { start, end } = chunkBounds(plan, i)
+        return chunkHash(bytes.subarray(start, end))
+      })
+      assert.deepEqual(info, { size: bytes.length, chunkSize, table: expected, have: [true, true, true] })
+      assert.deepEqual((await store.getChunkTable(digest))?.hashes, expected, 'recorded in the index')
+      const read = await provider.read(digest, 2, AbortSignal.timeout(5_000))
+      assert.ok(read)
+      const parts: Buffer[] = []
+      for await (const part of read.body) parts.push(part as Buffer)
+      assert.equal(read.length, 10 * 1024 + 17 - 8192)
+      assert.deepEqual(Buffer.concat(parts), bytes.subarray(8192))
+      assert.equal(await provider.read(digest, 3, AbortSignal.timeout(5_000)), undefined, 'past the last chunk')
+      assert.equal(await provider.info(`sha256:${'0'.repeat(64)}`), undefined, 'unknown blob')
+    } finally {
+      await store.close()
+      await rm(dir, { recursive: true, force: true })
+    }
+  })
+})
