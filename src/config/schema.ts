@@ -39,6 +39,8 @@ export interface P2pConfig {
   readonly maxUploads: number
   /** cap on upload bytes per second to peers; 0: none */
   readonly uploadRate: number
+  /** cap on blob bytes received per second, from peers and origin together; 0: none */
+  readonly downloadRate: number
   /** how long a download looks for peers before it goes to origin */
   readonly lookupTimeoutMs: number
   /** how long a peer that sent bad bytes is left out */

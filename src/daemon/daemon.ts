@@ -9,7 +9,9 @@ import { BlobService } from '../transfer/blob-service.js'
 import { ManifestService } from '../transfer/manifest-service.js'
 import { isDigest, parseDigest } from '../oci/digest.js'
 import { isValidName } from '../oci/reference.js'
-import type { BlobLocator } from '../transfer/types.js'
+import { pipeline } from 'node:stream'
+import { ThrottleStream, TokenBucket } from '../peer/index.js'
+import type { BlobLocator, BlobSource } from '../transfer/types.js'
 import { VERSION } from '../version.js'
 import { type Swarm, startSwarm } from './swarm.js'
 
@@ -36,6 +38,19 @@ function wantedBlob(digest: string, from: string, config: Config): BlobLocator |
   return { registry, name, digest: parseDigest(digest) }
 }
 
+/** A blob source whose bodies take from the node's download cap. */
+function throttled(source: BlobSource, bucket: TokenBucket | undefined): BlobSource {
+  if (bucket === undefined) return source
+  return {
+    kind: source.kind,
+    stat: (locator, options) => source.stat(locator, options),
+    open: async (locator, options) => {
+      const res = await source.open(locator, options)
+      return { ...res, body: pipeline(res.body, new ThrottleStream(bucket), () => {}) }
+    },
+  }
+}
+
 /** Attempts to resume a blob body that origin cut mid-way. */
 const RESUME_ATTEMPTS = 3
 
@@ -54,6 +69,7 @@ export async function startDaemon(config: Config, options: DaemonOptions = {}): 
   const origin = OriginClient.fromConfig(config, logger.child({ component: 'origin' }), (registry, method, status) =>
     metrics.originResponses.inc({ registry, method, status }),
   )
+  const downloadBucket = config.p2p.downloadRate > 0 ? new TokenBucket({ rate: config.p2p.downloadRate }) : undefined
   let blobs: BlobService | undefined
   let swarm: Swarm | undefined
   if (config.p2p.enabled) {
@@ -76,6 +92,7 @@ export async function startDaemon(config: Config, options: DaemonOptions = {}): 
         metrics,
         logger: logger.child({ component: 'swarm' }),
         signal: shutdown.signal,
+        downloadBucket,
       })
     } catch (err) {
       await origin.close()
@@ -85,7 +102,7 @@ export async function startDaemon(config: Config, options: DaemonOptions = {}): 
   }
   blobs = new BlobService({
     store,
-    source: new OriginBlobSource(origin),
+    source: throttled(new OriginBlobSource(origin), downloadBucket),
     logger: logger.child({ component: 'transfer' }),
     resumeAttempts: RESUME_ATTEMPTS,
     signal: shutdown.signal,

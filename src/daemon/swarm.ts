@@ -2,7 +2,7 @@ import type { Logger } from 'pino'
 import type { P2pConfig } from '../config/schema.js'
 import type { Metrics } from '../metrics/index.js'
 import { createPeerNode, type PeerNode } from '../p2p/node.js'
-import { createPeerDataClient, createPeerDataServer, type PeerDataClient, type PeerDataServer } from '../peer/index.js'
+import { createPeerDataClient, createPeerDataServer, type PeerDataClient, type PeerDataServer, type TokenBucket } from '../peer/index.js'
 import type { BlobStore } from '../store/blob-store.js'
 import { discoverPeers } from '../swarm/discover.js'
 import { planFanout } from '../swarm/fanout.js'
@@ -56,6 +56,8 @@ export interface SwarmOptions {
   metrics: Metrics
   logger: Logger
   signal: AbortSignal
+  /** the node's download cap, shared with origin downloads */
+  downloadBucket?: TokenBucket
 }
 
 /**
@@ -93,7 +95,13 @@ export async function startSwarm(opts: SwarmOptions): Promise<Swarm> {
     await node.stop()
     throw err
   }
-  const client: PeerDataClient = createPeerDataClient({ libp2p: node.libp2p, encrypt: config.encrypt, logger, timeoutMs: DATA_TIMEOUT_MS })
+  const client: PeerDataClient = createPeerDataClient({
+    libp2p: node.libp2p,
+    encrypt: config.encrypt,
+    logger,
+    timeoutMs: DATA_TIMEOUT_MS,
+    downloadBucket: opts.downloadBucket,
+  })
   const penalties = new PeerPenalties(config.penaltyMs)
   const fromPeer = new Map<string, number>()
 

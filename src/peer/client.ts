@@ -10,7 +10,7 @@
  */
 import { Agent as HttpAgent, type IncomingMessage, request as httpRequest } from 'node:http'
 import { Agent as HttpsAgent, request as httpsRequest } from 'node:https'
-import type { Readable } from 'node:stream'
+import { type Readable, pipeline } from 'node:stream'
 import { peerIdFromString } from '@libp2p/peer-id'
 import { multiaddr } from '@multiformats/multiaddr'
 import type { Libp2p } from 'libp2p'
@@ -45,6 +45,7 @@ import {
   decodeTicket,
   encodeTicketRequest
 } from './protocol.js'
+import { ThrottleStream, type TokenBucket } from './rate-limit.js'
 import type { BlobInfo, PeerDataClientStats } from './types.js'
 
 export const DEFAULT_MAX_SOCKETS_PER_PEER = 8
@@ -62,6 +63,8 @@ export interface PeerDataClientOptions {
   /** ticket exchange (dial + stream), connect + response headers, and idle body, each */
   timeoutMs: number
   maxSocketsPerPeer?: number
+  /** a cap on chunk bytes received per second, shared with whatever else takes from this bucket */
+  downloadBucket?: TokenBucket
   /** ms clock (default Date.now) */
   now?: () => number
 }
@@ -107,6 +110,7 @@ class DataClient implements PeerDataClient {
   private readonly log: Logger
   private readonly timeoutMs: number
   private readonly maxSockets: number
+  private readonly bucket: TokenBucket | undefined
   private readonly now: () => number
   private readonly shutdown = new AbortController()
   private readonly peers = new Map<string, PeerState>()
@@ -118,6 +122,7 @@ class DataClient implements PeerDataClient {
     this.log = options.logger.child({ component: 'peer-data-client' })
     this.timeoutMs = options.timeoutMs
     this.maxSockets = options.maxSocketsPerPeer ?? DEFAULT_MAX_SOCKETS_PER_PEER
+    this.bucket = options.downloadBucket
     this.now = options.now ?? Date.now
   }
 
@@ -169,7 +174,9 @@ class DataClient implements PeerDataClient {
     res.once('end', () => {
       this.counters.bytesReceived += length
     })
-    return res
+    if (this.bucket === undefined) return res
+    // destroying the throttle (the caller stops) destroys the response too
+    return pipeline(res, new ThrottleStream(this.bucket), () => {})
   }
 
   stats(): PeerDataClientStats {

@@ -108,3 +108,26 @@ test('the CLI prints one line naming the key and exits 2 on bad config', () => {
   const unknown = spawnSync(process.execPath, [main, 'daemon', '--bogus'], { encoding: 'utf8', timeout: 10_000 })
   assert.equal(unknown.status, 2)
 })
+
+test('p2p: defaults, lists from env and repeated flags, caps and chunk size checked', () => {
+  const d = loadConfig({ env: {} }).p2p
+  assert.equal(d.enabled, true)
+  assert.deepEqual(d.listen, ['/ip4/0.0.0.0/tcp/5051'])
+  assert.deepEqual(d.bootstrap, [])
+  assert.equal(d.encrypt, true)
+  assert.equal(d.chunkSize, 4 * 1024 * 1024)
+  assert.equal(d.downloadRate, 0)
+  const c = loadConfig({
+    env: { SHOAL_P2P_BOOTSTRAP: '/ip4/10.0.0.1/tcp/5051, dns:shoal.kube-system:5051', SHOAL_P2P_DOWNLOAD_RATE: '50MB', SHOAL_P2P_ENCRYPT: 'false' },
+    flags: { 'p2p.listen': ['/ip4/127.0.0.1/tcp/0', '/ip6/::1/tcp/0'], 'p2p.enabled': 'false', 'p2p.peerListen': '127.0.0.1:0' },
+  }).p2p
+  assert.deepEqual(c.bootstrap, ['/ip4/10.0.0.1/tcp/5051', 'dns:shoal.kube-system:5051'])
+  assert.deepEqual(c.listen, ['/ip4/127.0.0.1/tcp/0', '/ip6/::1/tcp/0'])
+  assert.equal(c.enabled, false)
+  assert.equal(c.encrypt, false)
+  assert.equal(c.downloadRate, 50e6)
+  assert.deepEqual(c.peerListen, { host: '127.0.0.1', port: 0 })
+  assert.throws(() => loadConfig({ env: { SHOAL_P2P_CHUNK_SIZE: '1KiB' } }), /p2p\.chunkSize/)
+  assert.throws(() => loadConfig({ flags: { 'p2p.swarmKeyFile': '/nonexistent/swarm.key' } }), /p2p\.swarmKeyFile/)
+  assert.throws(() => loadConfig({ env: { SHOAL_P2P_ORIGIN_FETCHERS: '0' } }), /p2p\.originFetchers/)
+})
