@@ -126,8 +126,9 @@ export async function startSwarm(opts: SwarmOptions): Promise<Swarm> {
         logger,
         signal,
       }),
-    discover: (digest, signal) =>
+    discover: (digest, signal, known) =>
       discoverPeers(digest, {
+        known,
         router: node.router,
         client,
         penalties,

@@ -179,9 +179,13 @@ export class DhtContentRouter implements ContentRouter {
   async closest(digest: string, options: LookupOptions = {}): Promise<PeerRef[]> {
     const cid = digestToCid(digest)
     if (options.signal?.aborted === true || !this.ready()) return []
-    const deadline = withDeadline(options.timeoutMs ?? this.lookupTimeoutMs, [this.shutdown.signal, options.signal])
     const heard = new Map<string, string[]>()
     const final = new Set<string>()
+    if (this.backend.routingTableSize() < LOCAL_CLOSEST) {
+      // the table holds every peer this node knows of, fewer than a bucket: no query can do better
+      return this.withAddresses(this.backend.localClosest(cid, LOCAL_CLOSEST), heard, final)
+    }
+    const deadline = withDeadline(options.timeoutMs ?? this.lookupTimeoutMs, [this.shutdown.signal, options.signal])
     const hear = (id: string, multiaddrs: ReadonlyArray<{ toString(): string }>): void => {
       const addrs = transportAddrs(multiaddrs)
       if (id !== this.backend.selfId && (addrs.length > 0 || !heard.has(id))) heard.set(id, addrs)
@@ -201,7 +205,12 @@ export class DhtContentRouter implements ContentRouter {
     } finally {
       deadline.clear()
     }
-    for (const id of this.backend.localClosest(cid, LOCAL_CLOSEST)) {
+    return this.withAddresses(this.backend.localClosest(cid, LOCAL_CLOSEST), heard, final)
+  }
+
+  /** the final peers (with `local` ones added) that have an address, from the query or the peer store */
+  private async withAddresses(local: string[], heard: Map<string, string[]>, final: Set<string>): Promise<PeerRef[]> {
+    for (const id of local) {
       if (id !== this.backend.selfId && !heard.has(id)) heard.set(id, [])
       final.add(id)
     }

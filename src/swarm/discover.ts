@@ -18,6 +18,8 @@ export interface DiscoverOptions {
   infoTimeoutMs: number
   maxPeers: number
   signal: AbortSignal
+  /** peers already in use: not asked again */
+  known?: ReadonlySet<string>
 }
 
 /**
@@ -57,7 +59,7 @@ export async function discoverPeers(digest: string, opts: DiscoverOptions): Prom
   }
   try {
     for await (const peer of opts.router.lookup(digest, { signal: deadline, limit: opts.maxPeers, timeoutMs: opts.lookupTimeoutMs })) {
-      if (opts.penalties.isPenalised(peer.id)) continue
+      if (opts.penalties.isPenalised(peer.id) || opts.known?.has(peer.id)) continue
       asks.push(ask(peer))
     }
   } catch (err) {

@@ -1,9 +1,10 @@
+import { PeerUnreachableError } from '../peer/errors.js'
 import type { PeerRef } from '../routing/types.js'
 import type { PeerSource } from '../transfer/swarm-download.js'
 import type { PeerBlobInfo, PeerChunkClient } from './types.js'
 
 /** How often the bitfield of a peer that is itself still downloading is asked again. */
-const REFRESH_INTERVAL_MS = 500
+const REFRESH_INTERVAL_MS = 1_000
 /** A bitfield refresh slower than this counts as a failure (a loaded peer answers late, not never). */
 const REFRESH_TIMEOUT_MS = 5_000
 
@@ -110,8 +111,9 @@ export class PeerChunkSource implements PeerSource {
           }
           this.complete = this.have.every(Boolean)
         },
-        () => {
-          this.refreshFailures++
+        (err: unknown) => {
+          // a peer that refuses connections is gone; a slow answer only means a loaded peer
+          if (err instanceof PeerUnreachableError) this.refreshFailures++
         },
       )
       .finally(() => {

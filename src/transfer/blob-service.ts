@@ -6,6 +6,7 @@ import type { BlobStore, BlobWriter } from '../store/blob-store.js'
 import { DigestMismatchError, SizeMismatchError } from '../store/errors.js'
 import { abortable } from '../util/abort.js'
 import { planChunks } from './chunks/plan.js'
+import { TableMismatchError } from './chunks/scheduler.js'
 import { ChunkState } from './chunks/state.js'
 import { Download } from './download.js'
 import { runSwarmDownload, type SwarmHooks, type SwarmPlan } from './swarm-download.js'
@@ -260,11 +261,20 @@ export class BlobService {
             logger: this.log,
             onFetched: this.opts.events?.onFetched,
           })
+          return
         } catch (err) {
-          await writer.abandon(isResumable(err))
-          throw err
+          // A swarm that could not deliver does not fail the pull: origin carries on from the
+          // in-order prefix, or from scratch when the chunk table proved false. Wrong bytes
+          // (a digest mismatch) do fail it; the next request goes to origin.
+          const falseTable = err instanceof TableMismatchError
+          const resumable = isResumable(err) && !falseTable
+          await writer.abandon(resumable)
+          if (signal.aborted || !(resumable || falseTable)) throw err
+          this.log.warn({ digest, err: (err as Error).message }, 'swarm download failed: continuing from origin')
+          dl.chunks = undefined
+          writer = resumable ? await store.resumeWriter(locator.digest) : undefined
+          if (writer !== undefined) dl.begin(writer)
         }
-        return
       }
     }
     let first: SourceBody

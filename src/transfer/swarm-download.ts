@@ -10,11 +10,15 @@ import type { BlobLocator, BlobSource } from './types.js'
 
 /** Origin requests in flight per fetcher when the fleet shares origin: origin's link is the limit. */
 const FANOUT_ORIGIN_INFLIGHT = 2
-/** A fetcher that cannot be asked this many times in a row is taken for dead. */
+/** A fetcher that refuses connections this many times in a row is taken for dead… */
 const FETCHER_MAX_FAILURES = 3
+/** …and so is one that has not answered for this many stall periods (a loaded peer answers late). */
+const FETCHER_SILENCE = 3
 const WATCHDOG_MS = 500
 /** How often a running download looks for more peers. */
-const REDISCOVER_MS = 1_500
+const REDISCOVER_MS = 3_000
+/** One chunk from origin: origin's link may be shared by a whole fleet. */
+const ORIGIN_CHUNK_TIMEOUT_MS = 120_000
 
 /** A chunk source that offers only the chunks `allowed` admits (checked anew at every pick). */
 function gated(source: ChunkSource, allowed: (index: number) => boolean): ChunkSource {
@@ -64,8 +68,8 @@ export interface SwarmHooks {
   readonly chunkSize: number
   /** the node has peers: worth asking the swarm at all */
   joined(): boolean
-  /** peers holding the blob, found within a short deadline; undefined when there are none */
-  discover(digest: string, signal: AbortSignal): Promise<SwarmPlan | undefined>
+  /** peers holding the blob (other than `known` ones), found within a short deadline; undefined when there are none */
+  discover(digest: string, signal: AbortSignal, known?: ReadonlySet<string>): Promise<SwarmPlan | undefined>
   /**
    * The blob's origin fetchers (the nodes closest to its key), each asked to fetch its share;
    * undefined when there are no peers to share with, or when `plan` resolves undefined (no need:
@@ -167,6 +171,7 @@ export async function runSwarmDownload(opts: SwarmDownloadOptions): Promise<void
     // with stripes, origin takes only this node's share (and what fetchers that died leave)
     origin: stripes === undefined ? originSource : gated(originSource, (i) => stripes.mine(i)),
     maxInflightOrigin: stripes === undefined ? undefined : FANOUT_ORIGIN_INFLIGHT,
+    originRequestTimeoutMs: ORIGIN_CHUNK_TIMEOUT_MS,
     mayWait: () => stripes !== undefined && stripes.others().length > 0,
     onBadPeer: (peer, index) => {
       opts.logger.warn({ peer, digest, chunk: index }, 'peer sent a chunk that failed verification: penalised')
@@ -187,7 +192,8 @@ export async function runSwarmDownload(opts: SwarmDownloadOptions): Promise<void
     for (const id of stripes.others()) {
       const src = sources.get(id)
       src?.poll()
-      const dead = src === undefined || src.refreshFailures >= FETCHER_MAX_FAILURES
+      const now = Date.now()
+      const dead = src === undefined || src.refreshFailures >= FETCHER_MAX_FAILURES || now - src.lastAnswer > FETCHER_SILENCE * swarm.fetcherStallMs
       const waitedOn = () => {
         for (let i = 0; i < plan.plan.count; i++) {
           if (state.have[i] || stripes.owner(i) !== id) continue
@@ -210,7 +216,7 @@ export async function runSwarmDownload(opts: SwarmDownloadOptions): Promise<void
     if (looking || state.complete) return
     looking = true
     swarm
-      .discover(digest, signal)
+      .discover(digest, signal, new Set(sources.keys()))
       .then((found) => {
         if (found === undefined || found.plan.size !== plan.plan.size || found.plan.chunkSize !== plan.plan.chunkSize) return
         for (const src of found.sources) {

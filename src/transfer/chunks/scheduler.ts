@@ -26,6 +26,8 @@ export interface SchedulerOptions {
   maxInflightOrigin?: number
   /** a request slower than this is abandoned */
   requestTimeoutMs?: number
+  /** the same for origin (default: requestTimeoutMs): on a shared link a chunk may take long */
+  originRequestTimeoutMs?: number
   /** a chunk in flight longer than this is also asked of another source */
   hedgeAfterMs?: number
   /** consecutive failures after which a peer is dropped for this blob, or origin gives up */
@@ -216,7 +218,8 @@ export class ChunkScheduler {
     flights.push(flight)
     this.inflight.set(index, flights)
     this.load.set(source, (this.load.get(source) ?? 0) + 1)
-    const signal = AbortSignal.any([controller.signal, AbortSignal.timeout(this.opts.requestTimeoutMs)])
+    const timeoutMs = source.kind === 'origin' ? (this.opts.originRequestTimeoutMs ?? this.opts.requestTimeoutMs) : this.opts.requestTimeoutMs
+    const signal = AbortSignal.any([controller.signal, AbortSignal.timeout(timeoutMs)])
     source.fetch(index, signal).then(
       (bytes) => this.onBytes(index, flight, bytes),
       (err: unknown) => this.onError(index, flight, err),
