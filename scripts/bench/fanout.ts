@@ -1,0 +1,340 @@
+/**
+ * Fleet fan-out: a whole fleet pulls a new image at once (or spread over a window), through
+ * Shoal on every node, against the same fleet pulling straight from origin.
+ *
+ * Builds N node namespaces and one origin namespace on a bridge with tbf caps on every link
+ * (both ways), docker-registry as the origin with a generated image (random layers), Shoal in
+ * each node namespace (bootstrapped to node 1 by its static address, one private swarm), and a
+ * client per node: the light verifying puller (manifest + blobs through the node's own Shoal on
+ * 127.0.0.1, sha256 of every blob while it streams) or containerd's ctr with a hosts.toml
+ * mirror entry. It waits until every Shoal's /readyz says the swarm is joined, starts the pulls
+ * and times each node from its own start to its last verified byte.
+ *
+ * Origin bytes come from the origin link's kernel tx counter (before/after), not from Shoal.
+ * T_min = max(F/u_origin, F/d_node, N·F/(u_origin + Σu_nodes)). Prints a table per mode and per
+ * node, then one JSON line (also to --json FILE), and writes the completion-time CDF of both
+ * modes against T_min as SVG (--svg FILE). Everything is torn down at the end, also on failure
+ * or a signal.
+ *
+ *   scripts/bench/fanout [--nodes 16] [--image-size 128MiB] [--layers 3] [--rate-mbit 50]
+ *                        [--origin-rate-mbit R] [--spread 0] [--mode both|shoal|baseline]
+ *                        [--client light|ctr] [--json FILE] [--svg FILE] [--check]
+ */
+import { mkdtempSync, rmSync, writeFileSync, cpSync } from 'node:fs'
+import { loadavg, tmpdir } from 'node:os'
+import { join, resolve } from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { parseArgs } from 'node:util'
+import { type Client, FanoutFleet, type Mode, type RoundResult } from './lib/fleet-fanout.js'
+import { cdfSvg, type ModeSummary, nodeTable, summarise, summaryTable, tMinSeconds } from './lib/fleet-report.js'
+import { DEFAULT_SHOAL_MAIN } from './lib/fleet-shoal.js'
+import { formatBytes, round } from './lib/measure.js'
+
+const MiB = 1024 ** 2
+const GiB = 1024 ** 3
+const REPO = 'bench/fanout'
+const TAG = 'v1'
+const PROGRESS_MS = 15_000
+
+/** the targets of the fan-out issue (16 nodes, 128 MiB, 50 Mbit/s, all at once) */
+const TARGETS = { originOverImage: 1.1, p50OverTmin: 1.2, maxOverTmin: 1.5 } as const
+
+interface Options {
+  nodes: number
+  imageSize: number
+  layers: number
+  rateMbit: number
+  originRateMbit: number
+  spread: number
+  modes: Mode[]
+  client: Client
+  json: string | undefined
+  svg: string | undefined
+  check: boolean
+  unpack: boolean
+  logLevel: string
+  shoalEnv: Record<string, string>
+  daemon: string
+  keep: string | undefined
+}
+
+function parseSize(text: string): number {
+  const m = /^(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?$/i.exec(text.trim())
+  if (m === null) throw new Error(`bad size "${text}" (e.g. 128MiB, 24M, 1GiB)`)
+  const unit = { '': 1, k: 1024, m: MiB, g: GiB, t: 1024 * GiB }[m[2]!.toLowerCase()]!
+  const bytes = Math.round(Number(m[1]) * unit)
+  if (!Number.isSafeInteger(bytes) || bytes < 1) throw new Error(`bad size "${text}"`)
+  return bytes
+}
+
+function positive(text: string | undefined, name: string, fallback: number, integer = false): number {
+  if (text === undefined) return fallback
+  const v = Number(text)
+  if (!Number.isFinite(v) || v < 0 || (integer && !Number.isInteger(v))) throw new Error(`bad ${name} "${text}"`)
+  return v
+}
+
+function parseOptions(argv: string[]): Options {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      nodes: { type: 'string' },
+      'image-size': { type: 'string' },
+      layers: { type: 'string' },
+      'rate-mbit': { type: 'string' },
+      'origin-rate-mbit': { type: 'string' },
+      spread: { type: 'string' },
+      mode: { type: 'string' },
+      client: { type: 'string' },
+      json: { type: 'string' },
+      svg: { type: 'string' },
+      check: { type: 'boolean', default: false },
+      unpack: { type: 'boolean', default: false },
+      'log-level': { type: 'string' },
+      'shoal-env': { type: 'string', multiple: true },
+      daemon: { type: 'string' },
+      keep: { type: 'string' },
+      help: { type: 'boolean', short: 'h', default: false },
+    },
+    strict: true,
+    allowPositionals: false,
+  })
+  if (values.help) {
+    process.stdout.write(
+      [
+        'Usage: scripts/bench/fanout [--nodes 16] [--image-size 128MiB] [--layers 3] [--rate-mbit 50]',
+        '                            [--origin-rate-mbit R (default: --rate-mbit)] [--spread SECONDS (0: all at once)]',
+        '                            [--mode both|shoal|baseline] [--client light|ctr] [--unpack]',
+        '                            [--json FILE] [--svg FILE] [--check] [--log-level info]',
+        '                            [--shoal-env SHOAL_KEY=VALUE]... [--daemon PATH/TO/dist/src/cli/main.js] [--keep DIR]',
+        '  --client light  a verifying puller (manifest + blobs, sha256 while streaming) per node; ctr: containerd\'s ctr',
+        '  --unpack        with --client ctr: `ctr images pull` (fetch and unpack) instead of `ctr content fetch`',
+        '  --check         exit 3 when a target of the fan-out issue is missed (shoal mode)',
+        '  --keep DIR      copy the logs (Shoal, origin, agents) to DIR at the end',
+        '',
+      ].join('\n'),
+    )
+    process.exit(0)
+  }
+  const nodes = positive(values.nodes, '--nodes', 16, true)
+  if (nodes < 1 || nodes > 200) throw new Error('--nodes must be 1..200')
+  const layers = positive(values.layers, '--layers', 3, true)
+  if (layers < 1) throw new Error('--layers must be at least 1')
+  const rateMbit = positive(values['rate-mbit'], '--rate-mbit', 50)
+  if (rateMbit <= 0) throw new Error('--rate-mbit must be positive')
+  const mode = values.mode ?? 'both'
+  if (!['both', 'shoal', 'baseline'].includes(mode)) throw new Error(`bad --mode "${mode}"`)
+  const client = values.client ?? 'light'
+  if (client !== 'light' && client !== 'ctr') throw new Error(`bad --client "${client}"`)
+  const shoalEnv: Record<string, string> = {}
+  for (const kv of values['shoal-env'] ?? []) {
+    const eq = kv.indexOf('=')
+    if (eq < 1 || !kv.startsWith('SHOAL_')) throw new Error(`bad --shoal-env "${kv}" (SHOAL_KEY=VALUE)`)
+    shoalEnv[kv.slice(0, eq)] = kv.slice(eq + 1)
+  }
+  return {
+    nodes,
+    imageSize: values['image-size'] === undefined ? 128 * MiB : parseSize(values['image-size']),
+    layers,
+    rateMbit,
+    originRateMbit: positive(values['origin-rate-mbit'], '--origin-rate-mbit', rateMbit),
+    spread: positive(values.spread, '--spread', 0),
+    modes: mode === 'both' ? ['baseline', 'shoal'] : [mode as Mode],
+    client,
+    json: values.json,
+    svg: values.svg,
+    check: values.check === true,
+    unpack: values.unpack === true,
+    logLevel: values['log-level'] ?? 'info',
+    shoalEnv,
+    daemon: resolve(values.daemon ?? DEFAULT_SHOAL_MAIN),
+    keep: values.keep,
+  }
+}
+
+/** node i starts at spread·i/(N-1) seconds (node 1 first) */
+function offsets(nodes: number, spreadSeconds: number): number[] {
+  return Array.from({ length: nodes }, (_, i) => (nodes < 2 ? 0 : Math.round((spreadSeconds * 1000 * i) / (nodes - 1))))
+}
+
+function say(line: string): void {
+  process.stderr.write(`${line}\n`)
+}
+
+async function main(): Promise<void> {
+  const opts = parseOptions(process.argv.slice(2))
+  if (process.getuid?.() !== 0) throw new Error('this benchmark builds network namespaces: run it as root')
+  const work = mkdtempSync(join(tmpdir(), 'shoal-bench-fanout-'))
+  const removeWork = (): void => rmSync(work, { recursive: true, force: true })
+  process.on('exit', removeWork)
+  let ff: FanoutFleet | undefined
+  const rounds: RoundResult[] = []
+  const summaries: ModeSummary[] = []
+  const loadAtStart = loadavg()
+  try {
+    ff = await FanoutFleet.create({
+      nodes: opts.nodes,
+      rateMbit: opts.rateMbit,
+      originRateMbit: opts.originRateMbit,
+      images: [{ name: REPO, tag: TAG, layers: opts.layers, bytes: opts.imageSize }],
+      work,
+      clients: [opts.client],
+      shoalMain: opts.daemon,
+      snapshot: true,
+      logLevel: opts.logLevel,
+      shoalEnv: opts.shoalEnv,
+      ctrUnpack: opts.unpack,
+      log: say,
+    })
+    const image = ff.origin.images[0]!
+    const tMin = tMinSeconds({ nodes: opts.nodes, imageBytes: image.bytes, originUpMbit: opts.originRateMbit, nodeDownMbit: opts.rateMbit, nodeUpMbit: opts.rateMbit })
+    say(`image ${formatBytes(image.bytes)} in ${image.blobs.length} blobs (config + ${opts.layers} layers); T_min = ${tMin.toFixed(2)} s`)
+    let joinSeconds: number | undefined
+    for (const mode of opts.modes) {
+      if (mode === 'shoal') joinSeconds = (await ff.startShoal()).joinSeconds
+      say(`${mode}: ${opts.nodes} nodes pulling${opts.spread > 0 ? `, starts spread over ${opts.spread} s` : ' at once'}…`)
+      const fleet = ff
+      const r = await ff.round({
+        mode,
+        image,
+        offsetsMs: offsets(opts.nodes, opts.spread),
+        // a progress line every PROGRESS_MS while the round runs
+        during: async ({ start, done, finished }) => {
+          const tx0 = await fleet.origin.txBytes()
+          while (!done()) {
+            const next = Date.now() + PROGRESS_MS
+            while (!done() && Date.now() < next) await sleep(250)
+            if (done()) break
+            const sent = (await fleet.origin.txBytes().catch(() => tx0)) - tx0
+            say(`  ${mode}: ${((Date.now() - start) / 1000).toFixed(0)} s, ${finished()}/${opts.nodes} nodes done, origin sent ${(sent / image.bytes).toFixed(2)}× the image so far`)
+          }
+        },
+      })
+      rounds.push(r)
+      const s = summarise(r, tMin)
+      summaries.push(s)
+      say(`${mode}: done in ${r.wallSeconds.toFixed(1)} s; p50 ${s.p50.toFixed(2)} s, max ${s.max.toFixed(2)} s, origin sent ${s.originOverImage.toFixed(3)}× the image`)
+      process.stdout.write(`\n${mode}: per node\n${nodeTable(r)}\n`)
+      if (mode === 'shoal') await ff.stopShoal()
+    }
+
+    process.stdout.write(
+      `\nfan-out: ${opts.nodes} nodes, ${formatBytes(image.bytes)} image in ${opts.layers} layers, links ${opts.rateMbit} Mbit/s` +
+        ` (origin ${opts.originRateMbit} Mbit/s), both ways; ${opts.spread > 0 ? `starts spread over ${opts.spread} s` : 'all at once'}; client ${opts.client}\n` +
+        `${summaryTable(summaries)}\n`,
+    )
+    const shoal = summaries.find((s) => s.mode === 'shoal')
+    const checks =
+      shoal === undefined
+        ? []
+        : [
+            { name: 'origin sent ÷ image', value: shoal.originOverImage, target: TARGETS.originOverImage },
+            ...(opts.spread > 0
+              ? []
+              : [
+                  { name: 'p50 ÷ T_min', value: shoal.p50OverTmin, target: TARGETS.p50OverTmin },
+                  { name: 'max ÷ T_min', value: shoal.maxOverTmin, target: TARGETS.maxOverTmin },
+                ]),
+            { name: 'every node completed and verified', value: shoal.failed.length, target: 0 },
+          ].map((c) => ({ ...c, ok: Number.isFinite(c.value) && c.value <= c.target }))
+    if (checks.length > 0) {
+      process.stdout.write(`\ntargets (shoal mode): ${checks.map((c) => `${c.name} ${round(c.value, 3)} ≤ ${c.target} ${c.ok ? 'ok' : 'MISSED'}`).join('; ')}\n`)
+    }
+    for (const s of summaries) for (const fl of s.failed) process.stdout.write(`${s.mode}: ${fl.name} failed: ${fl.error}\n`)
+
+    if (opts.svg !== undefined) {
+      const svg = cdfSvg(
+        rounds.map((r) => {
+          const ok = r.nodes.filter((n) => n.ok && n.verified && n.killed !== true)
+          const s = summaries.find((x) => x.mode === r.mode)!
+          return {
+            label:
+              `${r.mode === 'shoal' ? 'Shoal fan-out' : 'baseline: straight from origin'} (p50 ${s.p50OverTmin.toFixed(2)}× T_min, origin ${s.originOverImage.toFixed(2)}× image` +
+              `${ok.length < r.nodes.length ? `; ${ok.length}/${r.nodes.length} nodes completed` : ''})`,
+            seconds: ok.map((n) => n.seconds),
+            total: r.nodes.length,
+            color: r.mode === 'shoal' ? '#d62728' : '#1f6fb4',
+          }
+        }),
+        tMin,
+        `${opts.nodes} nodes pull ${formatBytes(image.bytes)} (${opts.layers} layers), ${opts.rateMbit} Mbit/s links${opts.spread > 0 ? `, starts over ${opts.spread} s` : ', all at once'}`,
+      )
+      writeFileSync(opts.svg, svg)
+      say(`CDF plot: ${opts.svg}`)
+    }
+
+    const report = {
+      bench: 'shoal-fanout',
+      time: new Date().toISOString(),
+      node: process.version,
+      daemon: opts.daemon,
+      params: {
+        nodes: opts.nodes,
+        imageSizeRequested: opts.imageSize,
+        layers: opts.layers,
+        rateMbit: opts.rateMbit,
+        originRateMbit: opts.originRateMbit,
+        spreadSeconds: opts.spread,
+        client: opts.client,
+        unpack: opts.unpack,
+        shoalEnv: opts.shoalEnv,
+      },
+      image: { bytes: image.bytes, digest: image.digest, blobs: image.blobs },
+      tMinSeconds: round(tMin, 4),
+      joinSeconds: joinSeconds === undefined ? undefined : round(joinSeconds, 3),
+      modes: Object.fromEntries(
+        rounds.map((r, i) => {
+          const s = summaries[i]!
+          return [
+            r.mode,
+            {
+              p50Seconds: round(s.p50, 4),
+              p90Seconds: round(s.p90, 4),
+              maxSeconds: round(s.max, 4),
+              p50OverTmin: round(s.p50OverTmin, 4),
+              p90OverTmin: round(s.p90OverTmin, 4),
+              maxOverTmin: round(s.maxOverTmin, 4),
+              originTxBytes: r.originTxBytes,
+              originTxBytesAtLastFinish: r.originTxBytesAtLastFinish,
+              originOverImage: round(s.originOverImage, 4),
+              completed: s.completed,
+              failed: s.failed,
+              wallSeconds: round(r.wallSeconds, 3),
+              cpuBusySeconds: round(s.cpuBusySeconds, 2),
+              cpuUtilisation: round(s.cpuUtilisation, 3),
+              shoalCpuSeconds: round(r.cpu.shoalSeconds, 2),
+              clientCpuSeconds: round(r.cpu.clientSeconds, 2),
+              originCpuSeconds: round(r.cpu.originSeconds, 2),
+              shoalCpuSecondsPerGB: round(s.shoalCpuPerGB, 2),
+              clientCpuSecondsPerGB: round(s.clientCpuPerGB, 2),
+              nodes: r.nodes.map((n) => ({ ...n, seconds: round(n.seconds, 4) })),
+            },
+          ]
+        }),
+      ),
+      checks,
+      loadAverageAtStart: loadAtStart.map((v) => round(v, 2)),
+      loadAverageAtEnd: loadavg().map((v) => round(v, 2)),
+    }
+    const line = JSON.stringify(report)
+    process.stdout.write(`\n${line}\n`)
+    if (opts.json !== undefined) writeFileSync(opts.json, `${line}\n`)
+    if (opts.check && checks.some((c) => !c.ok)) process.exitCode = 3
+  } finally {
+    await ff?.teardown()
+    if (opts.keep !== undefined) {
+      try {
+        cpSync(work, opts.keep, { recursive: true, filter: (src) => !/\/(origin-storage|shoal-build)(\/|$)|\/shoal-n\d+(\/|$)/.test(src) })
+        say(`logs kept in ${opts.keep}`)
+      } catch (err) {
+        say(`could not keep logs: ${(err as Error).message}`)
+      }
+    }
+    removeWork()
+  }
+}
+
+main().catch((err: unknown) => {
+  process.stderr.write(`bench/fanout: ${(err as Error).stack ?? String(err)}\n`)
+  process.exitCode = 1
+})
