@@ -10,7 +10,7 @@ export interface BlobInfo {
   table?: string[]
   /** which chunks this node holds verified; length = ceil(size / chunkSize) */
   have: boolean[]
-  /** bytes received so far by a download in progress (partial chunks too): a liveness signal */
+  /** bytes a download in progress received from origin so far (partial chunks too): a liveness signal */
   received?: number
 }
 

@@ -9,7 +9,7 @@ export interface PeerBlobInfo {
   table?: (string | undefined | null)[]
   /** chunks the peer holds verified */
   have: boolean[]
-  /** bytes its download in progress received so far */
+  /** bytes its download in progress received from origin so far */
   received?: number
 }
 

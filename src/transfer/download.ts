@@ -27,7 +27,10 @@ export class Download {
   passthrough = false
   /** chunks held verified so far, when the swarm is on: what peers may take from this download */
   chunks: ChunkState | undefined
-  /** bytes received from any source, partial chunks included: tells peers the download moves */
+  /**
+   * bytes received from origin, partial chunks included: tells the peers waiting on this node as
+   * an origin fetcher that its share moves (bytes from peers say nothing about that)
+   */
   received = 0
   private error: Error | undefined
   private waiters: (() => void)[] = []

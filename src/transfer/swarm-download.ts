@@ -15,8 +15,13 @@ const FETCHER_MAX_FAILURES = 3
 /** …and so is one that has not answered for this many stall periods (a loaded peer answers late). */
 const FETCHER_SILENCE = 3
 const WATCHDOG_MS = 500
-/** How often a running download looks for more peers. */
-const REDISCOVER_MS = 3_000
+/**
+ * How often a running download looks for more peers, while it has fewer than ENOUGH_PEERS: a DHT
+ * lookup is the costliest thing a node does per blob (measured: kad-dht and its peer store took
+ * half of a node's CPU when every download looked every few seconds).
+ */
+const REDISCOVER_MS = 5_000
+const ENOUGH_PEERS = 8
 /** One chunk from origin: origin's link may be shared by a whole fleet. */
 const ORIGIN_CHUNK_TIMEOUT_MS = 120_000
 
@@ -178,10 +183,7 @@ export async function runSwarmDownload(opts: SwarmDownloadOptions): Promise<void
       swarm.penalise(peer)
     },
     onChunk: (_index, source, bytes) => {
-      if (source.kind === 'peer') {
-        contributors.add(source.id)
-        download.received += bytes
-      }
+      if (source.kind === 'peer') contributors.add(source.id)
       opts.onFetched?.(source.kind, bytes, source.kind === 'peer' ? source.id : undefined)
     },
   })
@@ -213,7 +215,7 @@ export async function runSwarmDownload(opts: SwarmDownloadOptions): Promise<void
   // Peers that started on the blob after this download did (they announce their first chunk).
   let looking = false
   const rediscover = (): void => {
-    if (looking || state.complete) return
+    if (looking || state.complete || sources.size >= ENOUGH_PEERS) return
     looking = true
     swarm
       .discover(digest, signal, new Set(sources.keys()))
