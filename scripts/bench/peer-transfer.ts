@@ -6,6 +6,16 @@
  *              chunks fetched `--concurrency` at a time, each hashed (sha256) and checked against
  *              the chunk table, ticket exchange over libp2p included in the timing
  *   peer-plain the same with encryption off (bearer ticket, plaintext HTTP)
+ *   daemon     the whole daemon path: a docker-registry on loopback holds a random blob of the same
+ *              size; sets of seeding Shoal daemons (1, 2, 4: `--seeders`, each set a swarm of its
+ *              own, plus one plaintext seeder) hold it, set up untimed. Each round starts a fresh
+ *              daemon (new data dir) bootstrapped to a set, waits until it has joined, and times one
+ *              GET of the blob through its /v2 by a client process that hashes the body (peer
+ *              transfer, chunk verification, store and serving included). CPU: the seeders, the
+ *              puller and the client. Where the bytes came from: the puller's p2p.bytesFromPeer
+ *              (per seeder), its shoal_transfer_fetched_bytes_total, and origin's own access log
+ *              (any origin byte is reported). `--warmup` untimed pulls per set come first (a lone
+ *              seeder hashes its chunk table on the first peer request).
  *
  * Every server and every client runs in its own process; CPU seconds are read from
  * /proc/<pid>/stat of both around the transfer only (process start, libp2p start excluded).
@@ -13,7 +23,11 @@
  * same run (the machine is noisy: trust ratios, not absolute figures).
  *
  *   scripts/bench/peer-transfer [--size 1GiB] [--rounds 3] [--chunk-size 4MiB] [--concurrency 2]
- *                               [--read-buffer 64KiB] [--quick] [--json FILE]
+ *                               [--read-buffer 64KiB] [--seeders 1,2,4] [--warmup 1]
+ *                               [--daemon-log-level warn] [--no-daemon] [--quick] [--json FILE]
+ *
+ * `--chunk-size`, `--concurrency` and `--read-buffer` apply to the bare data plane rows only; the
+ * daemons run with their defaults (config/default.yaml).
  *
  * Reuse: `startServer(role, args)` spawns a baseline or peer server process and resolves to what
  * it announced (port, or peer id + addrs); `runClient(args, pids)` runs one measured transfer in
@@ -33,6 +47,7 @@ import { pino } from 'pino'
 import { createPeerNode } from '../../src/p2p/node.js'
 import { type BlobInfo, type ChunkProvider, chunkCount, chunkLength, createPeerDataClient, createPeerDataServer } from '../../src/peer/index.js'
 import type { PeerRef } from '../../src/routing/types.js'
+import { blobUrlOf, type OriginBlob, type PullAccounting, pullAccounting, type SeederSet, startDaemon, startOriginWithBlob, startSeeders, waitP2p } from './lib/daemons.js'
 import { formatBytes, formatRatio, median, printTable, processCpuSeconds, ratio } from './lib/measure.js'
 
 const KiB = 1024
@@ -230,6 +245,39 @@ async function baselineClient(fixture: BlobFixture, port: number): Promise<Clien
   return { bytes, seconds: (performance.now() - started) / 1000 }
 }
 
+/** GET a URL (a daemon's /v2 blob), hashing the body; it must hash to `digest` */
+async function httpClient(url: string, digest: string): Promise<ClientResult> {
+  announce({ ready: true })
+  await waitForGo()
+  const started = performance.now()
+  const bytes = await new Promise<number>((resolve, reject) => {
+    const req = request(url, { agent: false }, (res) => {
+      if (res.statusCode !== 200) {
+        res.resume()
+        reject(new Error(`GET ${url}: HTTP ${res.statusCode}`))
+        return
+      }
+      const hash = createHash('sha256')
+      let n = 0
+      res.on('data', (chunk: Buffer) => {
+        hash.update(chunk)
+        n += chunk.length
+      })
+      res.once('error', reject)
+      res.once('aborted', () => reject(new Error(`GET ${url}: body cut after ${n} bytes`)))
+      res.once('end', () => {
+        const got = `sha256:${hash.digest('hex')}`
+        if (!res.complete) reject(new Error(`GET ${url}: body cut after ${n} bytes`))
+        else if (got !== digest) reject(new Error(`GET ${url}: body of ${n} bytes hashes to ${got}, expected ${digest}`))
+        else resolve(n)
+      })
+    })
+    req.once('error', reject)
+    req.end()
+  })
+  return { bytes, seconds: (performance.now() - started) / 1000 }
+}
+
 /** a ChunkProvider over one file whose every chunk is held */
 export function fileProvider(fixture: BlobFixture): ChunkProvider {
   const info: BlobInfo = { size: fixture.size, chunkSize: fixture.chunkSize, table: fixture.table, have: fixture.table.map(() => true) }
@@ -322,6 +370,64 @@ interface Row {
   cpuPerGB: number
 }
 
+/** a pull through a fresh daemon's /v2 from one set of seeding daemons */
+interface DaemonVariant {
+  name: string
+  encrypt: boolean
+  set: SeederSet
+}
+
+export interface DaemonSample extends Measured {
+  /** CPU seconds: `cpu` holds the seeders (in set order), then the puller, then the client */
+  accounting: Omit<PullAccounting, 'warnings'> & { warnings: string[] }
+}
+
+interface DaemonRow {
+  name: string
+  seeders: number
+  encrypt: boolean
+  mbps: number
+  seederCpuPerGB: number
+  pullerCpuPerGB: number
+  clientCpuPerGB: number
+  cpuPerGB: number
+  throughputVsBaseline: number
+  cpuVsBaseline: number
+  /** medians over rounds, bytes the puller took from each seeder (set order) */
+  bytesFromSeeder: number[]
+  /** the most origin served the puller in any round (blob bytes, from origin's log) */
+  maxOriginBytes: number
+}
+
+/** One timed pull: a fresh daemon (new data dir) bootstrapped to the set, its /v2 read by a client process. */
+async function daemonRound(blob: OriginBlob, variant: DaemonVariant, logLevel: string): Promise<DaemonSample> {
+  const { set } = variant
+  const puller = await startDaemon(blob, { encrypt: variant.encrypt, bootstrap: set.nodes.map((n) => n.p2pAddr), logLevel })
+  try {
+    await waitP2p(puller, 'the pulling daemon to join', (s) => s.joined && s.routingTableSize >= set.nodes.length)
+    await blob.origin.flush()
+    const mark = blob.origin.mark()
+    const measured = await runClient(['--role', 'http-client', '--url', blobUrlOf(puller, blob), '--digest', blob.digest], [...set.nodes.map((n) => n.pid), puller.pid])
+    const accounting = await pullAccounting(puller, set, blob, mark)
+    return { ...measured, accounting: { ...accounting, warnings: accounting.warnings.map((l) => JSON.stringify(l)) } }
+  } finally {
+    await puller.close()
+  }
+}
+
+function describeDaemonSample(m: DaemonSample, seeders: number): string {
+  const a = m.accounting
+  const seederCpu = m.cpu.slice(0, seeders).reduce((x, y) => x + y, 0)
+  return (
+    `${(m.bytes / 1e6 / m.seconds).toFixed(0)} MB/s, CPU s seeders ${seederCpu.toFixed(2)} puller ${m.cpu[seeders]!.toFixed(2)} client ${m.cpu[seeders + 1]!.toFixed(2)}; ` +
+    `MB from seeders ${a.fromSeeder.map((b) => (b / 1e6).toFixed(0)).join('/')}` +
+    (a.fromOthers > 0 ? ` (+${(a.fromOthers / 1e6).toFixed(0)} from others)` : '') +
+    `, from origin ${a.originBytes} B (${a.originRequests} requests, metrics origin ${a.fetchedOrigin} B / peer ${a.fetchedPeer} B)` +
+    (a.originBytes > 0 ? ` [origin log: ${a.originLog.join('; ')}]` : '') +
+    (a.warnings.length > 0 ? `, ${a.warnings.length} warning(s) in the puller's log` : '')
+  )
+}
+
 async function main(): Promise<void> {
   const { values } = parseArgs({
     options: {
@@ -330,6 +436,10 @@ async function main(): Promise<void> {
       'chunk-size': { type: 'string', default: '4MiB' },
       concurrency: { type: 'string', default: '2' },
       'read-buffer': { type: 'string', default: '64KiB' },
+      seeders: { type: 'string', default: '1,2,4' },
+      warmup: { type: 'string', default: '1' },
+      'daemon-log-level': { type: 'string', default: 'warn' },
+      'no-daemon': { type: 'boolean', default: false },
       quick: { type: 'boolean', default: false },
       json: { type: 'string' }
     }
@@ -340,10 +450,18 @@ async function main(): Promise<void> {
   const chunkSize = parseSize(values['chunk-size']!)
   const readBuffer = parseSize(values['read-buffer']!)
   const concurrency = Number(values.concurrency)
+  const warmup = Number(values.warmup)
+  const daemonLogLevel = values['daemon-log-level']!
+  const withDaemons = values['no-daemon'] !== true
+  const seederCounts = [...new Set([1, ...values.seeders!.split(',').filter((x) => x.trim() !== '').map(Number)])].sort((a, b) => a - b)
   if (!Number.isInteger(rounds) || rounds < 1 || !Number.isInteger(concurrency) || concurrency < 1) throw new Error('bad --rounds or --concurrency')
+  if (!Number.isInteger(warmup) || warmup < 0) throw new Error('bad --warmup')
+  if (!seederCounts.every((n) => Number.isInteger(n) && n >= 1 && n <= 16)) throw new Error('bad --seeders (e.g. 1,2,4)')
 
   const dir = mkdtempSync(join(tmpdir(), 'shoal-bench-peer-'))
   const servers: SpawnedServer[] = []
+  const sets: SeederSet[] = []
+  let blob: OriginBlob | undefined
   try {
     process.stderr.write(`writing a ${formatBytes(size)} blob (chunks of ${formatBytes(chunkSize)})…\n`)
     const { fixtureFile } = writeFixture(dir, size, chunkSize, readBuffer)
@@ -368,7 +486,38 @@ async function main(): Promise<void> {
       { name: 'peer data plane, TLS-PSK AES128-GCM', server: 1, clientArgs: peerArgs(true) },
       { name: 'peer data plane, plaintext (encryption off)', server: 2, clientArgs: peerArgs(false) }
     ]
+
+    // the daemon path: origin with the blob, then seeding daemons that hold it (untimed)
+    const daemonVariants: DaemonVariant[] = []
+    if (withDaemons) {
+      process.stderr.write(`pushing a ${formatBytes(size)} blob to a loopback docker-registry…\n`)
+      blob = await startOriginWithBlob(size, `peer-transfer ${process.pid} ${Date.now()}`)
+      const origin = blob
+      const build = async (name: string, count: number, encrypt: boolean): Promise<SeederSet> => {
+        process.stderr.write(`starting ${name}: ${count} seeding daemon(s), encryption ${encrypt ? 'on' : 'off'}…\n`)
+        const set = await startSeeders(origin, { name, count, encrypt, dataDir: (i) => join(dir, `${name}-${i}`), logLevel: daemonLogLevel })
+        sets.push(set)
+        if (set.originBytes > size) process.stderr.write(`WARNING: building ${name}, origin served ${set.originBytes} blob bytes (expected ${size}: only the first seeder's fetch)\n`)
+        return set
+      }
+      for (const count of seederCounts) {
+        const set = await build(`tls-${count}`, count, true)
+        daemonVariants.push({ name: `daemon /v2, TLS, ${count} seeder${count > 1 ? 's' : ''}`, encrypt: true, set })
+        if (count === 1) {
+          const plain = await build('plain-1', 1, false)
+          daemonVariants.push({ name: 'daemon /v2, plaintext, 1 seeder', encrypt: false, set: plain })
+        }
+      }
+      for (const variant of daemonVariants) {
+        for (let i = 1; i <= warmup; i++) {
+          const m = await daemonRound(origin, variant, daemonLogLevel)
+          process.stderr.write(`warm-up ${i}/${warmup} ${variant.name}: ${describeDaemonSample(m, variant.set.nodes.length)}\n`)
+        }
+      }
+    }
+
     const samples = variants.map(() => [] as Measured[])
+    const daemonSamples = daemonVariants.map(() => [] as DaemonSample[])
     for (let round = 1; round <= rounds; round++) {
       for (const [i, variant] of variants.entries()) {
         const server = servers[variant.server]!
@@ -379,20 +528,48 @@ async function main(): Promise<void> {
           `round ${round}/${rounds} ${variant.name}: ${(measured.bytes / 1e6 / measured.seconds).toFixed(0)} MB/s, CPU s server ${measured.cpu[0]!.toFixed(2)} client ${measured.cpu[1]!.toFixed(2)}\n`
         )
       }
+      for (const [i, variant] of daemonVariants.entries()) {
+        const measured = await daemonRound(blob!, variant, daemonLogLevel)
+        if (measured.bytes !== size) throw new Error(`${variant.name}: ${measured.bytes} bytes, expected ${size}`)
+        daemonSamples[i]!.push(measured)
+        process.stderr.write(`round ${round}/${rounds} ${variant.name}: ${describeDaemonSample(measured, variant.set.nodes.length)}\n`)
+      }
     }
 
+    const perGB = (m: Measured, seconds: number): number => (seconds * GB) / m.bytes
     const rows: Row[] = variants.map((variant, i) => {
       const s = samples[i]!
-      const perGB = (m: Measured, k: number): number => (m.cpu[k]! * GB) / m.bytes
       return {
         name: variant.name,
         mbps: median(s.map((m) => m.bytes / 1e6 / m.seconds)),
-        serverCpuPerGB: median(s.map((m) => perGB(m, 0))),
-        clientCpuPerGB: median(s.map((m) => perGB(m, 1))),
-        cpuPerGB: median(s.map((m) => perGB(m, 0) + perGB(m, 1)))
+        serverCpuPerGB: median(s.map((m) => perGB(m, m.cpu[0]!))),
+        clientCpuPerGB: median(s.map((m) => perGB(m, m.cpu[1]!))),
+        cpuPerGB: median(s.map((m) => perGB(m, m.cpu[0]! + m.cpu[1]!)))
       }
     })
     const base = rows[0]!
+    const daemonRows: DaemonRow[] = daemonVariants.map((variant, i) => {
+      const s = daemonSamples[i]!
+      const n = variant.set.nodes.length
+      const sum = (xs: number[]): number => xs.reduce((a, b) => a + b, 0)
+      const mbps = median(s.map((m) => m.bytes / 1e6 / m.seconds))
+      const cpuPerGB = median(s.map((m) => perGB(m, sum(m.cpu))))
+      return {
+        name: variant.name,
+        seeders: n,
+        encrypt: variant.encrypt,
+        mbps,
+        seederCpuPerGB: median(s.map((m) => perGB(m, sum(m.cpu.slice(0, n))))),
+        pullerCpuPerGB: median(s.map((m) => perGB(m, m.cpu[n]!))),
+        clientCpuPerGB: median(s.map((m) => perGB(m, m.cpu[n + 1]!))),
+        cpuPerGB,
+        throughputVsBaseline: ratio(mbps, base.mbps),
+        cpuVsBaseline: ratio(cpuPerGB, base.cpuPerGB),
+        bytesFromSeeder: variant.set.nodes.map((_, k) => median(s.map((m) => m.accounting.fromSeeder[k]!))),
+        maxOriginBytes: Math.max(...s.map((m) => m.accounting.originBytes))
+      }
+    })
+
     printTable(
       `peer data plane vs node:http, ${formatBytes(size)} on loopback, medians of ${rounds} round(s); chunks ${formatBytes(chunkSize)}, ${concurrency} in flight, read buffer ${formatBytes(readBuffer)}`,
       [
@@ -408,13 +585,71 @@ async function main(): Promise<void> {
         ])
       ]
     )
+    if (daemonRows.length > 0) {
+      printTable(
+        `daemon path: a fresh daemon (new data dir each round) pulls the blob from seeding daemons and serves it on /v2 to a hashing client; ` +
+          `CPU = seeders + puller + client; medians of ${rounds} round(s), ratios against the baseline above`,
+        [
+          ['variant', 'MB/s', 'CPU s/GB seeders', 'CPU s/GB puller', 'CPU s/GB client', 'CPU s/GB total', 'throughput vs baseline', 'CPU vs baseline', 'MB from each seeder', 'origin bytes'],
+          ...daemonRows.map((r) => [
+            r.name,
+            r.mbps.toFixed(0),
+            r.seederCpuPerGB.toFixed(2),
+            r.pullerCpuPerGB.toFixed(2),
+            r.clientCpuPerGB.toFixed(2),
+            r.cpuPerGB.toFixed(2),
+            formatRatio(r.throughputVsBaseline),
+            formatRatio(r.cpuVsBaseline),
+            r.bytesFromSeeder.map((b) => (b / 1e6).toFixed(0)).join(' / '),
+            String(r.maxOriginBytes)
+          ])
+        ]
+      )
+    }
+
     const tls = rows[1]!
     const pass = ratio(tls.mbps, base.mbps) >= 0.5 && ratio(tls.cpuPerGB, base.cpuPerGB) <= 2
-    process.stdout.write(`\ntarget (encrypted: ≥ 0.50× throughput, ≤ 2.00× CPU): ${pass ? 'met' : 'NOT met'}\n`)
-    const json = JSON.stringify({ bench: 'peer-transfer', size, rounds, chunkSize, concurrency, readBuffer, rows, samples: variants.map((v, i) => ({ name: v.name, samples: samples[i] })) })
+    process.stdout.write(`\ntarget, data plane (encrypted: ≥ 0.50× throughput, ≤ 2.00× CPU): ${pass ? 'met' : 'NOT met'}\n`)
+    const daemonTls = daemonRows.find((r) => r.encrypt && r.seeders === 1)
+    let daemonPass: boolean | undefined
+    if (daemonTls !== undefined) {
+      daemonPass = daemonTls.throughputVsBaseline >= 0.5 && daemonTls.cpuVsBaseline <= 2
+      process.stdout.write(
+        `target, daemon path (1 seeder, encrypted: ≥ 0.50× throughput, ≤ 2.00× CPU): ${daemonPass ? 'met' : 'NOT met'} ` +
+          `(${formatRatio(daemonTls.throughputVsBaseline)} throughput, ${formatRatio(daemonTls.cpuVsBaseline)} CPU)\n`
+      )
+    }
+    for (const [i, variant] of daemonVariants.entries()) {
+      const s = daemonSamples[i]!
+      const fromOrigin = s.filter((m) => m.accounting.originBytes > 0 || m.accounting.fetchedOrigin > 0).length
+      if (fromOrigin > 0) {
+        const log = s.flatMap((m) => m.accounting.originLog)
+        process.stdout.write(`WARNING: ${variant.name}: origin served blob bytes during ${fromOrigin} of ${s.length} round(s): ${log.slice(0, 6).join('; ')}\n`)
+      }
+      const warned = s.reduce((a, m) => a + m.accounting.warnings.length, 0)
+      if (warned > 0) process.stdout.write(`note: ${variant.name}: ${warned} warn-level log line(s) from the puller, e.g. ${s.flatMap((m) => m.accounting.warnings)[0]}\n`)
+    }
+    const json = JSON.stringify({
+      bench: 'peer-transfer',
+      size,
+      rounds,
+      chunkSize,
+      concurrency,
+      readBuffer,
+      rows,
+      samples: variants.map((v, i) => ({ name: v.name, samples: samples[i] })),
+      daemon: {
+        targetMet: daemonPass,
+        rows: daemonRows,
+        setup: sets.map((set) => ({ name: set.name, encrypt: set.encrypt, seeders: set.nodes.map((n) => n.peerId), originBytes: set.originBytes })),
+        samples: daemonVariants.map((v, i) => ({ name: v.name, samples: daemonSamples[i] }))
+      }
+    })
     process.stdout.write(`${json}\n`)
     if (values.json !== undefined) writeFileSync(values.json, `${json}\n`)
   } finally {
+    await Promise.allSettled(sets.map((s) => s.close()))
+    await blob?.origin.close()
     await Promise.all(servers.map((s) => s.stop()))
     rmSync(dir, { recursive: true, force: true })
   }
@@ -429,9 +664,22 @@ async function child(): Promise<void> {
       peers: { type: 'string' },
       encrypt: { type: 'string', default: 'true' },
       concurrency: { type: 'string', default: '2' },
-      dir: { type: 'string' }
+      dir: { type: 'string' },
+      url: { type: 'string' },
+      digest: { type: 'string' }
     }
   })
+  if (values.role === 'http-client') {
+    let result: ClientResult
+    try {
+      result = await httpClient(values.url!, values.digest!)
+    } catch (err) {
+      announce({ error: String((err as Error)?.stack ?? err) })
+      process.exit(1)
+    }
+    announce(result)
+    process.exit(0)
+  }
   const fixture = readFixture(values.fixture!)
   const encrypt = values.encrypt !== 'false'
   switch (values.role) {

@@ -301,6 +301,14 @@ export function freePort(): Promise<number> {
 }
 
 /** Poll `check` every intervalMs until it returns true, or throw after timeoutMs. */
+/** Thrown by a waitFor check: stop waiting at once and fail with `cause` (e.g. the process exited). */
+export class GiveUp extends Error {
+  constructor(cause: Error) {
+    super(cause.message, { cause })
+    this.name = 'GiveUp'
+  }
+}
+
 export async function waitFor(
   what: string,
   check: () => Promise<boolean> | boolean,
@@ -313,6 +321,7 @@ export async function waitFor(
     try {
       if (await check()) return
     } catch (e) {
+      if (e instanceof GiveUp) throw e.cause
       lastError = e
     }
     await new Promise((r) => setTimeout(r, intervalMs))

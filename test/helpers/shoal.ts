@@ -2,7 +2,7 @@
 import { mkdtemp, readFile, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { freePort, type LoggedProcess, spawnLogged, waitFor } from './proc.js'
+import { freePort, GiveUp, type LoggedProcess, spawnLogged, waitFor } from './proc.js'
 
 export const SHOAL_MAIN = new URL('../../src/cli/main.js', import.meta.url).pathname
 
@@ -42,6 +42,8 @@ export interface StartShoalOptions {
   logLevel?: string
   /** the peer layer, on loopback with ephemeral ports (default true); false: --no-p2p */
   p2p?: boolean
+  /** how long to wait for /healthz (default 20 s; a loaded machine may need more) */
+  startTimeoutMs?: number
 }
 
 export async function startShoal(opts: StartShoalOptions = {}): Promise<Shoal> {
@@ -59,10 +61,10 @@ export async function startShoal(opts: StartShoalOptions = {}): Promise<Shoal> {
   const url = `http://127.0.0.1:${port}`
   try {
     await waitFor('shoal /healthz', async () => {
-      if (!proc.running()) throw new Error(`shoal exited: ${await readFile(logPath, 'utf8')}`)
+      if (!proc.running()) throw new GiveUp(new Error(`shoal exited: ${await readFile(logPath, 'utf8')}`))
       const res = await fetch(`${url}/healthz`).catch(() => undefined)
       return res?.status === 200
-    })
+    }, { timeoutMs: opts.startTimeoutMs })
   } catch (err) {
     await proc.stop('SIGKILL')
     throw err

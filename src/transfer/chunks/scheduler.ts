@@ -66,6 +66,9 @@ const DEFAULTS = {
   pollMs: 100,
 }
 
+/** Origin hedges a chunk a peer is slow with only after this many hedge delays. */
+const ORIGIN_HEDGE_FACTOR = 4
+
 /** Origin's own bytes disagree with the chunk table: the table is false and must be dropped. */
 export class TableMismatchError extends Error {
   constructor(index: number) {
@@ -204,9 +207,11 @@ export class ChunkScheduler {
     }
     if (best !== undefined) return best
     // Hedge: a chunk in flight too long, or the end game when nothing else is left for this source.
-    if (straggler !== undefined && (stragglerAge >= this.opts.hedgeAfterMs || (!anyFree && !isOrigin))) {
+    // Origin waits longer before it hedges a peer: it is the source asked as little as possible.
+    const hedgeAfter = isOrigin ? this.opts.hedgeAfterMs * ORIGIN_HEDGE_FACTOR : this.opts.hedgeAfterMs
+    if (straggler !== undefined && (stragglerAge >= hedgeAfter || (!anyFree && !isOrigin))) {
       const flights = this.inflight.get(straggler) ?? []
-      if (flights.length < 2 || stragglerAge >= this.opts.hedgeAfterMs * 2) return straggler
+      if (flights.length < 2 || stragglerAge >= hedgeAfter * 2) return straggler
     }
     return undefined
   }
