@@ -25,6 +25,20 @@ const ENOUGH_PEERS = 8
 /** One chunk from origin: origin's link may be shared by a whole fleet. */
 const ORIGIN_CHUNK_TIMEOUT_MS = 120_000
 
+/**
+ * Why an origin fetcher should be given up, if it should: it refuses connections, has been
+ * silent for long (a loaded peer answers late, so silence alone takes long), or answers but its
+ * origin download has not moved while chunks of its share are wanted and nobody has them.
+ */
+function fetcherTrouble(src: PeerSource, stallMs: number, waitedOn: () => boolean): string | undefined {
+  if (src.refreshFailures >= FETCHER_MAX_FAILURES) return 'refuses connections'
+  if (Date.now() - src.lastAnswer > FETCHER_SILENCE * stallMs) return 'silent'
+  // one that has not begun yet gets twice the time (it is choosing its own fetchers)
+  const grace = src.started ? stallMs : 2 * stallMs
+  if (src.lastAnswer - src.lastGrowth > grace && waitedOn()) return 'stalled'
+  return undefined
+}
+
 /** A chunk source that offers only the chunks `allowed` admits (checked anew at every pick). */
 function gated(source: ChunkSource, allowed: (index: number) => boolean): ChunkSource {
   return {
@@ -194,21 +208,17 @@ export async function runSwarmDownload(opts: SwarmDownloadOptions): Promise<void
     for (const id of stripes.others()) {
       const src = sources.get(id)
       src?.poll()
-      const now = Date.now()
-      const dead = src === undefined || src.refreshFailures >= FETCHER_MAX_FAILURES || now - src.lastAnswer > FETCHER_SILENCE * swarm.fetcherStallMs
-      const waitedOn = () => {
+      const waitedOn = (): boolean => {
         for (let i = 0; i < plan.plan.count; i++) {
           if (state.have[i] || stripes.owner(i) !== id) continue
           if (![...sources.values()].some((p) => p.has(i))) return true
         }
         return false
       }
-      // stalled: it answers, but what it holds has not moved for a while (a peer that does not
-      // answer at all counts as dead after a few tries, not as stalled: a loaded peer answers late)
-      const grace = src?.started ? swarm.fetcherStallMs : 2 * swarm.fetcherStallMs
-      if (dead || (src.lastAnswer - src.lastGrowth > grace && waitedOn())) {
+      const why = src === undefined ? 'unknown' : fetcherTrouble(src, swarm.fetcherStallMs, waitedOn)
+      if (why !== undefined) {
         stripes.drop(id)
-        opts.logger.warn({ digest, fetcher: id, dead }, 'origin fetcher gone or stalled: its chunks fall to the next fetchers')
+        opts.logger.warn({ digest, fetcher: id, why }, 'origin fetcher gone or stalled: its chunks fall to the next fetchers')
       }
     }
   }
