@@ -17,8 +17,8 @@ const FETCHER_SILENCE = 3
 const WATCHDOG_MS = 500
 /**
  * How often a running download looks for more peers, while it has fewer than ENOUGH_PEERS: a DHT
- * lookup is the costliest thing a node does per blob (measured: kad-dht and its peer store took
- * half of a node's CPU when every download looked every few seconds).
+ * lookup is the costliest thing a node does per blob (profiled: kad-dht and its peer store took
+ * half of a node's CPU when every download looked every 1.5 s, a sixth to a quarter after this).
  */
 const REDISCOVER_MS = 5_000
 const ENOUGH_PEERS = 8
@@ -70,7 +70,7 @@ export interface PeerSource extends ChunkSource {
   readonly lastAnswer: number
   /** it has begun on the blob (a fetcher asked to start may take a moment) */
   readonly started: boolean
-  /** consecutive failed attempts to learn its holdings */
+  /** consecutive attempts to learn its holdings that found it unreachable (refused, reset) */
   readonly refreshFailures: number
   /** asks it for its holdings again (rate-limited), even when the scheduler stopped using it */
   poll(): void
