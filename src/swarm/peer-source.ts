@@ -6,7 +6,7 @@ import type { PeerBlobInfo, PeerChunkClient } from './types.js'
 /** How often the bitfield of a peer that is itself still downloading is asked again. */
 const REFRESH_INTERVAL_MS = 1_000
 /** A bitfield refresh slower than this counts as a failure (a loaded peer answers late, not never). */
-const REFRESH_TIMEOUT_MS = 5_000
+const REFRESH_TIMEOUT_MS = 15_000
 
 /**
  * One peer as a chunk source for one blob. Its bitfield comes from `info` and is refreshed while

@@ -13,7 +13,7 @@ const FANOUT_ORIGIN_INFLIGHT = 2
 /** A fetcher that refuses connections this many times in a row is taken for dead… */
 const FETCHER_MAX_FAILURES = 3
 /** …and so is one that has not answered for this many stall periods (a loaded peer answers late). */
-const FETCHER_SILENCE = 3
+const FETCHER_SILENCE = 4
 const WATCHDOG_MS = 500
 /**
  * How often a running download looks for more peers, while it has fewer than ENOUGH_PEERS: a DHT
