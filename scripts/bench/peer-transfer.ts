@@ -220,29 +220,9 @@ async function baselineServer(fixture: BlobFixture): Promise<void> {
   server.close()
 }
 
-async function baselineClient(fixture: BlobFixture, port: number): Promise<ClientResult> {
-  announce({ ready: true })
-  await waitForGo()
-  const started = performance.now()
-  const bytes = await new Promise<number>((resolve, reject) => {
-    const req = request({ host: '127.0.0.1', port, path: '/', agent: false }, (res) => {
-      const hash = createHash('sha256')
-      let n = 0
-      res.on('data', (chunk: Buffer) => {
-        hash.update(chunk)
-        n += chunk.length
-      })
-      res.once('error', reject)
-      res.once('end', () => {
-        const digest = `sha256:${hash.digest('hex')}`
-        if (digest !== fixture.digest) reject(new Error(`baseline body hashes to ${digest}`))
-        else resolve(n)
-      })
-    })
-    req.once('error', reject)
-    req.end()
-  })
-  return { bytes, seconds: (performance.now() - started) / 1000 }
+/** the baseline: GET the blob from the node:http server, hashing the body */
+function baselineClient(fixture: BlobFixture, port: number): Promise<ClientResult> {
+  return httpClient(`http://127.0.0.1:${port}/`, fixture.digest)
 }
 
 /** GET a URL (a daemon's /v2 blob), hashing the body; it must hash to `digest` */

@@ -171,11 +171,7 @@ export async function startSwarm(opts: SwarmOptions): Promise<Swarm> {
       announced: node.router.advertised().length,
     }
   }
-  opts.metrics.peerStats = () => {
-    const s = node.status()
-    const served = server.stats()
-    return { connectedPeers: s.connectedPeers, routingTableSize: s.routingTableSize, bytesToPeers: served.bytesSent, uploads: served.uploads }
-  }
+  opts.metrics.peerStats = status
   logger.info({ peerId: node.peerId, listen: node.status().listenAddrs, peerPort: server.port, encrypt: server.encrypt }, 'joined the peer layer')
 
   return {

@@ -179,16 +179,29 @@ export class DhtContentRouter implements ContentRouter {
   async closest(digest: string, options: LookupOptions = {}): Promise<PeerRef[]> {
     const cid = digestToCid(digest)
     if (options.signal?.aborted === true || !this.ready()) return []
-    const heard = new Map<string, string[]>()
-    const final = new Set<string>()
-    if (this.backend.routingTableSize() < LOCAL_CLOSEST) {
-      // the table holds every peer this node knows of, fewer than a bucket: no query can do better
-      return this.withAddresses(this.backend.localClosest(cid, LOCAL_CLOSEST), heard, final)
+    const local = this.backend.localClosest(cid, LOCAL_CLOSEST)
+    // a table holding fewer peers than a bucket holds every peer this node knows: no query does better
+    const query = this.backend.routingTableSize() < LOCAL_CLOSEST ? undefined : await this.queryClosest(cid, digest, options)
+    const ids = new Set([...local, ...(query?.final ?? [])])
+    if (ids.size === 0) for (const id of query?.heard.keys() ?? []) ids.add(id)
+    ids.delete(this.backend.selfId)
+    const out: PeerRef[] = []
+    for (const id of ids) {
+      const heard = query?.heard.get(id) ?? []
+      const addrs = heard.length > 0 ? heard : transportAddrs(await this.backend.addressesOf(id).catch(() => []))
+      if (addrs.length > 0) out.push({ id, addrs })
     }
+    return out
+  }
+
+  /** kad-dht's closest-peers query under the lookup deadline: its final answer, and every peer it heard of (with the addresses heard) */
+  private async queryClosest(cid: CID, digest: string, options: LookupOptions): Promise<{ final: string[]; heard: Map<string, string[]> }> {
     const deadline = withDeadline(options.timeoutMs ?? this.lookupTimeoutMs, [this.shutdown.signal, options.signal])
+    const heard = new Map<string, string[]>()
+    const final: string[] = []
     const hear = (id: string, multiaddrs: ReadonlyArray<{ toString(): string }>): void => {
       const addrs = transportAddrs(multiaddrs)
-      if (id !== this.backend.selfId && (addrs.length > 0 || !heard.has(id))) heard.set(id, addrs)
+      if (addrs.length > 0 || !heard.has(id)) heard.set(id, addrs)
     }
     try {
       for await (const event of this.backend.closestPeers(cid, { signal: deadline.signal })) {
@@ -197,7 +210,7 @@ export class DhtContentRouter implements ContentRouter {
           for (const peer of event.closer) hear(peer.id.toString(), peer.multiaddrs)
         } else if (event.name === 'FINAL_PEER') {
           hear(event.peer.id.toString(), event.peer.multiaddrs)
-          final.add(event.peer.id.toString())
+          final.push(event.peer.id.toString())
         }
       }
     } catch (err) {
@@ -205,22 +218,7 @@ export class DhtContentRouter implements ContentRouter {
     } finally {
       deadline.clear()
     }
-    return this.withAddresses(this.backend.localClosest(cid, LOCAL_CLOSEST), heard, final)
-  }
-
-  /** the final peers (with `local` ones added) that have an address, from the query or the peer store */
-  private async withAddresses(local: string[], heard: Map<string, string[]>, final: Set<string>): Promise<PeerRef[]> {
-    for (const id of local) {
-      if (id !== this.backend.selfId && !heard.has(id)) heard.set(id, [])
-      final.add(id)
-    }
-    const out: PeerRef[] = []
-    for (const [id, known] of heard) {
-      if (final.size > 0 && !final.has(id)) continue
-      const addrs = known.length > 0 ? known : transportAddrs(await this.backend.addressesOf(id).catch(() => []))
-      if (addrs.length > 0) out.push({ id, addrs })
-    }
-    return out
+    return { final, heard }
   }
 
   /** digests in the re-announce schedule */

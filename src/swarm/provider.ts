@@ -1,9 +1,9 @@
-import { createHash } from 'node:crypto'
 import { Readable } from 'node:stream'
 import type { Logger } from 'pino'
 import type { BlobInfo, ChunkProvider } from '../peer/types.js'
 import type { BlobStore } from '../store/blob-store.js'
-import { chunkBounds, planChunks } from '../transfer/chunks/plan.js'
+import { chunkBounds, chunkHash, planChunks } from '../transfer/chunks/plan.js'
+import { ChunkState } from '../transfer/chunks/state.js'
 import type { Download } from '../transfer/download.js'
 
 export interface StoreChunkProviderOptions {
@@ -98,30 +98,11 @@ export class StoreChunkProvider implements ChunkProvider {
 
   private async compute(digest: string, size: number): Promise<string[]> {
     const { store, chunkSize } = this.opts
-    const plan = planChunks(size, chunkSize)
-    const hashes: string[] = []
-    let hash = createHash('sha256')
-    let fill = 0
-    let limit = chunkBounds(plan, 0).end
-    if (size > 0) {
-      for await (const data of store.createReadStream(digest, 0, size - 1) as AsyncIterable<Buffer>) {
-        let offset = 0
-        while (offset < data.byteLength) {
-          const take = Math.min(limit - fill, data.byteLength - offset)
-          hash.update(data.subarray(offset, offset + take))
-          fill += take
-          offset += take
-          if (fill === limit) {
-            hashes.push(hash.digest('hex'))
-            hash = createHash('sha256')
-            fill = 0
-            if (hashes.length < plan.count) limit = chunkBounds(plan, hashes.length).end - chunkBounds(plan, hashes.length).start
-          }
-        }
-      }
-    }
-    if (size === 0) hashes.push(hash.digest('hex'))
-    if (hashes.length !== plan.count) throw new Error(`blob file of ${digest} is shorter than its size`)
+    const chunks = new ChunkState(planChunks(size, chunkSize))
+    if (size === 0) chunks.mark(0, chunkHash(new Uint8Array(0))) // one empty chunk
+    else for await (const data of store.createReadStream(digest, 0, size - 1) as AsyncIterable<Buffer>) chunks.feed(data)
+    if (!chunks.complete) throw new Error(`blob file of ${digest} is shorter than its size`)
+    const hashes = chunks.hashes as string[]
     await store.putChunkTable(digest, { chunkSize, hashes })
     return hashes
   }

@@ -10,7 +10,7 @@ import { TableMismatchError } from './chunks/scheduler.js'
 import { ChunkState } from './chunks/state.js'
 import { Download } from './download.js'
 import { runSwarmDownload, type SwarmHooks, type SwarmPlan } from './swarm-download.js'
-import type { BlobLocator, BlobSource, ByteSource, SourceBody } from './types.js'
+import { type BlobLocator, type BlobSource, type ByteSource, bytesFrom, type SourceBody } from './types.js'
 
 /** An open blob: its size, and a way to stream any byte range of it. */
 export interface BlobHandle {
@@ -130,18 +130,8 @@ export class BlobService {
     async function* relay(): AsyncGenerator<Buffer> {
       const body = await source.open(locator, { signal, offset: start })
       try {
-        let skip = start - body.offset
         let left = end - start + 1
-        for await (const chunk of body.body as AsyncIterable<Buffer>) {
-          let data = chunk
-          if (skip > 0) {
-            if (data.byteLength <= skip) {
-              skip -= data.byteLength
-              continue
-            }
-            data = data.subarray(skip)
-            skip = 0
-          }
+        for await (let data of bytesFrom(body, start)) {
           if (data.byteLength > left) data = data.subarray(0, left)
           left -= data.byteLength
           hash?.update(data)
@@ -307,17 +297,7 @@ export class BlobService {
       let body = first
       for (let resumes = 0; ; ) {
         try {
-          let skip = writer.written - body.offset
-          for await (const chunk of body.body as AsyncIterable<Buffer>) {
-            let data = chunk
-            if (skip > 0) {
-              if (data.byteLength <= skip) {
-                skip -= data.byteLength
-                continue
-              }
-              data = data.subarray(skip)
-              skip = 0
-            }
+          for await (const data of bytesFrom(body, writer.written)) {
             await writer.write(data)
             dl.received += data.byteLength
             this.opts.events?.onFetched?.(source.kind, data.byteLength)

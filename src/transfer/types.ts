@@ -32,5 +32,21 @@ export interface BlobSource {
   stat(locator: BlobLocator, options: { signal: AbortSignal }): Promise<number | undefined>
 }
 
+/**
+ * The body's bytes from blob offset `position` on (a source may have answered from an earlier
+ * offset than asked: the bytes before `position` are dropped).
+ */
+export async function* bytesFrom(body: SourceBody, position: number): AsyncGenerator<Buffer> {
+  let skip = position - body.offset
+  for await (const chunk of body.body as AsyncIterable<Buffer>) {
+    if (skip >= chunk.byteLength) {
+      skip -= chunk.byteLength
+      continue
+    }
+    yield skip > 0 ? chunk.subarray(skip) : chunk
+    skip = 0
+  }
+}
+
 /** Where the bytes of an answer came from, for logs and metrics. */
 export type ByteSource = 'cache' | 'origin' | 'stale' | 'none'

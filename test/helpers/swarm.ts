@@ -7,23 +7,11 @@ import { join } from 'node:path'
 import { generateSwarmKey } from '../../src/p2p/node.js'
 import { MEDIA_TYPES, type PushedImage } from './images.js'
 import { waitFor } from './proc.js'
+import type { SwarmStatus } from '../../src/daemon/swarm.js'
 import { type Shoal, type StartShoalOptions, startShoal } from './shoal.js'
 
-/** the `p2p` part of GET /api/v1/status */
-export interface P2pStatus {
-  enabled: boolean
-  peerId: string
-  /** multiaddrs ending /p2p/<id> */
-  listen: string[]
-  connectedPeers: number
-  routingTableSize: number
-  joined: boolean
-  bytesFromPeers: number
-  bytesToPeers: number
-  bytesFromPeer: Record<string, number>
-  penalisedPeers: number
-  [key: string]: unknown
-}
+/** the `p2p` part of GET /api/v1/status (as the daemon builds it) */
+export type P2pStatus = SwarmStatus & { enabled: boolean }
 
 export interface SwarmNode extends Shoal {
   /** 1-based position in its fleet, for messages */

@@ -1,4 +1,4 @@
-import type { BlobLocator, BlobSource } from '../types.js'
+import { type BlobLocator, type BlobSource, bytesFrom } from '../types.js'
 import { type ChunkPlan, chunkBounds } from './plan.js'
 import type { ChunkSource } from './scheduler.js'
 
@@ -29,19 +29,9 @@ export class OriginChunkSource implements ChunkSource {
     const length = end - start
     const res = await this.source.open(this.locator, { signal, offset: start, length })
     const out = Buffer.allocUnsafe(length)
-    let skip = start - res.offset
     let filled = 0
     try {
-      for await (const chunk of res.body as AsyncIterable<Buffer>) {
-        let data = chunk
-        if (skip > 0) {
-          if (data.byteLength <= skip) {
-            skip -= data.byteLength
-            continue
-          }
-          data = data.subarray(skip)
-          skip = 0
-        }
+      for await (const data of bytesFrom(res, start)) {
         const take = Math.min(data.byteLength, length - filled)
         data.copy(out, filled, 0, take)
         filled += take
