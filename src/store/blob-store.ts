@@ -867,10 +867,7 @@ export class BlobWriter {
       if (isNoSpace(err)) throw new StoreFullError('disk full while writing a blob', { cause: err })
       throw err
     }
-    if (this.position - this.lastCheckpoint >= CHECKPOINT_BYTES) {
-      this.lastCheckpoint = this.position
-      this.store.checkpoint(this)
-    }
+    this.checkpointIfDue()
   }
 
   /**
@@ -897,6 +894,17 @@ export class BlobWriter {
     }
   }
 
+  /**
+   * Extends the contiguous prefix over `bytes`, which writeAt() already put in the file at the
+   * prefix's end: hashes this copy of them instead of reading them back.
+   */
+  advanceOver(bytes: Uint8Array): void {
+    if (this.position + bytes.byteLength > this.expectedSize) throw new SizeMismatchError(this.expectedSize, this.position + bytes.byteLength)
+    this.hash.update(bytes)
+    this.position += bytes.byteLength
+    this.checkpointIfDue()
+  }
+
   /** Extends the contiguous prefix over `length` bytes already in the file (from writeAt), hashing them. */
   async advance(length: number): Promise<void> {
     if (this.position + length > this.expectedSize) throw new SizeMismatchError(this.expectedSize, this.position + length)
@@ -908,6 +916,10 @@ export class BlobWriter {
       this.position += bytesRead
       done += bytesRead
     }
+    this.checkpointIfDue()
+  }
+
+  private checkpointIfDue(): void {
     if (this.position - this.lastCheckpoint >= CHECKPOINT_BYTES) {
       this.lastCheckpoint = this.position
       this.store.checkpoint(this)

@@ -32,7 +32,6 @@ export class PeerChunkSource implements PeerSource {
   private lastRefresh = Date.now()
   private readonly client: PeerChunkClient
   private readonly digest: string
-  private readonly maxChunkBytes: number
   private readonly signal: AbortSignal
   private readonly want: string | undefined
 
@@ -48,7 +47,6 @@ export class PeerChunkSource implements PeerSource {
     this.have = info.have
     this.table = info.have.map((held, i) => (held ? (info.table?.[i] ?? undefined) : undefined))
     this.complete = info.have.every(Boolean)
-    this.maxChunkBytes = info.chunkSize
     this.signal = signal
     this.want = want
   }
@@ -63,20 +61,20 @@ export class PeerChunkSource implements PeerSource {
     return this.have[index] === true
   }
 
-  async fetch(index: number, signal: AbortSignal): Promise<Uint8Array> {
+  async fetch(index: number, signal: AbortSignal, into: Buffer): Promise<Uint8Array> {
     const body = await this.client.fetchChunk(this.peer, this.digest, index, { signal })
-    const parts: Buffer[] = []
-    let total = 0
+    let filled = 0
     try {
-      for await (const chunk of body as AsyncIterable<Buffer>) {
-        total += chunk.length
-        if (total > this.maxChunkBytes) throw new Error(`peer ${this.id} sent more than a chunk`)
-        parts.push(chunk)
+      for await (const piece of body as AsyncIterable<Buffer>) {
+        if (filled + piece.length > into.length) throw new Error(`peer ${this.id} sent more than chunk ${index}`)
+        piece.copy(into, filled)
+        filled += piece.length
       }
     } finally {
       body.destroy()
     }
-    return Buffer.concat(parts, total)
+    if (filled !== into.length) throw new Error(`peer ${this.id} sent ${filled} of the ${into.length} bytes of chunk ${index}`)
+    return into
   }
 
   /** asks the peer for its holdings again, at most every REFRESH_INTERVAL_MS, until it is complete */

@@ -5,12 +5,16 @@ import { blobUnknown } from '../oci/errors.js'
 import type { BlobStore, BlobWriter } from '../store/blob-store.js'
 import { DigestMismatchError, SizeMismatchError } from '../store/errors.js'
 import { abortable } from '../util/abort.js'
+import { ChunkBuffers } from './chunks/buffers.js'
 import { planChunks } from './chunks/plan.js'
 import { TableMismatchError } from './chunks/scheduler.js'
 import { ChunkState } from './chunks/state.js'
 import { Download } from './download.js'
 import { runSwarmDownload, type SwarmHooks, type SwarmPlan } from './swarm-download.js'
 import { type BlobLocator, type BlobSource, type ByteSource, bytesFrom, type SourceBody } from './types.js'
+
+/** Chunk buffers kept for reuse while downloads run (4 MiB each at the default chunk size). */
+const POOLED_CHUNK_BUFFERS = 8
 
 /** An open blob: its size, and a way to stream any byte range of it. */
 export interface BlobHandle {
@@ -49,10 +53,13 @@ export class BlobService {
   private readonly running = new Set<Promise<void>>()
   private readonly opts: BlobServiceOptions
   private readonly log: Logger
+  /** chunk buffers shared by swarm downloads, dropped when none runs */
+  private readonly buffers: ChunkBuffers | undefined
 
   constructor(opts: BlobServiceOptions) {
     this.opts = opts
     this.log = opts.logger
+    if (opts.swarm !== undefined) this.buffers = new ChunkBuffers(opts.swarm.chunkSize, POOLED_CHUNK_BUFFERS)
   }
 
   inflight(): number {
@@ -175,6 +182,7 @@ export class BlobService {
       )
       .finally(() => {
         this.downloads.delete(digest)
+        if (this.downloads.size === 0) this.buffers?.clear()
         this.running.delete(running)
         dl.release()
       })
@@ -250,6 +258,7 @@ export class BlobService {
             signal,
             logger: this.log,
             onFetched: this.opts.events?.onFetched,
+            buffers: this.buffers,
           })
           return
         } catch (err) {

@@ -1,5 +1,6 @@
 import type { Logger } from 'pino'
 import type { BlobWriter } from '../store/blob-store.js'
+import { ChunkBuffers } from './chunks/buffers.js'
 import { type ChunkPlan, chunkBounds, chunkHash } from './chunks/plan.js'
 import { OriginChunkSource } from './chunks/origin-source.js'
 import { ChunkScheduler, type ChunkSource, TableMismatchError } from './chunks/scheduler.js'
@@ -24,6 +25,12 @@ const REDISCOVER_MS = 5_000
 const ENOUGH_PEERS = 8
 /** One chunk from origin: origin's link may be shared by a whole fleet. */
 const ORIGIN_CHUNK_TIMEOUT_MS = 120_000
+/**
+ * Bytes of chunks that arrived ahead of the in-order prefix kept in memory, so that they are
+ * hashed into the blob's digest without reading them back from the file. Past this, such chunks
+ * are read back (slower, bounded memory).
+ */
+const MAX_HELD_BYTES = 64 * 1024 * 1024
 
 /**
  * Why an origin fetcher should be given up, if it should: it refuses connections, has been
@@ -45,7 +52,7 @@ function gated(source: ChunkSource, allowed: (index: number) => boolean): ChunkS
     id: source.id,
     kind: source.kind,
     has: (index) => allowed(index) && source.has(index),
-    fetch: (index, signal) => source.fetch(index, signal),
+    fetch: (index, signal, into) => source.fetch(index, signal, into),
   }
 }
 
@@ -116,6 +123,8 @@ export interface SwarmDownloadOptions {
   logger: Logger
   /** bytes accepted from a source kind ('peer', 'origin'), with the peer's id */
   onFetched?(source: string, bytes: number, peer?: string): void
+  /** chunk buffers, reused across downloads (default: fresh ones) */
+  buffers?: ChunkBuffers
 }
 
 /**
@@ -155,19 +164,36 @@ export async function runSwarmDownload(opts: SwarmDownloadOptions): Promise<void
     return true
   }
 
+  // Chunks ahead of the prefix: written at once (peers and readers may take them), hashed into
+  // the digest when the prefix reaches them, from memory (`held`) or, past MAX_HELD_BYTES, from the file.
+  const buffers = opts.buffers ?? new ChunkBuffers(plan.plan.chunkSize, 0)
+  const held = new Map<number, Uint8Array>()
+  let heldBytes = 0
   const accept = async (index: number, bytes: Uint8Array): Promise<void> => {
     const { start } = chunkBounds(plan.plan, index)
     if (start === writer.written) {
       await writer.write(bytes)
-      // take chunks that arrived early into the digest, in order
+      buffers.give(bytes)
       for (let next = index + 1; pending.has(next); next++) {
-        const b = chunkBounds(plan.plan, next)
-        await writer.advance(b.end - b.start)
+        const kept = held.get(next)
+        if (kept !== undefined) {
+          writer.advanceOver(kept)
+          held.delete(next)
+          heldBytes -= kept.byteLength
+          buffers.give(kept)
+        } else {
+          const b = chunkBounds(plan.plan, next)
+          await writer.advance(b.end - b.start)
+        }
         pending.delete(next)
       }
     } else {
       await writer.writeAt(start, bytes)
       pending.add(index)
+      if (heldBytes + bytes.byteLength <= MAX_HELD_BYTES) {
+        held.set(index, bytes)
+        heldBytes += bytes.byteLength
+      } else buffers.give(bytes)
     }
     state.mark(index, table[index] as string)
     download.progress()
@@ -190,6 +216,7 @@ export async function runSwarmDownload(opts: SwarmDownloadOptions): Promise<void
     // with stripes, origin takes only this node's share (and what fetchers that died leave)
     origin: stripes === undefined ? originSource : gated(originSource, (i) => stripes.mine(i)),
     maxInflightOrigin: stripes === undefined ? undefined : FANOUT_ORIGIN_INFLIGHT,
+    buffers,
     originRequestTimeoutMs: ORIGIN_CHUNK_TIMEOUT_MS,
     mayWait: () => stripes !== undefined && stripes.others().length > 0,
     onBadPeer: (peer, index) => {

@@ -2,6 +2,7 @@ import assert from 'node:assert/strict'
 import { randomBytes } from 'node:crypto'
 import { describe, test } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
+import { ChunkBuffers } from '../../src/transfer/chunks/buffers.js'
 import { ChunkTable, chunkBounds, chunkHash, planChunks } from '../../src/transfer/chunks/plan.js'
 import { ChunkScheduler, type ChunkSource, NoSourceError } from '../../src/transfer/chunks/scheduler.js'
 
@@ -24,6 +25,8 @@ interface FakeOpts {
   corrupt?: boolean
   failAll?: boolean
   hang?: boolean
+  /** answer in the scheduler's buffer (as the real sources do) */
+  fill?: boolean
 }
 
 class FakeSource implements ChunkSource {
@@ -40,7 +43,7 @@ class FakeSource implements ChunkSource {
   has(i: number): boolean {
     return this.o.holds ? this.o.holds(i) : true
   }
-  async fetch(i: number, signal: AbortSignal): Promise<Uint8Array> {
+  async fetch(i: number, signal: AbortSignal, into: Buffer): Promise<Uint8Array> {
     this.requests++
     const delay = typeof this.o.delayMs === 'function' ? this.o.delayMs(i) : (this.o.delayMs ?? 1)
     if (this.o.hang) await new Promise((_, reject) => signal.addEventListener('abort', () => reject(signal.reason)))
@@ -48,7 +51,8 @@ class FakeSource implements ChunkSource {
     if (this.o.failAll) throw new Error('connection reset')
     const plan = planChunks(this.bytes.length, CHUNK)
     const { start, end } = chunkBounds(plan, i)
-    const out = Buffer.from(this.bytes.subarray(start, end))
+    const out = this.o.fill ? into : Buffer.from(this.bytes.subarray(start, end))
+    if (this.o.fill) this.bytes.copy(into, 0, start, end)
     if (this.o.corrupt) out[0] = (out[0] as number) ^ 1
     this.served++
     return out
@@ -97,7 +101,67 @@ describe('chunk plan and table', () => {
   })
 })
 
+describe('chunk buffers', () => {
+  test('reused once given back; only its own, never twice', () => {
+    const pool = new ChunkBuffers(CHUNK, 2)
+    const a = pool.take(CHUNK)
+    const short = pool.take(10)
+    assert.equal(short.length, 10)
+    pool.give(a)
+    assert.equal(pool.take(CHUNK).buffer, a.buffer)
+    pool.give(short)
+    assert.throws(() => pool.give(short), /twice/)
+    const foreign = Buffer.alloc(CHUNK)
+    pool.give(foreign)
+    assert.notEqual(pool.take(CHUNK).buffer, foreign.buffer)
+    assert.equal(pool.take(CHUNK * 2).length, CHUNK * 2)
+  })
+})
+
+/** a pool that counts the buffers out */
+class CountingBuffers extends ChunkBuffers {
+  out = new Set<ArrayBufferLike>()
+  override take(length: number): Buffer {
+    const b = super.take(length)
+    this.out.add(b.buffer)
+    return b
+  }
+  override give(buffer: Uint8Array): void {
+    this.out.delete(buffer.buffer)
+    super.give(buffer)
+  }
+}
+
 describe('chunk scheduler', () => {
+  test('every buffer comes back: accepted, refused, failed, hedged and wasted fetches alike', async () => {
+    const { bytes, table } = blob(30, 5)
+    const pool = new CountingBuffers(CHUNK, 4)
+    const peers = [
+      new FakeSource('good', bytes, { fill: true, delayMs: 2 }),
+      new FakeSource('slow', bytes, { fill: true, delayMs: (i) => (i % 3 === 0 ? 300 : 2) }),
+      new FakeSource('liar', bytes, { fill: true, corrupt: true }),
+      new FakeSource('broken', bytes, { fill: true, failAll: true }),
+    ]
+    const out = Buffer.alloc(bytes.length)
+    const result = await new ChunkScheduler({
+      plan: table.plan,
+      verify: (i, b) => table.verify(i, b),
+      accept: async (i, b) => {
+        Buffer.from(b).copy(out, i * CHUNK)
+        pool.give(b)
+      },
+      peers,
+      buffers: pool,
+      requestTimeoutMs: 500,
+      hedgeAfterMs: 50,
+    }).run(AbortSignal.timeout(20_000))
+    assert.ok(out.equals(bytes), 'reassembled exactly from reused buffers')
+    assert.ok(result.wasted > 0, 'some fetches were wasted')
+    // the slow peer's hedged requests finish after the run: give them time to come back
+    await sleep(400)
+    assert.equal(pool.out.size, 0, 'buffers still out')
+  })
+
   test('spreads a blob over several peers and reassembles it exactly', async () => {
     const { bytes, table } = blob(40, 77)
     const peers = [1, 2, 3].map((n) => new FakeSource(`p${n}`, bytes, { delayMs: 2 }))

@@ -90,7 +90,7 @@ describe('swarm discovery', () => {
     const p2 = plan.sources.find((s) => s.id === 'peer2')!
     assert.equal(p2.has(4), true)
     assert.equal(p2.has(5), false)
-    const chunk = await plan.sources[0]!.fetch(2, AbortSignal.timeout(1000))
+    const chunk = await plan.sources[0]!.fetch(2, AbortSignal.timeout(1000), Buffer.alloc(CHUNK))
     assert.deepEqual(Buffer.from(chunk), bytes.subarray(2 * CHUNK, 3 * CHUNK))
   })
 

@@ -24,11 +24,11 @@ export class OriginChunkSource implements ChunkSource {
     return true
   }
 
-  async fetch(index: number, signal: AbortSignal): Promise<Uint8Array> {
+  async fetch(index: number, signal: AbortSignal, into: Buffer): Promise<Uint8Array> {
     const { start, end } = chunkBounds(this.plan, index)
     const length = end - start
     const res = await this.source.open(this.locator, { signal, offset: start, length })
-    const out = Buffer.allocUnsafe(length)
+    const out = into.length === length ? into : Buffer.allocUnsafe(length)
     let filled = 0
     try {
       for await (const data of bytesFrom(res, start)) {

@@ -1,4 +1,5 @@
-import type { ChunkPlan } from './plan.js'
+import { ChunkBuffers } from './buffers.js'
+import { type ChunkPlan, chunkBounds } from './plan.js'
 
 /** Somewhere chunks come from: one peer, or origin. */
 export interface ChunkSource {
@@ -7,16 +8,21 @@ export interface ChunkSource {
   readonly kind: 'peer' | 'origin'
   /** whether the source holds chunk `index` (a peer's bitfield; origin holds all) */
   has(index: number): boolean
-  /** the bytes of chunk `index`; the scheduler verifies them */
-  fetch(index: number, signal: AbortSignal): Promise<Uint8Array>
+  /**
+   * The bytes of chunk `index`; the scheduler verifies them. `into` has exactly the chunk's
+   * length: a source fills it and returns it (or returns bytes of its own).
+   */
+  fetch(index: number, signal: AbortSignal, into: Buffer): Promise<Uint8Array>
 }
 
 export interface SchedulerOptions {
   plan: ChunkPlan
   /** chunk check (against the table); a false return marks the source bad for this blob */
   verify(index: number, bytes: Uint8Array, source: ChunkSource): boolean
-  /** stores a verified chunk; called once per chunk, in any order */
+  /** stores a verified chunk; called once per chunk, in any order; `bytes` is the callee's from then on (give it back to `buffers`) */
   accept(index: number, bytes: Uint8Array): Promise<void>
+  /** where the buffers chunks are received into come from (default: fresh ones) */
+  buffers?: ChunkBuffers
   peers: ChunkSource[]
   /** the source of truth, used when no peer has a chunk or peers are too slow */
   origin?: ChunkSource
@@ -55,6 +61,7 @@ interface Inflight {
   source: ChunkSource
   controller: AbortController
   startedAt: number
+  into: Buffer
 }
 
 const DEFAULTS = {
@@ -110,9 +117,11 @@ export class ChunkScheduler {
   private finished = false
   private accepting = Promise.resolve()
   private hedgeTimer: NodeJS.Timeout | undefined
+  private readonly buffers: ChunkBuffers
 
   constructor(opts: SchedulerOptions) {
     this.opts = { ...DEFAULTS, ...stripUndefined(opts) }
+    this.buffers = opts.buffers ?? new ChunkBuffers(opts.plan.chunkSize, 0)
     this.done = new Set(opts.done ?? [])
     this.peers = [...opts.peers]
   }
@@ -218,14 +227,15 @@ export class ChunkScheduler {
 
   private start(index: number, source: ChunkSource, now: number): void {
     const controller = new AbortController()
-    const flight: Inflight = { source, controller, startedAt: now }
+    const { start, end } = chunkBounds(this.opts.plan, index)
+    const flight: Inflight = { source, controller, startedAt: now, into: this.buffers.take(end - start) }
     const flights = this.inflight.get(index) ?? []
     flights.push(flight)
     this.inflight.set(index, flights)
     this.load.set(source, (this.load.get(source) ?? 0) + 1)
     const timeoutMs = source.kind === 'origin' ? (this.opts.originRequestTimeoutMs ?? this.opts.requestTimeoutMs) : this.opts.requestTimeoutMs
     const signal = AbortSignal.any([controller.signal, AbortSignal.timeout(timeoutMs)])
-    source.fetch(index, signal).then(
+    source.fetch(index, signal, flight.into).then(
       (bytes) => this.onBytes(index, flight, bytes),
       (err: unknown) => this.onError(index, flight, err),
     )
@@ -242,12 +252,16 @@ export class ChunkScheduler {
 
   private onBytes(index: number, flight: Inflight, bytes: Uint8Array): void {
     this.end(index, flight)
+    // a source that answered with bytes of its own leaves `into` unused
+    if (bytes !== flight.into) this.buffers.give(flight.into)
     if (this.finished || this.done.has(index)) {
+      this.buffers.give(bytes)
       this.result.wasted++
       this.pump()
       return
     }
     if (!this.opts.verify(index, bytes, flight.source)) {
+      this.buffers.give(bytes)
       if (flight.source.kind === 'origin') {
         this.fail(new TableMismatchError(index))
         return
@@ -269,6 +283,7 @@ export class ChunkScheduler {
 
   private onError(index: number, flight: Inflight, err: unknown): void {
     this.end(index, flight)
+    this.buffers.give(flight.into)
     this.result.wasted++
     if (!this.finished && !this.done.has(index) && !flight.controller.signal.aborted) {
       const n = (this.failures.get(flight.source) ?? 0) + 1
