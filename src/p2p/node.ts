@@ -380,6 +380,9 @@ export async function createPeerNode(options: PeerNodeOptions): Promise<PeerNode
       inboundConnectionThreshold: INBOUND_CONNECTION_THRESHOLD,
       maxIncomingPendingConnections: MAX_INCOMING_PENDING_CONNECTIONS
     },
+    // a ping that times out on a loaded node (event-loop lag, not a dead peer) must not close
+    // the connection: the redial, handshake and routing-table churn that follow load it more
+    connectionMonitor: { abortConnectionOnPingFailure: false },
     services: {
       identify: identify(),
       ping: ping(),

@@ -37,6 +37,7 @@ import {
   PSK_CIPHERS,
   TICKET_PROTOCOL,
   TLS_VERSION,
+  type InfoQuery,
   type TicketWire,
   bearerToken,
   blobPath,
@@ -70,9 +71,12 @@ export interface PeerDataClientOptions {
 }
 
 export interface PeerDataClient {
-  /** the peer's view of a blob; undefined when it holds nothing of it */
-  /** `want` (`registry/name`): also ask the peer to fetch the blob, as one of its origin fetchers */
-  info(peer: PeerRef, digest: string, options: { signal: AbortSignal; want?: string | undefined }): Promise<BlobInfo | undefined>
+  /**
+   * The peer's view of a blob; undefined when it holds nothing of it. `want` (`registry/name`):
+   * also ask the peer to fetch the blob, as one of its origin fetchers; `held`: a long poll, the
+   * peer answers once it holds more chunks than that (or after LONG_POLL_MS).
+   */
+  info(peer: PeerRef, digest: string, options: { signal: AbortSignal } & InfoQuery): Promise<BlobInfo | undefined>
   /**
    * The raw bytes of chunk `index` (unverified: the caller checks them). Rejects with
    * `ChunkUnavailableError` (not held), `PeerBusyError` (upload cap), `PeerTimeoutError`,
@@ -126,9 +130,9 @@ class DataClient implements PeerDataClient {
     this.now = options.now ?? Date.now
   }
 
-  async info(peer: PeerRef, digest: string, options: { signal: AbortSignal; want?: string | undefined }): Promise<BlobInfo | undefined> {
+  async info(peer: PeerRef, digest: string, options: { signal: AbortSignal } & InfoQuery): Promise<BlobInfo | undefined> {
     if (!isDigest(digest)) throw new PeerDataArgumentError(`invalid digest ${JSON.stringify(digest.slice(0, 100))}`)
-    const res = await this.get(peer, blobPath(digest, options.want), options.signal)
+    const res = await this.get(peer, blobPath(digest, options), options.signal)
     if (res.statusCode === 404) {
       res.resume()
       return undefined

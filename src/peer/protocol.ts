@@ -17,7 +17,10 @@
  *    - plaintext: `Authorization: Bearer <identity>.<key>` on every request: still
  *      authenticated (the token came over Noise), not confidential.
  *    Routes (GET only):
- *      /shoal/v1/blobs/<digest>                  → 200 application/json (encodeInfo) | 404
+ *      /shoal/v1/blobs/<digest>[?want=<registry/name>][&held=<n>]
+ *                                                → 200 application/json (encodeInfo) | 404
+ *        `held=n` (a long poll): the answer waits, up to a few seconds, until the node holds
+ *        more than n chunks, so a peer learns of each chunk as it lands without polling
  *      /shoal/v1/blobs/<digest>/chunks/<index>   → 200 application/octet-stream | 404 | 416 | 503
  */
 import type { BlobInfo } from './types.js'
@@ -40,33 +43,52 @@ const KEY_RE = /^[0-9a-f]{64}$/
 const SHA256_HEX_RE = /^[0-9a-f]{64}$/
 const BASE64_RE = /^[A-Za-z0-9+/]*={0,2}$/
 const BEARER_RE = /^Bearer ([0-9a-f]{32})\.([0-9a-f]{64})$/
-const PATH_RE = /^\/shoal\/v1\/blobs\/([^/?]{1,200})(?:\/chunks\/(\d{1,10})|\?want=([A-Za-z0-9%._-]{1,600}))?$/
+const PATH_RE = /^\/shoal\/v1\/blobs\/([^/?]{1,200})(?:\/chunks\/(\d{1,10})|\?([A-Za-z0-9%._=&-]{1,700}))?$/
+const WANT_RE = /^[A-Za-z0-9%._-]{1,600}$/
+const HELD_RE = /^\d{1,7}$/
 
-/** `want`: `registry/name`, asking the peer to fetch the blob as one of its origin fetchers */
-export function blobPath(digest: string, want?: string): string {
-  return want === undefined ? `/shoal/v1/blobs/${digest}` : `/shoal/v1/blobs/${digest}?want=${encodeURIComponent(want)}`
+/** Options of an info request. */
+export interface InfoQuery {
+  /** `registry/name`: asks the peer to fetch the blob as one of its origin fetchers */
+  want?: string | undefined
+  /** answer once the peer holds more than this many chunks (or after a few seconds) */
+  held?: number | undefined
+}
+
+export function blobPath(digest: string, query: InfoQuery = {}): string {
+  const params: string[] = []
+  if (query.want !== undefined) params.push(`want=${encodeURIComponent(query.want)}`)
+  if (query.held !== undefined) params.push(`held=${query.held}`)
+  return params.length === 0 ? `/shoal/v1/blobs/${digest}` : `/shoal/v1/blobs/${digest}?${params.join('&')}`
 }
 
 export function chunkPath(digest: string, index: number): string {
   return `/shoal/v1/blobs/${digest}/chunks/${index}`
 }
 
-export type ParsedPath = { kind: 'info'; digest: string; want?: string } | { kind: 'chunk'; digest: string; index: number }
+export type ParsedPath = ({ kind: 'info'; digest: string } & InfoQuery) | { kind: 'chunk'; digest: string; index: number }
 
-/** parse a request path (no query string but `?want=` on info); undefined when it matches no route. Digest grammar is checked by the caller. */
+/** parse a request path (a query string only on info: `want`, `held`); undefined when it matches no route. Digest grammar is checked by the caller. */
 export function parsePath(url: string): ParsedPath | undefined {
   const m = PATH_RE.exec(url)
   if (m === null) return undefined
   const digest = m[1]!
-  if (m[3] !== undefined) {
-    try {
-      return { kind: 'info', digest, want: decodeURIComponent(m[3]) }
-    } catch {
-      return undefined
-    }
+  if (m[2] !== undefined) return { kind: 'chunk', digest, index: Number(m[2]) }
+  const parsed: ParsedPath = { kind: 'info', digest }
+  for (const param of m[3]?.split('&') ?? []) {
+    const eq = param.indexOf('=')
+    const key = param.slice(0, eq)
+    const value = param.slice(eq + 1)
+    if (key === 'want' && parsed.want === undefined && WANT_RE.test(value)) {
+      try {
+        parsed.want = decodeURIComponent(value)
+      } catch {
+        return undefined
+      }
+    } else if (key === 'held' && parsed.held === undefined && HELD_RE.test(value)) parsed.held = Number(value)
+    else return undefined
   }
-  if (m[2] === undefined) return { kind: 'info', digest }
-  return { kind: 'chunk', digest, index: Number(m[2]) }
+  return parsed
 }
 
 export function chunkCount(size: number, chunkSize: number): number {

@@ -36,7 +36,7 @@ import {
 } from './protocol.js'
 import { ThrottleStream, TokenBucket } from './rate-limit.js'
 import { type Ticket, TicketBook } from './ticket.js'
-import type { ChunkProvider, PeerDataServer, PeerDataServerStats } from './types.js'
+import type { BlobInfo, ChunkProvider, PeerDataServer, PeerDataServerStats } from './types.js'
 
 export const DEFAULT_SERVER_TIMEOUT_MS = 30_000
 /** kept-alive idle connections close after this; clients drop theirs sooner (see client.ts) */
@@ -45,6 +45,8 @@ export const TICKET_EXCHANGE_TIMEOUT_MS = 5_000
 export const MAX_TICKET_STREAMS = 32
 export const MAX_DATA_CONNECTIONS = 512
 const RETRY_AFTER_SECONDS = '1'
+/** an info long poll (`held=`) answers after this at the latest: well within a client's request timeout */
+export const LONG_POLL_MS = 4_000
 
 export interface PeerDataServerOptions {
   libp2p: Libp2p
@@ -249,7 +251,7 @@ class DataServer implements PeerDataServer {
     const log = this.log.child({ peerId: ticket.peerId, digest: parsed.digest })
     if (parsed.kind === 'info') {
       if (parsed.want !== undefined) this.provider.want?.(parsed.digest, parsed.want, ticket.peerId)
-      this.serveInfo(parsed.digest, res, log).catch((err: unknown) => fail(res, log, err))
+      this.serveInfo(parsed.digest, parsed.held, res, log).catch((err: unknown) => fail(res, log, err))
       return
     }
     if (this.counters.uploads >= this.maxUploads) {
@@ -260,8 +262,20 @@ class DataServer implements PeerDataServer {
     this.serveChunk(parsed.digest, parsed.index, res, log).catch((err: unknown) => fail(res, log, err))
   }
 
-  private async serveInfo(digest: string, res: ServerResponse, log: Logger): Promise<void> {
-    const info = await this.provider.info(digest)
+  private async serveInfo(digest: string, held: number | undefined, res: ServerResponse, log: Logger): Promise<void> {
+    let info: BlobInfo | undefined
+    if (held === undefined) info = await this.provider.info(digest)
+    else {
+      // a long poll: ends early when the requester goes away
+      const gone = new AbortController()
+      const onClose = (): void => gone.abort()
+      res.once('close', onClose)
+      try {
+        info = await this.provider.info(digest, { held, signal: AbortSignal.any([gone.signal, AbortSignal.timeout(LONG_POLL_MS)]) })
+      } finally {
+        res.off('close', onClose)
+      }
+    }
     if (info === undefined) {
       reply(res, 404, 'blob unknown')
       return

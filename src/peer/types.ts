@@ -16,8 +16,11 @@ export interface BlobInfo {
 
 /** The serving side: what a node can hand out. Implemented by the store/transfer layer. */
 export interface ChunkProvider {
-  /** blob info, or undefined when this node holds nothing of the blob */
-  info(digest: string): Promise<BlobInfo | undefined>
+  /**
+   * Blob info, or undefined when this node holds nothing of the blob. With `wait`: not before
+   * this node holds more than `wait.held` chunks, unless `wait.signal` ends first (then as it is).
+   */
+  info(digest: string, wait?: { held: number; signal: AbortSignal }): Promise<BlobInfo | undefined>
   /**
    * A readable of the verified bytes of chunk `index`; undefined when this node does not hold
    * it verified. `length` is the exact number of bytes `body` yields. The provider must stop

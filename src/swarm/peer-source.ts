@@ -3,14 +3,19 @@ import type { PeerRef } from '../routing/types.js'
 import type { PeerSource } from '../transfer/swarm-download.js'
 import type { PeerBlobInfo, PeerChunkClient } from './types.js'
 
-/** How often the bitfield of a peer that is itself still downloading is asked again. */
-const REFRESH_INTERVAL_MS = 1_000
-/** A bitfield refresh slower than this counts as a failure (a loaded peer answers late, not never). */
-const REFRESH_TIMEOUT_MS = 15_000
+/**
+ * The least time between two asks for the bitfield of a peer that is itself still downloading.
+ * Each ask is a long poll (the peer answers when it holds a new chunk, or after LONG_POLL_MS),
+ * so this only bounds the rate when the peer answers at once.
+ */
+const REFRESH_INTERVAL_MS = 250
+/** A bitfield refresh slower than this counts as a failure (a loaded peer answers late, not never); beyond the long poll's own wait. */
+const REFRESH_TIMEOUT_MS = 20_000
 
 /**
  * One peer as a chunk source for one blob. Its bitfield comes from `info` and is refreshed while
- * the peer is incomplete, so chunks it receives meanwhile become available (in-flight sharing).
+ * the peer is incomplete, so chunks it receives meanwhile become available (in-flight sharing):
+ * one long poll at a time, answered as soon as the peer holds a chunk more than this node knows of.
  */
 export class PeerChunkSource implements PeerSource {
   readonly kind = 'peer' as const
@@ -26,8 +31,9 @@ export class PeerChunkSource implements PeerSource {
 
   /** it answered that it has begun on the blob (reported received bytes or holds a chunk) */
   get started(): boolean {
-    return this.received >= 0 || this.have.some(Boolean)
+    return this.received >= 0 || this.held > 0
   }
+  private held: number
   private refreshing = false
   private lastRefresh = Date.now()
   private readonly client: PeerChunkClient
@@ -46,7 +52,8 @@ export class PeerChunkSource implements PeerSource {
     this.digest = digest
     this.have = info.have
     this.table = info.have.map((held, i) => (held ? (info.table?.[i] ?? undefined) : undefined))
-    this.complete = info.have.every(Boolean)
+    this.held = info.have.filter(Boolean).length
+    this.complete = this.held === info.have.length
     this.signal = signal
     this.want = want
   }
@@ -87,7 +94,7 @@ export class PeerChunkSource implements PeerSource {
     this.refreshing = true
     this.lastRefresh = Date.now()
     this.client
-      .info(this.peer, this.digest, { signal: AbortSignal.any([this.signal, AbortSignal.timeout(REFRESH_TIMEOUT_MS)]), want: this.want })
+      .info(this.peer, this.digest, { signal: AbortSignal.any([this.signal, AbortSignal.timeout(REFRESH_TIMEOUT_MS)]), want: this.want, held: this.held })
       .then(
         (info) => {
           this.refreshFailures = 0
@@ -105,9 +112,10 @@ export class PeerChunkSource implements PeerSource {
             if (typeof hash !== 'string' || hash.length !== 64) continue
             this.have[i] = true
             this.table[i] = hash
+            this.held++
             this.lastGrowth = Date.now()
           }
-          this.complete = this.have.every(Boolean)
+          this.complete = this.held === this.have.length
         },
         (err: unknown) => {
           // a peer that refuses connections is gone; a slow answer only means a loaded peer

@@ -5,6 +5,7 @@ import type { BlobStore } from '../store/blob-store.js'
 import { chunkBounds, chunkHash, planChunks } from '../transfer/chunks/plan.js'
 import { ChunkState } from '../transfer/chunks/state.js'
 import type { Download } from '../transfer/download.js'
+import { abortable } from '../util/abort.js'
 
 export interface StoreChunkProviderOptions {
   store: BlobStore
@@ -32,8 +33,9 @@ export class StoreChunkProvider implements ChunkProvider {
     this.opts = opts
   }
 
-  async info(digest: string): Promise<BlobInfo | undefined> {
+  async info(digest: string, wait?: { held: number; signal: AbortSignal }): Promise<BlobInfo | undefined> {
     const { store, chunkSize } = this.opts
+    if (wait !== undefined) await this.moreThan(digest, wait.held, wait.signal)
     const held = store.stat(digest)
     if (held !== undefined) {
       const table = await this.table(digest, held.size)
@@ -66,6 +68,15 @@ export class StoreChunkProvider implements ChunkProvider {
     const bytes = await download.readRange(start, end - start)
     signal.throwIfAborted()
     return { length: bytes.byteLength, body: Readable.from([bytes]) }
+  }
+
+  /** Resolves once more than `count` chunks of the blob are held (or all are, or none will come), or `signal` ends. */
+  private async moreThan(digest: string, count: number, signal: AbortSignal): Promise<void> {
+    while (!signal.aborted && this.opts.store.stat(digest) === undefined) {
+      const download = this.inflight(digest)
+      if (download === undefined || download.complete || (download.chunks !== undefined && download.chunks.held > count)) return
+      await abortable(download.waitForProgress(), signal).catch(() => {})
+    }
   }
 
   want(digest: string, source: string, peerId: string): void {

@@ -15,7 +15,10 @@ export interface PeerBlobInfo {
 
 /** The part of the peer data plane the swarm needs. */
 export interface PeerChunkClient {
-  /** `want` (`registry/name`): ask the peer to start fetching the blob (it is one of its origin fetchers) */
-  info(peer: PeerRef, digest: string, options: { signal: AbortSignal; want?: string | undefined }): Promise<PeerBlobInfo | undefined>
+  /**
+   * `want` (`registry/name`): ask the peer to start fetching the blob (it is one of its origin
+   * fetchers); `held`: answer once the peer holds more chunks than that (a long poll)
+   */
+  info(peer: PeerRef, digest: string, options: { signal: AbortSignal; want?: string | undefined; held?: number | undefined }): Promise<PeerBlobInfo | undefined>
   fetchChunk(peer: PeerRef, digest: string, index: number, options: { signal: AbortSignal }): Promise<Readable>
 }

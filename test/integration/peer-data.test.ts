@@ -28,6 +28,7 @@ import {
 import { TICKET_PROTOCOL, decodeTicket, encodeTicketRequest } from '../../src/peer/protocol.js'
 import { readMessage, writeMessage } from '../../src/peer/libp2p-io.js'
 import type { PeerRef } from '../../src/routing/types.js'
+import { waitFor } from '../helpers/proc.js'
 
 const logger = pino({ level: process.env['SHOAL_TEST_LOG'] ?? 'silent' })
 const CHUNK = 256 * 1024
@@ -49,8 +50,16 @@ class FakeProvider implements ChunkProvider {
   reads = 0
   aborted = 0
 
-  async info(digest: string): Promise<BlobInfo | undefined> {
+  /** long polls: the `held` each asked with; they wait for `progress` */
+  waits: number[] = []
+  progress: Promise<void> | undefined
+
+  async info(digest: string, wait?: { held: number; signal: AbortSignal }): Promise<BlobInfo | undefined> {
     if (digest !== DIGEST) return undefined
+    if (wait !== undefined) {
+      this.waits.push(wait.held)
+      await this.progress
+    }
     return { size: SIZE, chunkSize: CHUNK, table: TABLE, have: CHUNKS.map((_, i) => i !== NOT_HELD) }
   }
 
@@ -170,6 +179,26 @@ describe('peer data plane: tickets over libp2p, chunks over HTTP(S) on a data po
       assert.equal(c.stats().bytesReceived, stats.bytesSent)
     })
   }
+
+  it('holds an info long poll (held=) until the provider answers', async () => {
+    await serve({ encrypt: true })
+    const c = client(true)
+    let release!: () => void
+    provider.progress = new Promise((resolve) => {
+      release = resolve
+    })
+    let answered = false
+    const pending = c.info(ref(a), DIGEST, { signal: AbortSignal.timeout(5_000), held: 2 }).then((info) => {
+      answered = true
+      return info
+    })
+    await waitFor('the long poll to reach the provider', () => provider.waits.includes(2), { timeoutMs: 5_000, intervalMs: 10 })
+    await new Promise((resolve) => setTimeout(resolve, 100))
+    assert.equal(answered, false, 'no answer while the provider waits')
+    release()
+    assert.deepEqual(await pending, await provider.info(DIGEST))
+    provider.progress = undefined
+  })
 
   it('a client that requires encryption refuses a plaintext peer; a plaintext client follows a TLS peer', async () => {
     await serve({ encrypt: false })

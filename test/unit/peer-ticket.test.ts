@@ -8,7 +8,8 @@ import {
   encodeTicket,
   encodeTicketError,
   parseBearer,
-  parsePath
+  parsePath,
+  blobPath
 } from '../../src/peer/protocol.js'
 import { TicketBook } from '../../src/peer/ticket.js'
 
@@ -115,6 +116,11 @@ describe('peer data: wire formats', () => {
     const d = `sha256:${'a'.repeat(64)}`
     assert.deepEqual(parsePath(`/shoal/v1/blobs/${d}`), { kind: 'info', digest: d })
     assert.deepEqual(parsePath(`/shoal/v1/blobs/${d}/chunks/12`), { kind: 'chunk', digest: d, index: 12 })
+    assert.deepEqual(parsePath(blobPath(d, { want: 'r.io:5000/a/b', held: 3 })), { kind: 'info', digest: d, want: 'r.io:5000/a/b', held: 3 })
+    assert.deepEqual(parsePath(blobPath(d, { held: 0 })), { kind: 'info', digest: d, held: 0 })
+    for (const bad of [`/shoal/v1/blobs/${d}?held=1&held=2`, `/shoal/v1/blobs/${d}?held=-1`, `/shoal/v1/blobs/${d}?held=12345678`, `/shoal/v1/blobs/${d}?want`, `/shoal/v1/blobs/${d}/chunks/1?held=1`]) {
+      assert.equal(parsePath(bad), undefined, bad)
+    }
     for (const bad of ['/', `/shoal/v1/blobs/${d}/`, `/shoal/v1/blobs/${d}/chunks/`, `/shoal/v1/blobs/${d}/chunks/1x`, `/shoal/v1/blobs/${d}?a=b`, `/shoal/v1/blobs/${d}/chunks/12345678901`]) {
       assert.equal(parsePath(bad), undefined, bad)
     }

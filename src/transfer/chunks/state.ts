@@ -9,7 +9,7 @@ export class ChunkState {
   readonly plan: ChunkPlan
   readonly hashes: (string | undefined)[]
   readonly have: boolean[]
-  private held = 0
+  private heldCount = 0
   private seq: Hash | undefined
   private seqIndex = 0
   private seqFill = 0
@@ -20,8 +20,13 @@ export class ChunkState {
     this.have = new Array(plan.count).fill(false)
   }
 
+  /** chunks held */
+  get held(): number {
+    return this.heldCount
+  }
+
   get complete(): boolean {
-    return this.held === this.plan.count
+    return this.heldCount === this.plan.count
   }
 
   /** Records a chunk as held; returns true the first time. */
@@ -29,7 +34,7 @@ export class ChunkState {
     if (this.have[index]) return false
     this.have[index] = true
     this.hashes[index] = hash
-    this.held++
+    this.heldCount++
     return true
   }
 
