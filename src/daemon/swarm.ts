@@ -6,6 +6,7 @@ import { createPeerDataClient, createPeerDataServer, type PeerDataClient, type P
 import type { BlobStore } from '../store/blob-store.js'
 import { discoverPeers } from '../swarm/discover.js'
 import { planFanout } from '../swarm/fanout.js'
+import { PeerChunkSource, unknownHoldings } from '../swarm/peer-source.js'
 import { PeerPenalties } from '../swarm/penalties.js'
 import { StoreChunkProvider } from '../swarm/provider.js'
 import type { Download } from '../transfer/download.js'
@@ -139,6 +140,10 @@ export async function startSwarm(opts: SwarmOptions): Promise<Swarm> {
         maxPeers: MAX_PEERS_PER_BLOB,
         signal,
       }),
+    exchangedPeer: (digest, peerId, plan, signal) =>
+      peerId === node.peerId || penalties.isPenalised(peerId)
+        ? undefined
+        : new PeerChunkSource({ id: peerId, addrs: [] }, unknownHoldings(plan), client, digest, signal),
     announce: (digest) => {
       node.router.advertise(digest).catch((err: Error) => logger.debug({ digest, err: err.message }, 'announce deferred'))
     },

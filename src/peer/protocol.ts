@@ -36,7 +36,9 @@ export const TICKET_KEY_BYTES = 32
 /** a blob with more chunks than this is refused (bounds what a peer can make us allocate) */
 export const MAX_CHUNKS = 1 << 20
 /** upper bound of an info response body */
-export const MAX_INFO_BYTES = 256 + MAX_CHUNKS * 67 + MAX_CHUNKS / 8 * 1.4
+/** peer ids an info answer names at most (peer exchange) */
+export const MAX_EXCHANGED_PEERS = 16
+export const MAX_INFO_BYTES = 256 + MAX_CHUNKS * 67 + MAX_CHUNKS / 8 * 1.4 + MAX_EXCHANGED_PEERS * 70
 
 const IDENTITY_RE = /^[0-9a-f]{32}$/
 const KEY_RE = /^[0-9a-f]{64}$/
@@ -44,6 +46,8 @@ const SHA256_HEX_RE = /^[0-9a-f]{64}$/
 const BASE64_RE = /^[A-Za-z0-9+/]*={0,2}$/
 const BEARER_RE = /^Bearer ([0-9a-f]{32})\.([0-9a-f]{64})$/
 const PATH_RE = /^\/shoal\/v1\/blobs\/([^/?]{1,200})(?:\/chunks\/(\d{1,10})|\?([A-Za-z0-9%._=&-]{1,700}))?$/
+/** a libp2p peer id in its base58btc string form */
+const PEER_ID_RE = /^[1-9A-HJ-NP-Za-km-z]{40,64}$/
 const WANT_RE = /^[A-Za-z0-9%._-]{1,600}$/
 const HELD_RE = /^\d{1,7}$/
 
@@ -165,6 +169,7 @@ interface InfoWire {
   /** bitfield, chunk i = bit (7 - i % 8) of byte i / 8, base64 */
   have: string
   received?: number
+  peers?: string[]
 }
 
 /** checks a provider's (local, trusted but possibly buggy) info; throws with the reason */
@@ -193,6 +198,7 @@ export function encodeInfo(info: BlobInfo): string {
   const wire: InfoWire = { size: info.size, chunkSize: info.chunkSize, have: bits.toString('base64') }
   if (info.table !== undefined) wire.table = info.table
   if (info.received !== undefined) wire.received = info.received
+  if (info.peers !== undefined && info.peers.length > 0) wire.peers = info.peers.slice(0, MAX_EXCHANGED_PEERS)
   return JSON.stringify(wire)
 }
 
@@ -205,7 +211,10 @@ export function decodeInfo(text: string): BlobInfo {
     throw new Error('info is not JSON', { cause: err })
   }
   if (!isRecord(value)) throw new Error('info is not an object')
-  const { size, chunkSize, table, have, received } = value
+  const { size, chunkSize, table, have, received, peers } = value
+  if (peers !== undefined && !(Array.isArray(peers) && peers.length <= MAX_EXCHANGED_PEERS && peers.every((p) => typeof p === 'string' && PEER_ID_RE.test(p)))) {
+    throw new Error('info: bad peers')
+  }
   if (received !== undefined && (typeof received !== 'number' || !Number.isSafeInteger(received) || received < 0)) throw new Error('info: bad received')
   if (typeof size !== 'number' || typeof chunkSize !== 'number') throw new Error('info: size and chunkSize must be numbers')
   if (typeof have !== 'string' || !BASE64_RE.test(have)) throw new Error('info: have must be base64')
@@ -220,6 +229,7 @@ export function decodeInfo(text: string): BlobInfo {
   const info: BlobInfo = { size, chunkSize, have: held }
   if (table !== undefined) info.table = table as string[]
   if (received !== undefined) info.received = received
+  if (peers !== undefined) info.peers = peers as string[]
   checkInfo(info)
   return info
 }

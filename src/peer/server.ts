@@ -251,7 +251,7 @@ class DataServer implements PeerDataServer {
     const log = this.log.child({ peerId: ticket.peerId, digest: parsed.digest })
     if (parsed.kind === 'info') {
       if (parsed.want !== undefined) this.provider.want?.(parsed.digest, parsed.want, ticket.peerId)
-      this.serveInfo(parsed.digest, parsed.held, res, log).catch((err: unknown) => fail(res, log, err))
+      this.serveInfo(parsed.digest, parsed.held, ticket.peerId, res, log).catch((err: unknown) => fail(res, log, err))
       return
     }
     if (this.counters.uploads >= this.maxUploads) {
@@ -262,16 +262,16 @@ class DataServer implements PeerDataServer {
     this.serveChunk(parsed.digest, parsed.index, res, log).catch((err: unknown) => fail(res, log, err))
   }
 
-  private async serveInfo(digest: string, held: number | undefined, res: ServerResponse, log: Logger): Promise<void> {
+  private async serveInfo(digest: string, held: number | undefined, asker: string, res: ServerResponse, log: Logger): Promise<void> {
     let info: BlobInfo | undefined
-    if (held === undefined) info = await this.provider.info(digest)
+    if (held === undefined) info = await this.provider.info(digest, undefined, asker)
     else {
       // a long poll: ends early when the requester goes away
       const gone = new AbortController()
       const onClose = (): void => gone.abort()
       res.once('close', onClose)
       try {
-        info = await this.provider.info(digest, { held, signal: AbortSignal.any([gone.signal, AbortSignal.timeout(LONG_POLL_MS)]) })
+        info = await this.provider.info(digest, { held, signal: AbortSignal.any([gone.signal, AbortSignal.timeout(LONG_POLL_MS)]) }, asker)
       } finally {
         res.off('close', onClose)
       }

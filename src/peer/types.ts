@@ -12,6 +12,11 @@ export interface BlobInfo {
   have: boolean[]
   /** bytes a download in progress received from origin so far (partial chunks too): a liveness signal */
   received?: number
+  /**
+   * Peer ids of other nodes that asked this node about the blob lately (peer exchange): they are
+   * fetching it too, so the asker may take chunks from them (at most MAX_EXCHANGED_PEERS)
+   */
+  peers?: string[]
 }
 
 /** The serving side: what a node can hand out. Implemented by the store/transfer layer. */
@@ -20,7 +25,7 @@ export interface ChunkProvider {
    * Blob info, or undefined when this node holds nothing of the blob. With `wait`: not before
    * this node holds more than `wait.held` chunks, unless `wait.signal` ends first (then as it is).
    */
-  info(digest: string, wait?: { held: number; signal: AbortSignal }): Promise<BlobInfo | undefined>
+  info(digest: string, wait?: { held: number; signal: AbortSignal }, asker?: string): Promise<BlobInfo | undefined>
   /**
    * A readable of the verified bytes of chunk `index`; undefined when this node does not hold
    * it verified. `length` is the exact number of bytes `body` yields. The provider must stop

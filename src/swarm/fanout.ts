@@ -8,8 +8,8 @@ import { OriginStripes } from '../transfer/chunks/stripes.js'
 import type { FanoutPlan } from '../transfer/swarm-download.js'
 import type { BlobLocator } from '../transfer/types.js'
 import type { PeerPenalties } from './penalties.js'
-import { PeerChunkSource } from './peer-source.js'
-import type { PeerBlobInfo, PeerChunkClient } from './types.js'
+import { PeerChunkSource, unknownHoldings } from './peer-source.js'
+import type { PeerChunkClient } from './types.js'
 
 export interface FanoutOptions {
   selfId: string
@@ -63,15 +63,11 @@ export async function planFanout(
           .info(peer, digest, { signal: AbortSignal.any([opts.signal, AbortSignal.timeout(opts.infoTimeoutMs)]), want })
           .catch(() => undefined)
         const usable = info !== undefined && info.size === plan.size && info.chunkSize === plan.chunkSize && info.have.length === plan.count
-        return new PeerChunkSource(peer, usable ? info : nothing(plan), opts.client, digest, opts.signal, want)
+        return new PeerChunkSource(peer, usable ? info : unknownHoldings(plan), opts.client, digest, opts.signal, want)
       }),
   )
   opts.logger.info({ digest, fetchers: ranking, self: ranking.includes(opts.selfId), candidates: candidates.size, ms: Date.now() - started }, 'origin fetchers chosen')
   return { stripes: new OriginStripes(ranking, opts.selfId), sources }
-}
-
-function nothing(plan: ChunkPlan): PeerBlobInfo {
-  return { size: plan.size, chunkSize: plan.chunkSize, have: new Array(plan.count).fill(false) }
 }
 
 /** Peer ids sorted by kad-dht's XOR distance (sha256 of the key, sha256 of the peer id's multihash) to the blob's key. */

@@ -1,7 +1,13 @@
 import { PeerUnreachableError } from '../peer/errors.js'
 import type { PeerRef } from '../routing/types.js'
+import type { ChunkPlan } from '../transfer/chunks/plan.js'
 import type { PeerSource } from '../transfer/swarm-download.js'
 import type { PeerBlobInfo, PeerChunkClient } from './types.js'
+
+/** A peer as a source of a blob it has not been asked about yet: it holds nothing until it answers. */
+export function unknownHoldings(plan: ChunkPlan): PeerBlobInfo {
+  return { size: plan.size, chunkSize: plan.chunkSize, have: new Array(plan.count).fill(false) }
+}
 
 /**
  * The least time between two asks for the bitfield of a peer that is itself still downloading.
@@ -9,6 +15,8 @@ import type { PeerBlobInfo, PeerChunkClient } from './types.js'
  * so this only bounds the rate when the peer answers at once.
  */
 const REFRESH_INTERVAL_MS = 250
+/** …and for a peer that answered it holds nothing of the blob (yet), or did not answer */
+const NOT_HELD_REFRESH_MS = 2_000
 /** A bitfield refresh slower than this counts as a failure (a loaded peer answers late, not never); beyond the long poll's own wait. */
 const REFRESH_TIMEOUT_MS = 20_000
 
@@ -34,8 +42,10 @@ export class PeerChunkSource implements PeerSource {
     return this.received >= 0 || this.held > 0
   }
   private held: number
+  /** the other nodes fetching the blob that the peer named last (peer exchange) */
+  exchanged: readonly string[]
   private refreshing = false
-  private lastRefresh = Date.now()
+  private nextRefresh = Date.now() + REFRESH_INTERVAL_MS
   private readonly client: PeerChunkClient
   private readonly digest: string
   private readonly signal: AbortSignal
@@ -52,6 +62,7 @@ export class PeerChunkSource implements PeerSource {
     this.digest = digest
     this.have = info.have
     this.table = info.have.map((held, i) => (held ? (info.table?.[i] ?? undefined) : undefined))
+    this.exchanged = info.peers ?? []
     this.held = info.have.filter(Boolean).length
     this.complete = this.held === info.have.length
     this.signal = signal
@@ -90,16 +101,18 @@ export class PeerChunkSource implements PeerSource {
   }
 
   private maybeRefresh(): void {
-    if (this.refreshing || Date.now() - this.lastRefresh < REFRESH_INTERVAL_MS || this.signal.aborted) return
+    if (this.refreshing || Date.now() < this.nextRefresh || this.signal.aborted) return
     this.refreshing = true
-    this.lastRefresh = Date.now()
     this.client
       .info(this.peer, this.digest, { signal: AbortSignal.any([this.signal, AbortSignal.timeout(REFRESH_TIMEOUT_MS)]), want: this.want, held: this.held })
       .then(
         (info) => {
           this.refreshFailures = 0
           this.lastAnswer = Date.now()
+          // a peer that holds nothing answers at once: ask it less often
+          this.nextRefresh = this.lastAnswer + (info === undefined ? NOT_HELD_REFRESH_MS : REFRESH_INTERVAL_MS)
           if (info === undefined) return
+          if (info.peers !== undefined) this.exchanged = info.peers
           if (info.received !== undefined && info.received > this.received) {
             if (this.received >= 0) this.lastGrowth = Date.now()
             this.received = info.received
@@ -118,6 +131,7 @@ export class PeerChunkSource implements PeerSource {
           this.complete = this.held === this.have.length
         },
         (err: unknown) => {
+          this.nextRefresh = Date.now() + NOT_HELD_REFRESH_MS
           // a peer that refuses connections is gone; a slow answer only means a loaded peer
           if (err instanceof PeerUnreachableError) this.refreshFailures++
         },

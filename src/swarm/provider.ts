@@ -1,11 +1,17 @@
 import { Readable } from 'node:stream'
 import type { Logger } from 'pino'
+import { MAX_EXCHANGED_PEERS } from '../peer/protocol.js'
 import type { BlobInfo, ChunkProvider } from '../peer/types.js'
 import type { BlobStore } from '../store/blob-store.js'
 import { chunkBounds, chunkHash, planChunks } from '../transfer/chunks/plan.js'
 import { ChunkState } from '../transfer/chunks/state.js'
 import type { Download } from '../transfer/download.js'
 import { abortable } from '../util/abort.js'
+
+/** an asker is named to others for this long after it last asked */
+const EXCHANGE_WINDOW_MS = 60_000
+/** blobs whose askers are remembered (the oldest is forgotten first) */
+const MAX_EXCHANGE_DIGESTS = 256
 
 export interface StoreChunkProviderOptions {
   store: BlobStore
@@ -28,25 +34,58 @@ export interface StoreChunkProviderOptions {
 export class StoreChunkProvider implements ChunkProvider {
   private readonly opts: StoreChunkProviderOptions
   private readonly computing = new Map<string, Promise<string[]>>()
+  /** digest → peer id → when it last asked about the blob (peer exchange) */
+  private readonly askers = new Map<string, Map<string, number>>()
 
   constructor(opts: StoreChunkProviderOptions) {
     this.opts = opts
   }
 
-  async info(digest: string, wait?: { held: number; signal: AbortSignal }): Promise<BlobInfo | undefined> {
+  async info(digest: string, wait?: { held: number; signal: AbortSignal }, asker?: string): Promise<BlobInfo | undefined> {
     const { store, chunkSize } = this.opts
+    if (asker !== undefined) this.asked(digest, asker)
     if (wait !== undefined) await this.moreThan(digest, wait.held, wait.signal)
     const held = store.stat(digest)
     if (held !== undefined) {
       const table = await this.table(digest, held.size)
       if (table === undefined) return undefined
-      return { size: held.size, chunkSize, table, have: table.map(() => true) }
+      return this.withAskers({ size: held.size, chunkSize, table, have: table.map(() => true) }, digest, asker)
     }
     // a download that has begun answers even before its first chunk: peers waiting on it as an
     // origin fetcher see that it moves
     const download = this.inflight(digest)
     if (download?.chunks === undefined) return undefined
-    return { ...download.chunks.info(), received: download.received }
+    return this.withAskers({ ...download.chunks.info(), received: download.received }, digest, asker)
+  }
+
+  /**
+   * Peer exchange: whoever asks about a blob is fetching it, so it is worth naming to the next
+   * askers, who learn of each other through the nodes they all ask (the origin fetchers first)
+   * instead of through DHT lookups. A name is only a hint: an asker checks what that peer holds,
+   * and every chunk it takes is verified.
+   */
+  private asked(digest: string, peerId: string): void {
+    let seen = this.askers.get(digest)
+    if (seen === undefined) {
+      if (this.askers.size >= MAX_EXCHANGE_DIGESTS) this.askers.delete(this.askers.keys().next().value as string)
+      seen = new Map()
+      this.askers.set(digest, seen)
+    }
+    seen.delete(peerId) // most recent last
+    seen.set(peerId, Date.now())
+    if (seen.size > MAX_EXCHANGED_PEERS * 2) seen.delete(seen.keys().next().value as string)
+  }
+
+  /** `info` naming the peers that asked about the blob lately, most recent first, but `asker` */
+  private withAskers(info: BlobInfo, digest: string, asker: string | undefined): BlobInfo {
+    const since = Date.now() - EXCHANGE_WINDOW_MS
+    const peers: string[] = []
+    for (const [id, at] of [...(this.askers.get(digest) ?? [])].reverse()) {
+      if (at < since || peers.length >= MAX_EXCHANGED_PEERS) break
+      if (id !== asker) peers.push(id)
+    }
+    if (peers.length > 0) info.peers = peers
+    return info
   }
 
   async read(digest: string, index: number, signal: AbortSignal): Promise<{ length: number; body: Readable } | undefined> {

@@ -11,6 +11,8 @@ export interface PeerBlobInfo {
   have: boolean[]
   /** bytes its download in progress received from origin so far */
   received?: number
+  /** other nodes fetching the blob that the peer knows of (peer exchange) */
+  peers?: string[]
 }
 
 /** The part of the peer data plane the swarm needs. */

@@ -23,6 +23,8 @@ const WATCHDOG_MS = 500
  */
 const REDISCOVER_MS = 5_000
 const ENOUGH_PEERS = 8
+/** Peers one download takes chunks from at most (each is asked for its holdings as they grow). */
+const MAX_SOURCES = 16
 /** One chunk from origin: origin's link may be shared by a whole fleet. */
 const ORIGIN_CHUNK_TIMEOUT_MS = 120_000
 /**
@@ -81,6 +83,8 @@ export interface PeerSource extends ChunkSource {
   readonly refreshFailures: number
   /** asks it for its holdings again (rate-limited), even when the scheduler stopped using it */
   poll(): void
+  /** other nodes fetching the blob, as this peer named them (peer exchange) */
+  readonly exchanged: readonly string[]
 }
 
 /** The blob's origin fetchers, and the ones that are peers as chunk sources. */
@@ -104,6 +108,8 @@ export interface SwarmHooks {
   fanout(locator: BlobLocator, plan: Promise<ChunkPlan | undefined>, signal: AbortSignal): Promise<FanoutPlan | undefined>
   /** an origin fetcher whose holdings do not grow for this long is taken over */
   readonly fetcherStallMs: number
+  /** a peer named by another (peer exchange) as a source, holding nothing until it answers; undefined when it is not to be used */
+  exchangedPeer(digest: string, peerId: string, plan: ChunkPlan, signal: AbortSignal): PeerSource | undefined
   /** this node holds (part of) the blob now: announce it */
   announce(digest: string): void
   /** a peer sent bytes that failed verification */
@@ -269,7 +275,27 @@ export async function runSwarmDownload(opts: SwarmDownloadOptions): Promise<void
         looking = false
       })
   }
-  const timers = [setInterval(watchdog, WATCHDOG_MS), setInterval(rediscover, REDISCOVER_MS)]
+  // Peers that the sources named as fetching the blob too (peer exchange): no DHT lookup needed.
+  const exchange = (): void => {
+    if (state.complete) return
+    for (const src of [...sources.values()]) {
+      for (const id of src.exchanged) {
+        if (sources.size >= MAX_SOURCES) return
+        if (sources.has(id)) continue
+        const peer = swarm.exchangedPeer(digest, id, plan.plan, signal)
+        if (peer === undefined) continue
+        sources.set(id, peer)
+        scheduler.addPeer(peer)
+      }
+    }
+  }
+  const timers = [
+    setInterval(() => {
+      watchdog()
+      exchange()
+    }, WATCHDOG_MS),
+    setInterval(rediscover, REDISCOVER_MS),
+  ]
   try {
     const result = await scheduler.run(signal)
     await writer.commit()

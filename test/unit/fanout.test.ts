@@ -8,6 +8,8 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { generateKeyPair } from '@libp2p/crypto/keys'
 import { peerIdFromPrivateKey } from '@libp2p/peer-id'
 import { pino } from 'pino'
+import { decodeInfo, encodeInfo } from '../../src/peer/protocol.js'
+import type { BlobInfo } from '../../src/peer/types.js'
 import { BlobStore } from '../../src/store/blob-store.js'
 import { rankByDistance } from '../../src/swarm/fanout.js'
 import { StoreChunkProvider } from '../../src/swarm/provider.js'
@@ -166,6 +168,15 @@ describe('chunk provider over the store', () => {
       assert.deepEqual(Buffer.concat(parts), bytes.subarray(8192))
       assert.equal(await provider.read(digest, 3, AbortSignal.timeout(5_000)), undefined, 'past the last chunk')
       assert.equal(await provider.info(`sha256:${'0'.repeat(64)}`), undefined, 'unknown blob')
+
+      // peer exchange: each asker is named to the others, never to itself
+      const [p1, p2, p3] = ['1', '2', '3'].map((c) => `12D3KooW${c.repeat(44)}`) as [string, string, string]
+      assert.equal((await provider.info(digest, undefined, p1))?.peers, undefined, 'the first asker hears of nobody')
+      assert.deepEqual((await provider.info(digest, undefined, p2))?.peers, [p1])
+      assert.deepEqual((await provider.info(digest, undefined, p3))?.peers, [p2, p1], 'most recent first')
+      assert.deepEqual((await provider.info(digest, undefined, p1))?.peers, [p3, p2])
+      const wire = decodeInfo(encodeInfo((await provider.info(digest, undefined, p2)) as BlobInfo))
+      assert.deepEqual(wire.peers, [p1, p3], 'names travel on the wire')
     } finally {
       await store.close()
       await rm(dir, { recursive: true, force: true })
