@@ -50,6 +50,8 @@ import { ThrottleStream, type TokenBucket } from './rate-limit.js'
 import type { BlobInfo, PeerDataClientStats } from './types.js'
 
 export const DEFAULT_MAX_SOCKETS_PER_PEER = 8
+/** info requests in flight to one peer at most (one long poll per blob being fetched from it) */
+const INFO_SOCKETS_PER_PEER = 8
 /** idle kept-alive sockets close after this, before the server's 30 s, so we never reuse one the server is closing */
 export const CLIENT_FREE_SOCKET_TIMEOUT_MS = 20_000
 /** a ticket is replaced this long before it expires (at most a fifth of its lifetime) */
@@ -93,7 +95,13 @@ interface Session {
   readonly tls: boolean
   readonly host: string
   readonly port: number
+  /** chunk requests: at most maxSocketsPerPeer at once */
   readonly agent: HttpAgent
+  /**
+   * info requests (long polls) on sockets of their own: behind chunks on a congested link they
+   * would wait for a socket as long as a chunk takes, and the peer would look silent
+   */
+  readonly infoAgent: HttpAgent
   readonly headers: Record<string, string>
   /** local ms after which a new ticket is fetched */
   readonly refreshAt: number
@@ -132,7 +140,7 @@ class DataClient implements PeerDataClient {
 
   async info(peer: PeerRef, digest: string, options: { signal: AbortSignal } & InfoQuery): Promise<BlobInfo | undefined> {
     if (!isDigest(digest)) throw new PeerDataArgumentError(`invalid digest ${JSON.stringify(digest.slice(0, 100))}`)
-    const res = await this.get(peer, blobPath(digest, options), options.signal)
+    const res = await this.get(peer, blobPath(digest, options), options.signal, 'info')
     if (res.statusCode === 404) {
       res.resume()
       return undefined
@@ -189,7 +197,7 @@ class DataClient implements PeerDataClient {
 
   async close(): Promise<void> {
     this.shutdown.abort(new PeerDataClosedError('peer data client'))
-    for (const state of this.peers.values()) state.session?.agent.destroy()
+    for (const state of this.peers.values()) if (state.session !== undefined) destroy(state.session)
     this.peers.clear()
   }
 
@@ -210,10 +218,10 @@ class DataClient implements PeerDataClient {
         (session) => {
           if (current.pending === pending) current.pending = undefined
           if (this.shutdown.signal.aborted) {
-            session.agent.destroy()
+            destroy(session)
             throw this.shutdown.signal.reason
           }
-          if (current.session !== undefined) retire(current.session.agent)
+          if (current.session !== undefined) retire(current.session)
           current.session = session
           return session
         },
@@ -233,7 +241,7 @@ class DataClient implements PeerDataClient {
     const state = this.peers.get(peerId)
     if (state?.session !== session) return
     state.session = undefined
-    retire(session.agent)
+    retire(session)
   }
 
   private async openSession(peer: PeerRef): Promise<Session> {
@@ -263,18 +271,20 @@ class DataClient implements PeerDataClient {
     this.counters.ticketsFetched++
     const agentOptions = { keepAlive: true, maxSockets: this.maxSockets, timeout: CLIENT_FREE_SOCKET_TIMEOUT_MS, scheduling: 'lifo' as const }
     const key = Buffer.from(ticket.key, 'hex')
-    const agent = ticket.tls
-      ? new HttpsAgent({
-          ...agentOptions,
-          ciphers: PSK_CIPHERS,
-          minVersion: TLS_VERSION,
-          maxVersion: TLS_VERSION,
-          maxCachedSessions: 0, // the server does not resume sessions (see server.ts)
-          servername: '', // no SNI: the peer is reached by IP and authenticated by the PSK
-          pskCallback: () => ({ psk: key, identity: ticket.identity }),
-          checkServerIdentity: () => undefined // no certificate: the PSK handshake is the authentication
-        })
-      : new HttpAgent(agentOptions)
+    const newAgent = (maxSockets: number): HttpAgent =>
+      ticket.tls
+        ? new HttpsAgent({
+            ...agentOptions,
+            maxSockets,
+            ciphers: PSK_CIPHERS,
+            minVersion: TLS_VERSION,
+            maxVersion: TLS_VERSION,
+            maxCachedSessions: 0, // the server does not resume sessions (see server.ts)
+            servername: '', // no SNI: the peer is reached by IP and authenticated by the PSK
+            pskCallback: () => ({ psk: key, identity: ticket.identity }),
+            checkServerIdentity: () => undefined // no certificate: the PSK handshake is the authentication
+          })
+        : new HttpAgent({ ...agentOptions, maxSockets })
     const refreshAt = started + ticket.ttlMs - Math.min(TICKET_REFRESH_MARGIN_MS, ticket.ttlMs / 5)
     this.log.debug({ peerId: peer.id, host, port: ticket.port, tls: ticket.tls }, 'got data ticket')
     return {
@@ -282,7 +292,8 @@ class DataClient implements PeerDataClient {
       tls: ticket.tls,
       host,
       port: ticket.port,
-      agent,
+      agent: newAgent(this.maxSockets),
+      infoAgent: newAgent(INFO_SOCKETS_PER_PEER),
       headers: ticket.tls ? {} : { authorization: bearerToken(ticket.identity, ticket.key) },
       refreshAt
     }
@@ -311,12 +322,12 @@ class DataClient implements PeerDataClient {
   // ------------------------------------------------------------ HTTP
 
   /** GET on the peer's data port; one retry with a fresh ticket on 401 or a failed connection */
-  private async get(peer: PeerRef, path: string, signal: AbortSignal): Promise<IncomingMessage> {
+  private async get(peer: PeerRef, path: string, signal: AbortSignal, kind: 'chunk' | 'info' = 'chunk'): Promise<IncomingMessage> {
     for (let attempt = 0; ; attempt++) {
       const session = await this.session(peer, signal)
       let res: IncomingMessage
       try {
-        res = await this.request(session, path, signal)
+        res = await this.request(session, kind === 'info' ? session.infoAgent : session.agent, path, signal)
       } catch (err) {
         if (attempt > 0 || !(err instanceof PeerUnreachableError)) throw err
         this.log.debug({ peerId: peer.id, err }, 'data connection failed; retrying with a new ticket')
@@ -332,7 +343,7 @@ class DataClient implements PeerDataClient {
     }
   }
 
-  private request(session: Session, path: string, signal: AbortSignal): Promise<IncomingMessage> {
+  private request(session: Session, agent: HttpAgent, path: string, signal: AbortSignal): Promise<IncomingMessage> {
     const { peerId } = session
     return new Promise<IncomingMessage>((resolve, reject) => {
       if (signal.aborted) {
@@ -344,7 +355,7 @@ class DataClient implements PeerDataClient {
         return
       }
       const send = session.tls ? httpsRequest : httpRequest
-      const req = send({ agent: session.agent, host: session.host, port: session.port, path, method: 'GET', headers: session.headers })
+      const req = send({ agent, host: session.host, port: session.port, path, method: 'GET', headers: session.headers })
       let response: IncomingMessage | undefined
       const destroy = (err: Error): void => {
         if (response === undefined) req.destroy(err)
@@ -381,11 +392,18 @@ class DataClient implements PeerDataClient {
   }
 }
 
-/** stop reusing an agent's sockets; requests in flight finish, then their sockets close */
-function retire(agent: HttpAgent): void {
-  // Node's Agent reads `keepAlive` when a socket frees up (not in @types/node)
-  ;(agent as HttpAgent & { keepAlive: boolean }).keepAlive = false
-  for (const sockets of Object.values(agent.freeSockets)) for (const socket of sockets ?? []) socket.destroy()
+/** stop reusing a session's sockets; requests in flight finish, then their sockets close */
+function retire(session: Session): void {
+  for (const agent of [session.agent, session.infoAgent]) {
+    // Node's Agent reads `keepAlive` when a socket frees up (not in @types/node)
+    ;(agent as HttpAgent & { keepAlive: boolean }).keepAlive = false
+    for (const sockets of Object.values(agent.freeSockets)) for (const socket of sockets ?? []) socket.destroy()
+  }
+}
+
+function destroy(session: Session): void {
+  session.agent.destroy()
+  session.infoAgent.destroy()
 }
 
 async function readBody(res: IncomingMessage, max: number): Promise<string> {

@@ -25,6 +25,12 @@ const REDISCOVER_MS = 5_000
 const ENOUGH_PEERS = 8
 /** Peers one download takes chunks from at most (each is asked for its holdings as they grow). */
 const MAX_SOURCES = 16
+/**
+ * One chunk from a peer: a fetcher's uplink is shared by every node at the start of a fan-out,
+ * so a chunk may take long; a stalled connection is cut sooner (the data client's idle timeout)
+ * and a slow chunk is hedged to another holder.
+ */
+const PEER_CHUNK_TIMEOUT_MS = 30_000
 /** One chunk from origin: origin's link may be shared by a whole fleet. */
 const ORIGIN_CHUNK_TIMEOUT_MS = 120_000
 /**
@@ -223,6 +229,7 @@ export async function runSwarmDownload(opts: SwarmDownloadOptions): Promise<void
     origin: stripes === undefined ? originSource : gated(originSource, (i) => stripes.mine(i)),
     maxInflightOrigin: stripes === undefined ? undefined : FANOUT_ORIGIN_INFLIGHT,
     buffers,
+    requestTimeoutMs: PEER_CHUNK_TIMEOUT_MS,
     originRequestTimeoutMs: ORIGIN_CHUNK_TIMEOUT_MS,
     mayWait: () => stripes !== undefined && stripes.others().length > 0,
     onBadPeer: (peer, index) => {
