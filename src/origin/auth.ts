@@ -1,6 +1,7 @@
 import type { Dispatcher } from 'undici'
 import type { Credential } from '../config/schema.js'
 import { OriginAuthError, OriginUnavailableError } from './errors.js'
+import { timeoutSignal } from '../util/abort.js'
 
 export interface Challenge {
   scheme: 'bearer' | 'basic'
@@ -95,7 +96,7 @@ export class RegistryAuth {
         path: url.pathname + url.search,
         method: 'GET',
         headers,
-        signal: AbortSignal.any([signal, AbortSignal.timeout(this.timeoutMs)]),
+        signal: timeoutSignal(this.timeoutMs, signal),
       })
     } catch (err) {
       throw new OriginUnavailableError(`token endpoint ${url.origin} unreachable: ${(err as Error).message}`, { cause: err })

@@ -40,6 +40,7 @@ import { peerIdFromString } from '@libp2p/peer-id'
 import { type Multiaddr, multiaddr } from '@multiformats/multiaddr'
 import { type Libp2p, createLibp2p } from 'libp2p'
 import type { Logger } from 'pino'
+import { timeoutSignal } from '../util/abort.js'
 import { DEFAULT_REANNOUNCE_INTERVAL_MS, type DhtBackend, DhtContentRouter, type DhtContentRouterOptions } from '../routing/dht.js'
 
 export const DHT_PROTOCOL = '/shoal/kad/1.0.0'
@@ -598,11 +599,10 @@ class Bootstrapper {
   private async dial(addr: Multiaddr): Promise<boolean> {
     const text = addr.toString()
     if (this.isSelf(addr)) return false
-    const timeout = AbortSignal.timeout(this.dialTimeoutMs)
-    const signal = anySignal(this.controller.signal, timeout)
+    const signal = timeoutSignal(this.dialTimeoutMs, this.controller.signal)
     try {
       // an address without /p2p/ is fine: libp2p learns the peer id from the Noise handshake
-      const connection = await this.libp2p.dial(addr, { signal: signal.signal })
+      const connection = await this.libp2p.dial(addr, { signal })
       this.log.debug({ addr: text, peer: connection.remotePeer.toString() }, 'bootstrap dial succeeded')
       return true
     } catch (err) {
@@ -612,8 +612,6 @@ class Bootstrapper {
       }
       if (!this.controller.signal.aborted) this.log.debug({ err, addr: text }, 'bootstrap dial failed')
       return false
-    } finally {
-      signal.clear()
     }
   }
 
@@ -643,26 +641,6 @@ class Bootstrapper {
 
 function isDialSelfError(err: unknown): boolean {
   return err instanceof Error && err.name === 'InvalidPeerIdError' && /dial self/i.test(err.message)
-}
-
-function anySignal(...signals: AbortSignal[]): { signal: AbortSignal; clear(): void } {
-  const controller = new AbortController()
-  const onAbort = function (this: AbortSignal): void {
-    controller.abort(this.reason)
-  }
-  for (const signal of signals) {
-    if (signal.aborted) {
-      controller.abort(signal.reason)
-      break
-    }
-    signal.addEventListener('abort', onAbort, { once: true })
-  }
-  return {
-    signal: controller.signal,
-    clear: () => {
-      for (const signal of signals) signal.removeEventListener('abort', onAbort)
-    }
-  }
 }
 
 function errnoCode(err: unknown): string | undefined {

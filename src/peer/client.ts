@@ -17,7 +17,7 @@ import type { Libp2p } from 'libp2p'
 import type { Logger } from 'pino'
 import { isDigest } from '../oci/digest.js'
 import type { PeerRef } from '../routing/types.js'
-import { abortable } from '../util/abort.js'
+import { abortable, timeoutSignal } from '../util/abort.js'
 import {
   ChunkUnavailableError,
   PeerBusyError,
@@ -246,7 +246,7 @@ class DataClient implements PeerDataClient {
 
   private async openSession(peer: PeerRef): Promise<Session> {
     const started = this.now()
-    const signal = AbortSignal.any([this.shutdown.signal, AbortSignal.timeout(this.timeoutMs)])
+    const signal = timeoutSignal(this.timeoutMs, this.shutdown.signal)
     let ticket: TicketWire
     let host: string | undefined
     try {

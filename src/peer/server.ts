@@ -37,6 +37,7 @@ import {
 import { ThrottleStream, TokenBucket } from './rate-limit.js'
 import { type Ticket, TicketBook } from './ticket.js'
 import type { BlobInfo, ChunkProvider, PeerDataServer, PeerDataServerStats } from './types.js'
+import { timeoutSignal } from '../util/abort.js'
 
 export const DEFAULT_SERVER_TIMEOUT_MS = 30_000
 /** kept-alive idle connections close after this; clients drop theirs sooner (see client.ts) */
@@ -180,7 +181,7 @@ class DataServer implements PeerDataServer {
 
   private onTicketStream(stream: Libp2pStream, connection: Libp2pConnection): void {
     const peerId = connection.remotePeer.toString()
-    const signal = AbortSignal.any([this.closing.signal, AbortSignal.timeout(TICKET_EXCHANGE_TIMEOUT_MS)])
+    const signal = timeoutSignal(TICKET_EXCHANGE_TIMEOUT_MS, this.closing.signal)
     // read at once: a handler that awaits something else first can lose the stream
     readMessage(stream, MAX_TICKET_MESSAGE_BYTES, signal)
       .then(async (request) => {
@@ -271,7 +272,7 @@ class DataServer implements PeerDataServer {
       const onClose = (): void => gone.abort()
       res.once('close', onClose)
       try {
-        info = await this.provider.info(digest, { held, signal: AbortSignal.any([gone.signal, AbortSignal.timeout(LONG_POLL_MS)]) }, asker)
+        info = await this.provider.info(digest, { held, signal: timeoutSignal(LONG_POLL_MS, gone.signal) }, asker)
       } finally {
         res.off('close', onClose)
       }

@@ -5,6 +5,7 @@ import type { SwarmPlan } from '../transfer/swarm-download.js'
 import type { PeerPenalties } from './penalties.js'
 import { PeerChunkSource } from './peer-source.js'
 import type { PeerBlobInfo, PeerChunkClient } from './types.js'
+import { timeoutSignal } from '../util/abort.js'
 
 
 export interface DiscoverOptions {
@@ -34,12 +35,12 @@ export async function discoverPeers(digest: string, opts: DiscoverOptions): Prom
   let plan: ChunkPlan | undefined
   let table: (string | undefined)[] = []
   const sources: PeerChunkSource[] = []
-  const deadline = AbortSignal.any([opts.signal, AbortSignal.timeout(opts.lookupTimeoutMs + opts.infoTimeoutMs)])
+  const deadline = timeoutSignal(opts.lookupTimeoutMs + opts.infoTimeoutMs, opts.signal)
   const asks: Promise<void>[] = []
   const ask = async (peer: PeerRef): Promise<void> => {
     let info: PeerBlobInfo | undefined
     try {
-      info = await opts.client.info(peer, digest, { signal: AbortSignal.any([deadline, AbortSignal.timeout(opts.infoTimeoutMs)]) })
+      info = await opts.client.info(peer, digest, { signal: timeoutSignal(opts.infoTimeoutMs, deadline) })
     } catch (err) {
       opts.logger.debug({ peer: peer.id, digest, err: (err as Error).message }, 'peer info failed')
       return

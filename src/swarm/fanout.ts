@@ -10,6 +10,7 @@ import type { BlobLocator } from '../transfer/types.js'
 import type { PeerPenalties } from './penalties.js'
 import { PeerChunkSource, unknownHoldings } from './peer-source.js'
 import type { PeerChunkClient } from './types.js'
+import { timeoutSignal } from '../util/abort.js'
 
 export interface FanoutOptions {
   selfId: string
@@ -60,7 +61,7 @@ export async function planFanout(
       .map(async (id) => {
         const peer = candidates.get(id) as PeerRef
         const info = await opts.client
-          .info(peer, digest, { signal: AbortSignal.any([opts.signal, AbortSignal.timeout(opts.infoTimeoutMs)]), want })
+          .info(peer, digest, { signal: timeoutSignal(opts.infoTimeoutMs, opts.signal), want })
           .catch(() => undefined)
         const usable = info !== undefined && info.size === plan.size && info.chunkSize === plan.chunkSize && info.have.length === plan.count
         return new PeerChunkSource(peer, usable ? info : unknownHoldings(plan), opts.client, digest, opts.signal, want)

@@ -1,5 +1,6 @@
 import { ChunkBuffers } from './buffers.js'
 import { type ChunkPlan, chunkBounds } from './plan.js'
+import { timeoutSignal } from '../../util/abort.js'
 
 /** Somewhere chunks come from: one peer, or origin. */
 export interface ChunkSource {
@@ -234,7 +235,7 @@ export class ChunkScheduler {
     this.inflight.set(index, flights)
     this.load.set(source, (this.load.get(source) ?? 0) + 1)
     const timeoutMs = source.kind === 'origin' ? (this.opts.originRequestTimeoutMs ?? this.opts.requestTimeoutMs) : this.opts.requestTimeoutMs
-    const signal = AbortSignal.any([controller.signal, AbortSignal.timeout(timeoutMs)])
+    const signal = timeoutSignal(timeoutMs, controller.signal)
     source.fetch(index, signal, flight.into).then(
       (bytes) => this.onBytes(index, flight, bytes),
       (err: unknown) => this.onError(index, flight, err),
