@@ -133,6 +133,20 @@ class CountingBuffers extends ChunkBuffers {
 }
 
 describe('chunk scheduler', () => {
+  test('no end game while a chunk is still unheld: a peer with nothing free for it waits for the hedge delay', async () => {
+    const { bytes, table } = blob(3)
+    const t0 = Date.now()
+    const a = new FakeSource('a', bytes, { holds: (i) => i === 0 || (i === 2 && Date.now() - t0 > 400), delayMs: 200 })
+    const b = new FakeSource('b', bytes, { holds: (i) => i === 0, delayMs: 1 })
+    const c = new FakeSource('c', bytes, { holds: (i) => i === 1, delayMs: 300 })
+    const alive = setInterval(() => {}, 50) // the scheduler's own timer does not keep the process up
+    const { out } = await download(table, [a, b, c], undefined, { hedgeAfterMs: 1_000, requestTimeoutMs: 5_000, mayWait: () => true, pollMs: 20 }).finally(() =>
+      clearInterval(alive),
+    )
+    assert.ok(out.equals(bytes))
+    assert.equal(b.requests, 0, 'b did not duplicate the chunk a was fetching')
+  })
+
   test('every buffer comes back: accepted, refused, failed, hedged and wasted fetches alike', async () => {
     const { bytes, table } = blob(30, 5)
     const pool = new CountingBuffers(CHUNK, 4)

@@ -35,7 +35,10 @@ export interface SchedulerOptions {
   requestTimeoutMs?: number
   /** the same for origin (default: requestTimeoutMs): on a shared link a chunk may take long */
   originRequestTimeoutMs?: number
-  /** a chunk in flight longer than this is also asked of another source */
+  /**
+   * a chunk in flight longer than this, and longer than HEDGE_MULTIPLE times the median time
+   * chunks took lately, is also asked of another source
+   */
   hedgeAfterMs?: number
   /** consecutive failures after which a peer is dropped for this blob, or origin gives up */
   maxPeerFailures?: number
@@ -76,6 +79,13 @@ const DEFAULTS = {
 
 /** Origin hedges a chunk a peer is slow with only after this many hedge delays. */
 const ORIGIN_HEDGE_FACTOR = 4
+/**
+ * A chunk is slow when it takes this many times the median of the last chunks: on a link a
+ * whole fleet shares, every chunk takes seconds, and a fixed delay would duplicate most of them.
+ */
+const HEDGE_MULTIPLE = 2
+/** chunk durations the median is taken over */
+const RECENT_DURATIONS = 16
 
 /** Origin's own bytes disagree with the chunk table: the table is false and must be dropped. */
 export class TableMismatchError extends Error {
@@ -119,6 +129,8 @@ export class ChunkScheduler {
   private accepting = Promise.resolve()
   private hedgeTimer: NodeJS.Timeout | undefined
   private readonly buffers: ChunkBuffers
+  /** how long the last accepted chunks took, ms */
+  private readonly durations: number[] = []
 
   constructor(opts: SchedulerOptions) {
     this.opts = { ...DEFAULTS, ...stripUndefined(opts) }
@@ -193,12 +205,10 @@ export class ChunkScheduler {
     let bestRarity = Number.POSITIVE_INFINITY
     let straggler: number | undefined
     let stragglerAge = -1
-    let anyFree = false
     for (let i = 0; i < this.opts.plan.count; i++) {
       if (this.done.has(i) || !source.has(i)) continue
       const flights = this.inflight.get(i)
       if (flights === undefined) {
-        anyFree = true
         const rarity = this.holders(i)
         // origin only takes what no peer can give
         if (isOrigin && rarity > 0) continue
@@ -218,12 +228,22 @@ export class ChunkScheduler {
     if (best !== undefined) return best
     // Hedge: a chunk in flight too long, or the end game when nothing else is left for this source.
     // Origin waits longer before it hedges a peer: it is the source asked as little as possible.
-    const hedgeAfter = isOrigin ? this.opts.hedgeAfterMs * ORIGIN_HEDGE_FACTOR : this.opts.hedgeAfterMs
-    if (straggler !== undefined && (stragglerAge >= hedgeAfter || (!anyFree && !isOrigin))) {
+    // The end game is global: every missing chunk is in flight. (A peer with nothing free for
+    // it alone is common mid-download, when peers hold a few chunks each: that is no end game.)
+    const endGame = this.done.size + this.inflight.size === this.opts.plan.count
+    const hedgeAfter = (isOrigin ? ORIGIN_HEDGE_FACTOR : 1) * this.hedgeDelay()
+    if (straggler !== undefined && (stragglerAge >= hedgeAfter || (endGame && !isOrigin))) {
       const flights = this.inflight.get(straggler) ?? []
       if (flights.length < 2 || stragglerAge >= hedgeAfter * 2) return straggler
     }
     return undefined
+  }
+
+  /** how long a chunk may take before it is hedged: the configured delay, or longer when chunks are slow anyway */
+  private hedgeDelay(): number {
+    if (this.durations.length === 0) return this.opts.hedgeAfterMs
+    const sorted = [...this.durations].sort((a, b) => a - b)
+    return Math.max(this.opts.hedgeAfterMs, HEDGE_MULTIPLE * (sorted[sorted.length >> 1] as number))
   }
 
   private start(index: number, source: ChunkSource, now: number): void {
@@ -272,6 +292,8 @@ export class ChunkScheduler {
       return
     }
     this.failures.delete(flight.source)
+    this.durations.push(Date.now() - flight.startedAt)
+    if (this.durations.length > RECENT_DURATIONS) this.durations.shift()
     this.done.add(index)
     for (const other of this.inflight.get(index) ?? []) other.controller.abort()
     const id = flight.source.id
