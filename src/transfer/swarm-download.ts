@@ -247,6 +247,8 @@ export async function runSwarmDownload(opts: SwarmDownloadOptions): Promise<void
     if (stripes === undefined) return
     for (const id of stripes.others()) {
       const src = sources.get(id)
+      // a fetcher that holds the whole blob has done its share (and is no longer asked about it)
+      if (src?.complete) continue
       src?.poll()
       const waitedOn = (): boolean => {
         for (let i = 0; i < plan.plan.count; i++) {
@@ -264,9 +266,11 @@ export async function runSwarmDownload(opts: SwarmDownloadOptions): Promise<void
   }
   // Peers that started on the blob after this download did (they announce their first chunk).
   let looking = false
+  let lookups = 0
   const rediscover = (): void => {
     if (looking || state.complete || sources.size >= ENOUGH_PEERS) return
     looking = true
+    lookups++
     swarm
       .discover(digest, signal, new Set(sources.keys()))
       .then((found) => {
@@ -306,7 +310,10 @@ export async function runSwarmDownload(opts: SwarmDownloadOptions): Promise<void
   try {
     const result = await scheduler.run(signal)
     await writer.commit()
-    opts.logger.info({ digest, size: plan.plan.size, bySource: Object.fromEntries(result.bySource), wasted: result.wasted }, 'blob fetched through the swarm')
+    opts.logger.info(
+      { digest, size: plan.plan.size, bySource: Object.fromEntries(result.bySource), wasted: result.wasted, sources: sources.size, lookups },
+      'blob fetched through the swarm',
+    )
   } catch (err) {
     if ((err as Error).name === 'DigestMismatchError' || err instanceof TableMismatchError) {
       opts.logger.warn({ digest, peers: [...contributors], err: (err as Error).message }, 'blob from peers failed its digest: peers penalised')
