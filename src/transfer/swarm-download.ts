@@ -23,6 +23,8 @@ const WATCHDOG_MS = 500
  */
 const REDISCOVER_MS = 5_000
 const ENOUGH_PEERS = 8
+/** …and while it has a few peers already (their answers name more: peer exchange) */
+const REDISCOVER_WITH_PEERS_MS = 15_000
 /** Peers one download takes chunks from at most (each is asked for its holdings as they grow). */
 const MAX_SOURCES = 16
 /**
@@ -267,10 +269,14 @@ export async function runSwarmDownload(opts: SwarmDownloadOptions): Promise<void
   // Peers that started on the blob after this download did (they announce their first chunk).
   let looking = false
   let lookups = 0
+  let lastLookup = Date.now()
   const rediscover = (): void => {
     if (looking || state.complete || sources.size >= ENOUGH_PEERS) return
+    // with peers to exchange names with, peer exchange finds the others: a lookup only now and then
+    if (sources.size >= 2 && Date.now() - lastLookup < REDISCOVER_WITH_PEERS_MS) return
     looking = true
     lookups++
+    lastLookup = Date.now()
     swarm
       .discover(digest, signal, new Set(sources.keys()))
       .then((found) => {
