@@ -57,6 +57,8 @@ export const CLIENT_FREE_SOCKET_TIMEOUT_MS = 20_000
 /** a ticket is replaced this long before it expires (at most a fifth of its lifetime) */
 export const TICKET_REFRESH_MARGIN_MS = 60_000
 const MAX_ERROR_BODY_BYTES = 1024
+/** a busy peer (503) that did not say when to come back is asked again after this */
+const DEFAULT_BUSY_RETRY_MS = 1_000
 
 export interface PeerDataClientOptions {
   libp2p: Libp2p
@@ -172,7 +174,7 @@ class DataClient implements PeerDataClient {
       case 503: {
         res.resume()
         const seconds = Number(res.headers['retry-after'])
-        throw new PeerBusyError(peer.id, Number.isFinite(seconds) && seconds >= 0 ? seconds * 1000 : undefined)
+        throw new PeerBusyError(peer.id, Number.isFinite(seconds) && seconds >= 0 ? seconds * 1000 : DEFAULT_BUSY_RETRY_MS)
       }
       default:
         throw await statusError(peer.id, res)

@@ -27,6 +27,8 @@ interface FakeOpts {
   hang?: boolean
   /** answer in the scheduler's buffer (as the real sources do) */
   fill?: boolean
+  /** the first this many requests answer 'busy' (an upload cap), with a retry delay */
+  busy?: number
 }
 
 class FakeSource implements ChunkSource {
@@ -49,6 +51,7 @@ class FakeSource implements ChunkSource {
     if (this.o.hang) await new Promise((_, reject) => signal.addEventListener('abort', () => reject(signal.reason)))
     await sleep(delay, undefined, { signal })
     if (this.o.failAll) throw new Error('connection reset')
+    if (this.requests <= (this.o.busy ?? 0)) throw Object.assign(new Error('busy'), { retryAfterMs: 20 })
     const plan = planChunks(this.bytes.length, CHUNK)
     const { start, end } = chunkBounds(plan, i)
     const out = this.o.fill ? into : Buffer.from(this.bytes.subarray(start, end))
@@ -145,6 +148,16 @@ describe('chunk scheduler', () => {
     )
     assert.ok(out.equals(bytes))
     assert.equal(b.requests, 0, 'b did not duplicate the chunk a was fetching')
+  })
+
+  test('a busy peer is asked again later, not dropped as failing', async () => {
+    const { bytes, table } = blob(4)
+    const busy = new FakeSource('busy', bytes, { busy: 6 })
+    const alive = setInterval(() => {}, 50) // the scheduler's own timer does not keep the process up
+    const { out, result } = await download(table, [busy], undefined, { maxPeerFailures: 2 }).finally(() => clearInterval(alive))
+    assert.ok(out.equals(bytes))
+    assert.equal(result.bySource.get('busy'), bytes.length, 'every chunk from the busy peer')
+    assert.ok(busy.requests > 6)
   })
 
   test('every buffer comes back: accepted, refused, failed, hedged and wasted fetches alike', async () => {

@@ -10,7 +10,9 @@ export interface ChunkSource {
   /** whether the source holds chunk `index` (a peer's bitfield; origin holds all) */
   has(index: number): boolean
   /**
-   * The bytes of chunk `index`; the scheduler verifies them. `into` has exactly the chunk's
+   * The bytes of chunk `index`; the scheduler verifies them. A source that is busy (it serves
+   * others up to its cap) rejects with an error carrying `retryAfterMs`: not a failure, it is
+   * asked nothing more until then. `into` has exactly the chunk's
    * length: a source fills it and returns it (or returns bytes of its own).
    */
   fetch(index: number, signal: AbortSignal, into: Buffer): Promise<Uint8Array>
@@ -84,6 +86,9 @@ const ORIGIN_HEDGE_FACTOR = 4
  * whole fleet shares, every chunk takes seconds, and a fixed delay would duplicate most of them.
  */
 const HEDGE_MULTIPLE = 2
+/** how long a busy source is left alone (its Retry-After, within these bounds) */
+const MIN_BUSY_BACKOFF_MS = 250
+const MAX_BUSY_BACKOFF_MS = 5_000
 /** chunk durations the median is taken over */
 const RECENT_DURATIONS = 16
 
@@ -122,6 +127,8 @@ export class ChunkScheduler {
   private readonly inflight = new Map<number, Inflight[]>()
   private readonly load = new Map<ChunkSource, number>()
   private readonly failures = new Map<ChunkSource, number>()
+  /** sources that said they are busy: asked nothing until then (ms since epoch) */
+  private readonly busyUntil = new Map<ChunkSource, number>()
   private readonly peers: ChunkSource[]
   private readonly result: ScheduleResult = { bySource: new Map(), wasted: 0 }
   private settle!: { resolve: (r: ScheduleResult) => void; reject: (e: Error) => void }
@@ -187,13 +194,15 @@ export class ChunkScheduler {
       progress = false
       for (const source of this.sources()) {
         if ((this.load.get(source) ?? 0) >= this.capacity(source)) continue
+        if ((this.busyUntil.get(source) ?? 0) > now) continue
         const index = this.pick(source, now)
         if (index === undefined) continue
         this.start(index, source, now)
         progress = true
       }
     }
-    if (this.inflight.size === 0 && this.done.size < this.opts.plan.count && this.opts.mayWait?.() !== true) {
+    const resting = this.sources().some((source) => (this.busyUntil.get(source) ?? 0) > now)
+    if (this.inflight.size === 0 && this.done.size < this.opts.plan.count && !resting && this.opts.mayWait?.() !== true) {
       this.fail(new NoSourceError(this.opts.plan.count - this.done.size))
     }
   }
@@ -308,7 +317,11 @@ export class ChunkScheduler {
     this.end(index, flight)
     this.buffers.give(flight.into)
     this.result.wasted++
-    if (!this.finished && !this.done.has(index) && !flight.controller.signal.aborted) {
+    const retryAfterMs = (err as { retryAfterMs?: unknown } | undefined)?.retryAfterMs
+    if (typeof retryAfterMs === 'number') {
+      // busy, not failing: back off without counting it against the source
+      this.busyUntil.set(flight.source, Date.now() + Math.min(Math.max(retryAfterMs, MIN_BUSY_BACKOFF_MS), MAX_BUSY_BACKOFF_MS))
+    } else if (!this.finished && !this.done.has(index) && !flight.controller.signal.aborted) {
       const n = (this.failures.get(flight.source) ?? 0) + 1
       this.failures.set(flight.source, n)
       if (n >= this.opts.maxPeerFailures) {
