@@ -381,9 +381,12 @@ export async function createPeerNode(options: PeerNodeOptions): Promise<PeerNode
       inboundConnectionThreshold: INBOUND_CONNECTION_THRESHOLD,
       maxIncomingPendingConnections: MAX_INCOMING_PENDING_CONNECTIONS
     },
-    // a ping that times out on a loaded node (event-loop lag, not a dead peer) must not close
-    // the connection: the redial, handshake and routing-table churn that follow load it more
-    connectionMonitor: { abortConnectionOnPingFailure: false },
+    // No connection monitor: it opens a ping stream on every connection every 10 s (a
+    // multistream-select negotiation and peer-store writes each: most of an idle node's CPU,
+    // profiled), and on a loaded node a late answer closed the connection, and the redial,
+    // handshake and routing-table churn loaded it more. yamux's own keep-alive, TCP and the
+    // data plane's timeouts notice a dead peer.
+    connectionMonitor: { enabled: false },
     services: {
       identify: identify(),
       ping: ping(),
