@@ -176,10 +176,20 @@ export class ChunkScheduler {
     return source.kind === 'origin' ? this.opts.maxInflightOrigin : this.opts.maxInflightPerPeer
   }
 
-  private holders(index: number): number {
-    let n = 0
-    for (const p of this.peers) if (p.has(index)) n++
-    return n
+  /**
+   * How many peers hold each chunk still missing, counted once per pump (holdings only change
+   * between pumps): picking for every source over every chunk and every peer was, with a dozen
+   * peers per blob, a fleet node's busiest code.
+   */
+  private rarities(): Int32Array {
+    const count = new Int32Array(this.opts.plan.count)
+    for (let i = 0; i < count.length; i++) {
+      if (this.done.has(i)) continue
+      let n = 0
+      for (const p of this.peers) if (p.has(i)) n++
+      count[i] = n
+    }
+    return count
   }
 
   private pump(): void {
@@ -189,13 +199,14 @@ export class ChunkScheduler {
       return
     }
     const now = Date.now()
+    const rarity = this.rarities()
     let progress = true
     while (progress) {
       progress = false
       for (const source of this.sources()) {
         if ((this.load.get(source) ?? 0) >= this.capacity(source)) continue
         if ((this.busyUntil.get(source) ?? 0) > now) continue
-        const index = this.pick(source, now)
+        const index = this.pick(source, now, rarity)
         if (index === undefined) continue
         this.start(index, source, now)
         progress = true
@@ -208,7 +219,7 @@ export class ChunkScheduler {
   }
 
   /** The chunk this source should fetch next, if any. */
-  private pick(source: ChunkSource, now: number): number | undefined {
+  private pick(source: ChunkSource, now: number, holders: Int32Array): number | undefined {
     const isOrigin = source.kind === 'origin'
     let best: number | undefined
     let bestRarity = Number.POSITIVE_INFINITY
@@ -218,7 +229,7 @@ export class ChunkScheduler {
       if (this.done.has(i) || !source.has(i)) continue
       const flights = this.inflight.get(i)
       if (flights === undefined) {
-        const rarity = this.holders(i)
+        const rarity = holders[i] as number
         // origin only takes what no peer can give
         if (isOrigin && rarity > 0) continue
         if (rarity < bestRarity) {
