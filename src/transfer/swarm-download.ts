@@ -23,6 +23,16 @@ const WATCHDOG_MS = 500
  */
 const REDISCOVER_MS = 5_000
 const ENOUGH_PEERS = 8
+/** A swarm download that takes no chunk for this long gives up; origin carries on. */
+const NO_PROGRESS_MS = 60_000
+
+/** The swarm took no chunk for a long while: the download continues from origin. */
+export class SwarmStalledError extends Error {
+  constructor(digest: string, ms: number) {
+    super(`no chunk of ${digest} came from the swarm for ${ms / 1000} s`)
+    this.name = 'SwarmStalledError'
+  }
+}
 /** …and while it has a few peers already (their answers name more: peer exchange) */
 const REDISCOVER_WITH_PEERS_MS = 15_000
 /** Peers one download takes chunks from at most (each is asked for its holdings as they grow). */
@@ -249,6 +259,13 @@ export async function runSwarmDownload(opts: SwarmDownloadOptions): Promise<void
     if (stripes === undefined) return
     for (const id of stripes.others()) {
       const src = sources.get(id)
+      // a fetcher this download no longer takes chunks from (it kept failing): its share of
+      // origin's chunks falls to the others, or its chunks would be waited for forever
+      if (src !== undefined && !scheduler.uses(id)) {
+        stripes.drop(id)
+        opts.logger.warn({ digest, fetcher: id, why: 'dropped as a source' }, 'origin fetcher gone or stalled: its chunks fall to the next fetchers')
+        continue
+      }
       // a fetcher that holds the whole blob has done its share (and is no longer asked about it)
       if (src?.complete) continue
       src?.poll()
@@ -306,15 +323,29 @@ export async function runSwarmDownload(opts: SwarmDownloadOptions): Promise<void
       }
     }
   }
+  // The safety net: a download that takes no chunk for this long gives up on the swarm, and the
+  // blob carries on from origin (from the in-order prefix): a pull must never hang.
+  let lastChunk = Date.now()
+  let chunksSeen = 0
+  const noProgress = new AbortController()
+  const checkProgress = (): void => {
+    if (state.held !== chunksSeen) {
+      chunksSeen = state.held
+      lastChunk = Date.now()
+    } else if (!state.complete && Date.now() - lastChunk > NO_PROGRESS_MS) {
+      noProgress.abort(new SwarmStalledError(digest, NO_PROGRESS_MS))
+    }
+  }
   const timers = [
     setInterval(() => {
       watchdog()
       exchange()
+      checkProgress()
     }, WATCHDOG_MS),
     setInterval(rediscover, REDISCOVER_MS),
   ]
   try {
-    const result = await scheduler.run(signal)
+    const result = await scheduler.run(AbortSignal.any([signal, noProgress.signal]))
     await writer.commit()
     opts.logger.info(
       { digest, size: plan.plan.size, bySource: Object.fromEntries(result.bySource), wasted: result.wasted, sources: sources.size, lookups },

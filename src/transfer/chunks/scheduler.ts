@@ -161,6 +161,11 @@ export class ChunkScheduler {
     })
   }
 
+  /** Whether a peer is still a source (not dropped for failing or for bad bytes). */
+  uses(peerId: string): boolean {
+    return this.peers.some((p) => p.id === peerId)
+  }
+
   /** A peer found after the start (a late lookup answer). */
   addPeer(peer: ChunkSource): void {
     if (this.peers.some((p) => p.id === peer.id)) return
