@@ -39,10 +39,11 @@ const REDISCOVER_WITH_PEERS_MS = 15_000
 const MAX_SOURCES = 16
 /**
  * One chunk from a peer: a fetcher's uplink is shared by every node at the start of a fan-out,
- * so a chunk may take long; a stalled connection is cut sooner (the data client's idle timeout)
- * and a slow chunk is hedged to another holder.
+ * so a chunk may take long (and three timeouts in a row drop the peer for the blob); a
+ * connection that stops moving is cut sooner (the data client's idle timeout), and a slow chunk
+ * is hedged to another holder.
  */
-const PEER_CHUNK_TIMEOUT_MS = 30_000
+const PEER_CHUNK_TIMEOUT_MS = 90_000
 /** One chunk from origin: origin's link may be shared by a whole fleet. */
 const ORIGIN_CHUNK_TIMEOUT_MS = 120_000
 /**
@@ -149,6 +150,8 @@ export interface SwarmDownloadOptions {
   onFetched?(source: string, bytes: number, peer?: string): void
   /** chunk buffers, reused across downloads (default: fresh ones) */
   buffers?: ChunkBuffers
+  /** give up on the swarm after this long without a chunk (default NO_PROGRESS_MS) */
+  noProgressMs?: number
 }
 
 /**
@@ -325,6 +328,7 @@ export async function runSwarmDownload(opts: SwarmDownloadOptions): Promise<void
   }
   // The safety net: a download that takes no chunk for this long gives up on the swarm, and the
   // blob carries on from origin (from the in-order prefix): a pull must never hang.
+  const noProgressMs = opts.noProgressMs ?? NO_PROGRESS_MS
   let lastChunk = Date.now()
   let chunksSeen = 0
   const noProgress = new AbortController()
@@ -332,8 +336,8 @@ export async function runSwarmDownload(opts: SwarmDownloadOptions): Promise<void
     if (state.held !== chunksSeen) {
       chunksSeen = state.held
       lastChunk = Date.now()
-    } else if (!state.complete && Date.now() - lastChunk > NO_PROGRESS_MS) {
-      noProgress.abort(new SwarmStalledError(digest, NO_PROGRESS_MS))
+    } else if (!state.complete && Date.now() - lastChunk > noProgressMs) {
+      noProgress.abort(new SwarmStalledError(digest, noProgressMs))
     }
   }
   const timers = [

@@ -1,0 +1,135 @@
+import assert from 'node:assert/strict'
+import { createHash, randomBytes } from 'node:crypto'
+import { mkdtemp, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { Readable } from 'node:stream'
+import { afterEach, beforeEach, describe, test } from 'node:test'
+import { pino } from 'pino'
+import { parseDigest } from '../../src/oci/digest.js'
+import { BlobStore } from '../../src/store/blob-store.js'
+import { chunkBounds, chunkHash, planChunks } from '../../src/transfer/chunks/plan.js'
+import { OriginStripes } from '../../src/transfer/chunks/stripes.js'
+import { Download } from '../../src/transfer/download.js'
+import { type PeerSource, type SwarmHooks, runSwarmDownload } from '../../src/transfer/swarm-download.js'
+import type { BlobLocator, BlobSource } from '../../src/transfer/types.js'
+
+const log = pino({ level: 'silent' })
+const CHUNK = 4096
+const bytes = randomBytes(4 * CHUNK)
+const digest = `sha256:${createHash('sha256').update(bytes).digest('hex')}`
+const plan = planChunks(bytes.length, CHUNK)
+const hashes = Array.from({ length: plan.count }, (_, i) => {
+  const { start, end } = chunkBounds(plan, i)
+  return chunkHash(bytes.subarray(start, end))
+})
+const locator: BlobLocator = { registry: 'r.test', name: 'a/b', digest: parseDigest(digest) }
+
+/** origin: serves any range of `bytes`, counting the bytes it sent */
+function origin(): BlobSource & { sent: number } {
+  const o = {
+    kind: 'origin',
+    sent: 0,
+    async open(_l: BlobLocator, options: { offset?: number; length?: number }) {
+      const start = options.offset ?? 0
+      const body = bytes.subarray(start, options.length === undefined ? undefined : start + options.length)
+      o.sent += body.length
+      return { size: bytes.length, offset: start, body: Readable.from([body]) }
+    },
+    async stat() {
+      return bytes.length
+    },
+  }
+  return o
+}
+
+/** a peer that answers but holds nothing, and fails every chunk request */
+function emptyPeer(id: string): PeerSource {
+  return {
+    id,
+    kind: 'peer',
+    complete: false,
+    lastGrowth: Date.now(),
+    lastAnswer: Date.now(),
+    started: true,
+    refreshFailures: 0,
+    exchanged: [],
+    has: () => false,
+    hashOf: () => undefined,
+    poll() {
+      ;(this as { lastAnswer: number }).lastAnswer = Date.now()
+      ;(this as { lastGrowth: number }).lastGrowth = Date.now()
+    },
+    fetch: async () => {
+      throw new Error('connection reset')
+    },
+  }
+}
+
+function hooks(): SwarmHooks {
+  return {
+    chunkSize: CHUNK,
+    fetcherStallMs: 60_000,
+    joined: () => true,
+    discover: async () => undefined,
+    fanout: async () => undefined,
+    exchangedPeer: () => undefined,
+    announce: () => {},
+    penalise: () => {},
+    completed: () => {},
+  }
+}
+
+describe('swarm download', () => {
+  let dir: string
+  let store: BlobStore
+  beforeEach(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'shoal-swarm-download-'))
+    store = await BlobStore.open(dir, log)
+  })
+  afterEach(async () => {
+    await store.close()
+    await rm(dir, { recursive: true, force: true })
+  })
+
+  async function run(sources: PeerSource[], stripes: OriginStripes, noProgressMs?: number) {
+    const writer = await store.createWriter(parseDigest(digest), bytes.length)
+    const download = new Download(digest, log)
+    download.begin(writer)
+    const o = origin()
+    try {
+      await runSwarmDownload({
+        locator,
+        plan: { plan, table: hashes, sources, stripes },
+        writer,
+        download,
+        origin: o,
+        swarm: hooks(),
+        signal: AbortSignal.timeout(20_000),
+        logger: log,
+        ...(noProgressMs === undefined ? {} : { noProgressMs }),
+      })
+    } finally {
+      await writer.abandon(false)
+      await writer.close()
+    }
+    return o
+  }
+
+  test("a fetcher dropped as a failing source loses its origin share: the blob completes from origin", async () => {
+    // the other fetcher owns chunks 0 and 2, claims every chunk, answers its polls, and fails every chunk request
+    const other: PeerSource = { ...emptyPeer('other'), has: () => true, hashOf: (i) => hashes[i] }
+    const o = await run([other], new OriginStripes(['other', 'self'], 'self'))
+    assert.equal(o.sent, bytes.length, 'every chunk came from origin in the end')
+    assert.equal(store.stat(digest)?.size, bytes.length, 'committed')
+  })
+
+  test('a download that takes no chunk gives up on the swarm instead of waiting forever', async () => {
+    // a fetcher that owns every chunk, holds none, and is never dropped (it answers, it does not fail)
+    const idle: PeerSource = { ...emptyPeer('idle'), fetch: () => new Promise(() => {}) }
+    const other = new OriginStripes(['idle'], 'self')
+    const started = Date.now()
+    await assert.rejects(run([idle], other, 1_500), { name: 'SwarmStalledError' })
+    assert.ok(Date.now() - started < 10_000)
+  })
+})
