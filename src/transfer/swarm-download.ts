@@ -262,9 +262,12 @@ export async function runSwarmDownload(opts: SwarmDownloadOptions): Promise<void
     if (stripes === undefined) return
     for (const id of stripes.others()) {
       const src = sources.get(id)
-      // a fetcher this download no longer takes chunks from (it kept failing): its share of
-      // origin's chunks falls to the others, or its chunks would be waited for forever
-      if (src !== undefined && !scheduler.uses(id)) {
+      // a fetcher that holds the whole blob but that this download no longer takes chunks from
+      // (it kept failing): its share of origin's chunks falls to the others, or chunks only it
+      // holds would be waited for forever. (An incomplete one keeps its share: the others may
+      // still get its chunks from the nodes that did, and dropping it on every node that gave
+      // up on it sent origin 3.5× the image.)
+      if (src !== undefined && src.complete && !scheduler.uses(id)) {
         stripes.drop(id)
         opts.logger.warn({ digest, fetcher: id, why: 'dropped as a source' }, 'origin fetcher gone or stalled: its chunks fall to the next fetchers')
         continue

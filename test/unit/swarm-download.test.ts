@@ -116,9 +116,9 @@ describe('swarm download', () => {
     return o
   }
 
-  test("a fetcher dropped as a failing source loses its origin share: the blob completes from origin", async () => {
-    // the other fetcher owns chunks 0 and 2, claims every chunk, answers its polls, and fails every chunk request
-    const other: PeerSource = { ...emptyPeer('other'), has: () => true, hashOf: (i) => hashes[i] }
+  test('a complete fetcher dropped as a failing source loses its origin share: the blob completes from origin', async () => {
+    // the other fetcher owns chunks 0 and 2, holds every chunk, and fails every chunk request
+    const other: PeerSource = { ...emptyPeer('other'), complete: true, has: () => true, hashOf: (i) => hashes[i] }
     const o = await run([other], new OriginStripes(['other', 'self'], 'self'))
     assert.equal(o.sent, bytes.length, 'every chunk came from origin in the end')
     assert.equal(store.stat(digest)?.size, bytes.length, 'committed')
