@@ -267,7 +267,7 @@ export async function runSwarmDownload(opts: SwarmDownloadOptions): Promise<void
       // holds would be waited for forever. (An incomplete one keeps its share: the others may
       // still get its chunks from the nodes that did, and dropping it on every node that gave
       // up on it sent origin 3.5× the image.)
-      if (src !== undefined && src.complete && !scheduler.uses(id)) {
+      if (src?.complete && !scheduler.uses(id)) {
         stripes.drop(id)
         opts.logger.warn({ digest, fetcher: id, why: 'dropped as a source' }, 'origin fetcher gone or stalled: its chunks fall to the next fetchers')
         continue
