@@ -173,6 +173,8 @@ export async function runSwarmDownload(opts: SwarmDownloadOptions): Promise<void
   download.chunks = state
   const table = [...plan.table]
   const contributors = new Set<string>()
+  /** peers that sent bytes failing verification: never taken back */
+  const penalised = new Set<string>()
   const pending = new Set<number>()
   let announced = false
 
@@ -248,6 +250,7 @@ export async function runSwarmDownload(opts: SwarmDownloadOptions): Promise<void
     originRequestTimeoutMs: ORIGIN_CHUNK_TIMEOUT_MS,
     mayWait: () => stripes !== undefined && stripes.others().length > 0,
     onBadPeer: (peer, index) => {
+      penalised.add(peer)
       opts.logger.warn({ peer, digest, chunk: index }, 'peer sent a chunk that failed verification: penalised')
       swarm.penalise(peer)
     },
@@ -258,15 +261,22 @@ export async function runSwarmDownload(opts: SwarmDownloadOptions): Promise<void
   })
 
   // Fetchers that died or stalled: their share of origin's chunks falls to the others.
+  const readmitted = new Set<string>()
   const watchdog = (): void => {
     if (stripes === undefined) return
     for (const id of stripes.others()) {
       const src = sources.get(id)
       // a fetcher that holds the whole blob but that this download no longer takes chunks from
-      // (it kept failing): its share of origin's chunks falls to the others, or chunks only it
-      // holds would be waited for forever. (An incomplete one keeps its share: the others may
-      // still get its chunks from the nodes that did, and dropping it on every node that gave
-      // up on it sent origin 3.5× the image.)
+      // (it kept failing, on a congested link): taken back once; dropped again, its share of
+      // origin's chunks falls to the others, or chunks only it holds would be waited for
+      // forever. (An incomplete one keeps its share: the others may still get its chunks from
+      // the nodes that did; moving its share to origin on every node that gave up on it sent
+      // origin 3-3.5× the image.)
+      if (src?.complete && !scheduler.uses(id) && !readmitted.has(id) && !penalised.has(id)) {
+        readmitted.add(id)
+        scheduler.readmit(src)
+        continue
+      }
       if (src?.complete && !scheduler.uses(id)) {
         stripes.drop(id)
         opts.logger.warn({ digest, fetcher: id, why: 'dropped as a source' }, 'origin fetcher gone or stalled: its chunks fall to the next fetchers')

@@ -166,6 +166,12 @@ export class ChunkScheduler {
     return this.peers.some((p) => p.id === peerId)
   }
 
+  /** Takes back a peer dropped for failing (not for bad bytes), with a clean slate. */
+  readmit(peer: ChunkSource): void {
+    this.failures.delete(peer)
+    this.addPeer(peer)
+  }
+
   /** A peer found after the start (a late lookup answer). */
   addPeer(peer: ChunkSource): void {
     if (this.peers.some((p) => p.id === peer.id)) return
