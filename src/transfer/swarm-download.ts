@@ -23,18 +23,10 @@ const WATCHDOG_MS = 500
  */
 const REDISCOVER_MS = 5_000
 const ENOUGH_PEERS = 8
-/** A swarm download that takes no chunk for this long gives up; origin carries on. */
-const NO_PROGRESS_MS = 60_000
-
-/** The swarm took no chunk for a long while: the download continues from origin. */
-export class SwarmStalledError extends Error {
-  constructor(digest: string, ms: number) {
-    super(`no chunk of ${digest} came from the swarm for ${ms / 1000} s`)
-    this.name = 'SwarmStalledError'
-  }
-}
 /** …and while it has a few peers already (their answers name more: peer exchange) */
 const REDISCOVER_WITH_PEERS_MS = 15_000
+/** A swarm download that takes no chunk for this long gives up; origin carries on. */
+const NO_PROGRESS_MS = 60_000
 /** Peers one download takes chunks from at most (each is asked for its holdings as they grow). */
 const MAX_SOURCES = 16
 /**
@@ -52,6 +44,14 @@ const ORIGIN_CHUNK_TIMEOUT_MS = 120_000
  * are read back (slower, bounded memory).
  */
 const MAX_HELD_BYTES = 64 * 1024 * 1024
+
+/** The swarm took no chunk for a long while: the download continues from origin. */
+export class SwarmStalledError extends Error {
+  constructor(digest: string, ms: number) {
+    super(`no chunk of ${digest} came from the swarm for ${ms / 1000} s`)
+    this.name = 'SwarmStalledError'
+  }
+}
 
 /**
  * Why an origin fetcher should be given up, if it should: it refuses connections, has been
@@ -173,8 +173,6 @@ export async function runSwarmDownload(opts: SwarmDownloadOptions): Promise<void
   download.chunks = state
   const table = [...plan.table]
   const contributors = new Set<string>()
-  /** peers that sent bytes failing verification: never taken back */
-  const penalised = new Set<string>()
   const pending = new Set<number>()
   let announced = false
 
@@ -198,6 +196,8 @@ export async function runSwarmDownload(opts: SwarmDownloadOptions): Promise<void
   const buffers = opts.buffers ?? new ChunkBuffers(plan.plan.chunkSize, 0)
   const held = new Map<number, Uint8Array>()
   let heldBytes = 0
+  /** when the last chunk was accepted (or the download began), for the no-progress safety net */
+  let lastChunk = Date.now()
   const accept = async (index: number, bytes: Uint8Array): Promise<void> => {
     const { start } = chunkBounds(plan.plan, index)
     if (start === writer.written) {
@@ -225,6 +225,7 @@ export async function runSwarmDownload(opts: SwarmDownloadOptions): Promise<void
       } else buffers.give(bytes)
     }
     state.mark(index, table[index] as string)
+    lastChunk = Date.now()
     download.progress()
     if (!announced) {
       announced = true
@@ -250,7 +251,6 @@ export async function runSwarmDownload(opts: SwarmDownloadOptions): Promise<void
     originRequestTimeoutMs: ORIGIN_CHUNK_TIMEOUT_MS,
     mayWait: () => stripes !== undefined && stripes.others().length > 0,
     onBadPeer: (peer, index) => {
-      penalised.add(peer)
       opts.logger.warn({ peer, digest, chunk: index }, 'peer sent a chunk that failed verification: penalised')
       swarm.penalise(peer)
     },
@@ -272,12 +272,11 @@ export async function runSwarmDownload(opts: SwarmDownloadOptions): Promise<void
       // forever. (An incomplete one keeps its share: the others may still get its chunks from
       // the nodes that did; moving its share to origin on every node that gave up on it sent
       // origin 3-3.5× the image.)
-      if (src?.complete && !scheduler.uses(id) && !readmitted.has(id) && !penalised.has(id)) {
-        readmitted.add(id)
-        scheduler.readmit(src)
-        continue
-      }
       if (src?.complete && !scheduler.uses(id)) {
+        if (!readmitted.has(id) && scheduler.readmit(src)) {
+          readmitted.add(id)
+          continue
+        }
         stripes.drop(id)
         opts.logger.warn({ digest, fetcher: id, why: 'dropped as a source' }, 'origin fetcher gone or stalled: its chunks fall to the next fetchers')
         continue
@@ -342,16 +341,9 @@ export async function runSwarmDownload(opts: SwarmDownloadOptions): Promise<void
   // The safety net: a download that takes no chunk for this long gives up on the swarm, and the
   // blob carries on from origin (from the in-order prefix): a pull must never hang.
   const noProgressMs = opts.noProgressMs ?? NO_PROGRESS_MS
-  let lastChunk = Date.now()
-  let chunksSeen = 0
   const noProgress = new AbortController()
   const checkProgress = (): void => {
-    if (state.held !== chunksSeen) {
-      chunksSeen = state.held
-      lastChunk = Date.now()
-    } else if (!state.complete && Date.now() - lastChunk > noProgressMs) {
-      noProgress.abort(new SwarmStalledError(digest, noProgressMs))
-    }
+    if (!state.complete && Date.now() - lastChunk > noProgressMs) noProgress.abort(new SwarmStalledError(digest, noProgressMs))
   }
   const timers = [
     setInterval(() => {

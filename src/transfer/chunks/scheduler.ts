@@ -129,6 +129,8 @@ export class ChunkScheduler {
   private readonly failures = new Map<ChunkSource, number>()
   /** sources that said they are busy: asked nothing until then (ms since epoch) */
   private readonly busyUntil = new Map<ChunkSource, number>()
+  /** peers dropped for bytes that failed verification */
+  private readonly liars = new Set<string>()
   private readonly peers: ChunkSource[]
   private readonly result: ScheduleResult = { bySource: new Map(), wasted: 0 }
   private settle!: { resolve: (r: ScheduleResult) => void; reject: (e: Error) => void }
@@ -166,10 +168,12 @@ export class ChunkScheduler {
     return this.peers.some((p) => p.id === peerId)
   }
 
-  /** Takes back a peer dropped for failing (not for bad bytes), with a clean slate. */
-  readmit(peer: ChunkSource): void {
+  /** Takes back a peer dropped for failing, with a clean slate; false for one that sent bad bytes (never taken back). */
+  readmit(peer: ChunkSource): boolean {
+    if (this.liars.has(peer.id)) return false
     this.failures.delete(peer)
     this.addPeer(peer)
+    return true
   }
 
   /** A peer found after the start (a late lookup answer). */
@@ -211,13 +215,14 @@ export class ChunkScheduler {
     }
     const now = Date.now()
     const rarity = this.rarities()
+    const hedgeDelay = this.hedgeDelay()
     let progress = true
     while (progress) {
       progress = false
       for (const source of this.sources()) {
         if ((this.load.get(source) ?? 0) >= this.capacity(source)) continue
         if ((this.busyUntil.get(source) ?? 0) > now) continue
-        const index = this.pick(source, now, rarity)
+        const index = this.pick(source, now, rarity, hedgeDelay)
         if (index === undefined) continue
         this.start(index, source, now)
         progress = true
@@ -230,7 +235,7 @@ export class ChunkScheduler {
   }
 
   /** The chunk this source should fetch next, if any. */
-  private pick(source: ChunkSource, now: number, holders: Int32Array): number | undefined {
+  private pick(source: ChunkSource, now: number, holders: Int32Array, hedgeDelay: number): number | undefined {
     const isOrigin = source.kind === 'origin'
     let best: number | undefined
     let bestRarity = Number.POSITIVE_INFINITY
@@ -262,7 +267,7 @@ export class ChunkScheduler {
     // The end game is global: every missing chunk is in flight. (A peer with nothing free for
     // it alone is common mid-download, when peers hold a few chunks each: that is no end game.)
     const endGame = this.done.size + this.inflight.size === this.opts.plan.count
-    const hedgeAfter = (isOrigin ? ORIGIN_HEDGE_FACTOR : 1) * this.hedgeDelay()
+    const hedgeAfter = (isOrigin ? ORIGIN_HEDGE_FACTOR : 1) * hedgeDelay
     if (straggler !== undefined && (stragglerAge >= hedgeAfter || (endGame && !isOrigin))) {
       const flights = this.inflight.get(straggler) ?? []
       if (flights.length < 2 || stragglerAge >= hedgeAfter * 2) return straggler
@@ -318,6 +323,7 @@ export class ChunkScheduler {
         this.fail(new TableMismatchError(index))
         return
       }
+      this.liars.add(flight.source.id)
       if (this.dropPeer(flight.source)) this.opts.onBadPeer?.(flight.source.id, index)
       this.pump()
       return
