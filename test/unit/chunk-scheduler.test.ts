@@ -150,6 +150,28 @@ describe('chunk scheduler', () => {
     assert.equal(b.requests, 0, 'b did not duplicate the chunk a was fetching')
   })
 
+  test('a peer dropped for failing can be taken back; one dropped for bad bytes cannot', async () => {
+    const { bytes, table } = blob(6)
+    const liar = new FakeSource('liar', bytes, { corrupt: true })
+    const broken = new FakeSource('broken', bytes, { failAll: true })
+    const good = new FakeSource('good', bytes, { delayMs: 5 })
+    const s = new ChunkScheduler({
+      plan: table.plan,
+      verify: (i, b) => table.verify(i, b),
+      accept: async () => {},
+      peers: [liar, broken, good],
+      maxPeerFailures: 1,
+      requestTimeoutMs: 500,
+      hedgeAfterMs: 100,
+    })
+    await s.run(AbortSignal.timeout(20_000))
+    assert.equal(s.uses('liar') || s.uses('broken'), false, 'both dropped')
+    assert.equal(s.readmit(liar), false)
+    assert.equal(s.uses('liar'), false)
+    assert.equal(s.readmit(broken), true)
+    assert.equal(s.uses('broken'), true)
+  })
+
   test('a busy peer is asked again later, not dropped as failing', async () => {
     const { bytes, table } = blob(4)
     const busy = new FakeSource('busy', bytes, { busy: 6 })

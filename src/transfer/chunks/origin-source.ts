@@ -28,12 +28,11 @@ export class OriginChunkSource implements ChunkSource {
     const { start, end } = chunkBounds(this.plan, index)
     const length = end - start
     const res = await this.source.open(this.locator, { signal, offset: start, length })
-    const out = into.length === length ? into : Buffer.allocUnsafe(length)
     let filled = 0
     try {
       for await (const data of bytesFrom(res, start)) {
         const take = Math.min(data.byteLength, length - filled)
-        data.copy(out, filled, 0, take)
+        data.copy(into, filled, 0, take)
         filled += take
         this.onBytes?.(take)
         if (filled === length) break
@@ -42,6 +41,6 @@ export class OriginChunkSource implements ChunkSource {
       res.body.destroy()
     }
     if (filled !== length) throw new Error(`origin sent ${filled} of ${length} bytes of chunk ${index}`)
-    return out
+    return into
   }
 }
