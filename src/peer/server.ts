@@ -350,6 +350,11 @@ function reply(res: ServerResponse, status: number, message: string, headers: Re
 }
 
 function fail(res: ServerResponse, log: Logger, err: unknown): void {
+  // a requester that hung up (a hedge it no longer needs) aborted the read: not an error
+  if (res.destroyed) {
+    log.debug({ err: (err as Error)?.message }, 'requester gone before the answer')
+    return
+  }
   log.error({ err }, 'chunk provider failed')
   if (res.headersSent) res.destroy()
   else reply(res, 500, 'internal error')

@@ -25,7 +25,7 @@ const REDISCOVER_MS = 5_000
 const ENOUGH_PEERS = 8
 /** …and while it has a few peers already (their answers name more: peer exchange) */
 const REDISCOVER_WITH_PEERS_MS = 15_000
-/** A swarm download that takes no chunk for this long gives up; origin carries on. */
+/** A swarm download that takes no chunk for this long leaves the peers: origin fetches the rest. */
 const NO_PROGRESS_MS = 60_000
 /** Peers one download takes chunks from at most (each is asked for its holdings as they grow). */
 const MAX_SOURCES = 16
@@ -44,14 +44,6 @@ const ORIGIN_CHUNK_TIMEOUT_MS = 120_000
  * are read back (slower, bounded memory).
  */
 const MAX_HELD_BYTES = 64 * 1024 * 1024
-
-/** The swarm took no chunk for a long while: the download continues from origin. */
-export class SwarmStalledError extends Error {
-  constructor(digest: string, ms: number) {
-    super(`no chunk of ${digest} came from the swarm for ${ms / 1000} s`)
-    this.name = 'SwarmStalledError'
-  }
-}
 
 /**
  * Why an origin fetcher should be given up, if it should: it refuses connections, has been
@@ -150,7 +142,7 @@ export interface SwarmDownloadOptions {
   onFetched?(source: string, bytes: number, peer?: string): void
   /** chunk buffers, reused across downloads (default: fresh ones) */
   buffers?: ChunkBuffers
-  /** give up on the swarm after this long without a chunk (default NO_PROGRESS_MS) */
+  /** leave the peers after this long without a chunk (default NO_PROGRESS_MS) */
   noProgressMs?: number
 }
 
@@ -234,6 +226,8 @@ export async function runSwarmDownload(opts: SwarmDownloadOptions): Promise<void
   }
 
   const sources = new Map<string, PeerSource>(plan.sources.map((p) => [p.id, p]))
+  /** the swarm delivered nothing for long: peers are no longer asked, origin takes every missing chunk */
+  let leftPeers = false
   const stripes = plan.stripes
   const originSource = new OriginChunkSource(opts.origin, locator, plan.plan, (n) => {
     download.received += n
@@ -243,16 +237,20 @@ export async function runSwarmDownload(opts: SwarmDownloadOptions): Promise<void
     verify,
     accept,
     peers: [...sources.values()],
-    // with stripes, origin takes only this node's share (and what fetchers that died leave)
-    origin: stripes === undefined ? originSource : gated(originSource, (i) => stripes.mine(i)),
+    // with stripes, origin takes only this node's share (and what fetchers that died leave),
+    // until the peers are left for good (no progress)
+    origin: stripes === undefined ? originSource : gated(originSource, (i) => leftPeers || stripes.mine(i)),
     maxInflightOrigin: stripes === undefined ? undefined : FANOUT_ORIGIN_INFLIGHT,
     buffers,
     requestTimeoutMs: PEER_CHUNK_TIMEOUT_MS,
     originRequestTimeoutMs: ORIGIN_CHUNK_TIMEOUT_MS,
-    mayWait: () => stripes !== undefined && stripes.others().length > 0,
+    mayWait: () => !leftPeers && stripes !== undefined && stripes.others().length > 0,
     onBadPeer: (peer, index) => {
       opts.logger.warn({ peer, digest, chunk: index }, 'peer sent a chunk that failed verification: penalised')
       swarm.penalise(peer)
+    },
+    onFailingPeer: (peer, err) => {
+      opts.logger.debug({ peer, digest, err: (err as Error)?.message }, 'peer keeps failing: no longer a source for this blob')
     },
     onChunk: (_index, source, bytes) => {
       if (source.kind === 'peer') contributors.add(source.id)
@@ -263,7 +261,7 @@ export async function runSwarmDownload(opts: SwarmDownloadOptions): Promise<void
   // Fetchers that died or stalled: their share of origin's chunks falls to the others.
   const readmitted = new Set<string>()
   const watchdog = (): void => {
-    if (stripes === undefined) return
+    if (stripes === undefined || leftPeers) return
     for (const id of stripes.others()) {
       const src = sources.get(id)
       // a fetcher that holds the whole blob but that this download no longer takes chunks from
@@ -303,7 +301,7 @@ export async function runSwarmDownload(opts: SwarmDownloadOptions): Promise<void
   let lookups = 0
   let lastLookup = Date.now()
   const rediscover = (): void => {
-    if (looking || state.complete || sources.size >= ENOUGH_PEERS) return
+    if (looking || leftPeers || state.complete || sources.size >= ENOUGH_PEERS) return
     // with peers to exchange names with, peer exchange finds the others: a lookup only now and then
     if (sources.size >= 2 && Date.now() - lastLookup < REDISCOVER_WITH_PEERS_MS) return
     looking = true
@@ -312,7 +310,7 @@ export async function runSwarmDownload(opts: SwarmDownloadOptions): Promise<void
     swarm
       .discover(digest, signal, new Set(sources.keys()))
       .then((found) => {
-        if (found === undefined || found.plan.size !== plan.plan.size || found.plan.chunkSize !== plan.plan.chunkSize) return
+        if (leftPeers || found === undefined || found.plan.size !== plan.plan.size || found.plan.chunkSize !== plan.plan.chunkSize) return
         for (const src of found.sources) {
           if (sources.has(src.id)) continue
           sources.set(src.id, src)
@@ -326,7 +324,7 @@ export async function runSwarmDownload(opts: SwarmDownloadOptions): Promise<void
   }
   // Peers that the sources named as fetching the blob too (peer exchange): no DHT lookup needed.
   const exchange = (): void => {
-    if (state.complete) return
+    if (leftPeers || state.complete) return
     for (const src of [...sources.values()]) {
       for (const id of src.exchanged) {
         if (sources.size >= MAX_SOURCES) return
@@ -338,12 +336,17 @@ export async function runSwarmDownload(opts: SwarmDownloadOptions): Promise<void
       }
     }
   }
-  // The safety net: a download that takes no chunk for this long gives up on the swarm, and the
-  // blob carries on from origin (from the in-order prefix): a pull must never hang.
+  // The safety net: a download that takes no chunk from peers for this long leaves them, and
+  // origin fetches every chunk still missing (the chunks held stay): a pull must never hang.
   const noProgressMs = opts.noProgressMs ?? NO_PROGRESS_MS
-  const noProgress = new AbortController()
   const checkProgress = (): void => {
-    if (!state.complete && Date.now() - lastChunk > noProgressMs) noProgress.abort(new SwarmStalledError(digest, noProgressMs))
+    if (leftPeers || state.complete || Date.now() - lastChunk <= noProgressMs) return
+    leftPeers = true
+    opts.logger.warn(
+      { digest, seconds: noProgressMs / 1000, sources: sources.size, ...scheduler.describe() },
+      'no chunk came from the swarm for long: origin fetches the rest',
+    )
+    scheduler.dropPeers()
   }
   const timers = [
     setInterval(() => {
@@ -354,7 +357,7 @@ export async function runSwarmDownload(opts: SwarmDownloadOptions): Promise<void
     setInterval(rediscover, REDISCOVER_MS),
   ]
   try {
-    const result = await scheduler.run(AbortSignal.any([signal, noProgress.signal]))
+    const result = await scheduler.run(signal)
     await writer.commit()
     opts.logger.info(
       { digest, size: plan.plan.size, bySource: Object.fromEntries(result.bySource), wasted: result.wasted, sources: sources.size, lookups },

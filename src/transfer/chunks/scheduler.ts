@@ -53,6 +53,8 @@ export interface SchedulerOptions {
   pollMs?: number
   /** a peer sent bytes that failed verification */
   onBadPeer?(peer: string, index: number): void
+  /** a peer was dropped for this blob after failing `maxPeerFailures` times in a row (the last error) */
+  onFailingPeer?(peer: string, err: unknown): void
   onChunk?(index: number, source: ChunkSource, bytes: number): void
 }
 
@@ -174,6 +176,33 @@ export class ChunkScheduler {
     this.failures.delete(peer)
     this.addPeer(peer)
     return true
+  }
+
+  /** Stops taking chunks from peers (their requests are aborted): origin, if any, takes every chunk still missing. */
+  dropPeers(): void {
+    for (const peer of [...this.peers]) this.dropPeer(peer)
+    this.pump()
+  }
+
+  /** What the download waits on, for a log line. */
+  describe(): { missing: number; inflight: number; peers: number; heldByPeers: number; resting: number; failing: number } {
+    const now = Date.now()
+    const holders = this.rarities()
+    let missing = 0
+    let heldByPeers = 0
+    for (let i = 0; i < holders.length; i++) {
+      if (this.done.has(i)) continue
+      missing++
+      if ((holders[i] as number) > 0) heldByPeers++
+    }
+    return {
+      missing,
+      inflight: this.inflight.size,
+      peers: this.peers.length,
+      heldByPeers,
+      resting: this.sources().filter((s) => (this.busyUntil.get(s) ?? 0) > now).length,
+      failing: this.peers.filter((p) => (this.failures.get(p) ?? 0) > 0).length,
+    }
   }
 
   /** A peer found after the start (a late lookup answer). */
@@ -353,8 +382,9 @@ export class ChunkScheduler {
       const n = (this.failures.get(flight.source) ?? 0) + 1
       this.failures.set(flight.source, n)
       if (n >= this.opts.maxPeerFailures) {
-        if (flight.source.kind === 'peer') this.dropPeer(flight.source)
-        else {
+        if (flight.source.kind === 'peer') {
+          if (this.dropPeer(flight.source)) this.opts.onFailingPeer?.(flight.source.id, err)
+        } else {
           this.fail(err instanceof Error ? err : new Error(String(err)))
           return
         }
