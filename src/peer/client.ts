@@ -8,6 +8,7 @@
  * Bytes are never verified here: `fetchChunk` returns the raw body and the caller checks it
  * against the chunk table.
  */
+import { setMaxListeners } from 'node:events'
 import { Agent as HttpAgent, type IncomingMessage, request as httpRequest } from 'node:http'
 import { Agent as HttpsAgent, request as httpsRequest } from 'node:https'
 import { type Readable, pipeline } from 'node:stream'
@@ -57,6 +58,13 @@ export const CLIENT_FREE_SOCKET_TIMEOUT_MS = 20_000
 /** a ticket is replaced this long before it expires (at most a fifth of its lifetime) */
 export const TICKET_REFRESH_MARGIN_MS = 60_000
 const MAX_ERROR_BODY_BYTES = 1024
+/**
+ * An info request's own bound on connecting and on the answer (callers bound it further with
+ * their signal): a long poll waits on the peer, and on a congested link a new connection alone
+ * may take longer than the data timeout — cut there, every ask started over on a new connection
+ * and a busy origin fetcher never answered at all.
+ */
+const INFO_WAIT_MS = 30_000
 /** a busy peer (503) that did not say when to come back is asked again after this */
 const DEFAULT_BUSY_RETRY_MS = 1_000
 
@@ -138,6 +146,8 @@ class DataClient implements PeerDataClient {
     this.maxSockets = options.maxSocketsPerPeer ?? DEFAULT_MAX_SOCKETS_PER_PEER
     this.bucket = options.downloadBucket
     this.now = options.now ?? Date.now
+    // one listener per request in flight
+    setMaxListeners(Number.POSITIVE_INFINITY, this.shutdown.signal)
   }
 
   async info(peer: PeerRef, digest: string, options: { signal: AbortSignal } & InfoQuery): Promise<BlobInfo | undefined> {
@@ -329,7 +339,10 @@ class DataClient implements PeerDataClient {
       const session = await this.session(peer, signal)
       let res: IncomingMessage
       try {
-        res = await this.request(session, kind === 'info' ? session.infoAgent : session.agent, path, signal)
+        res =
+          kind === 'info'
+            ? await this.request(session, session.infoAgent, path, signal, Math.max(INFO_WAIT_MS, this.timeoutMs))
+            : await this.request(session, session.agent, path, signal, this.timeoutMs)
       } catch (err) {
         if (attempt > 0 || !(err instanceof PeerUnreachableError)) throw err
         this.log.debug({ peerId: peer.id, err }, 'data connection failed; retrying with a new ticket')
@@ -345,7 +358,8 @@ class DataClient implements PeerDataClient {
     }
   }
 
-  private request(session: Session, agent: HttpAgent, path: string, signal: AbortSignal): Promise<IncomingMessage> {
+  /** `waitMs`: the most the response headers may take, and the longest idle time of the connection */
+  private request(session: Session, agent: HttpAgent, path: string, signal: AbortSignal, waitMs: number): Promise<IncomingMessage> {
     const { peerId } = session
     return new Promise<IncomingMessage>((resolve, reject) => {
       if (signal.aborted) {
@@ -367,11 +381,8 @@ class DataClient implements PeerDataClient {
       const onShutdown = (): void => destroy(this.shutdown.signal.reason as Error)
       signal.addEventListener('abort', onAbort, { once: true })
       this.shutdown.signal.addEventListener('abort', onShutdown, { once: true })
-      const headersTimer = setTimeout(
-        () => req.destroy(new PeerTimeoutError(`no response from ${peerId}'s data port within ${this.timeoutMs} ms`)),
-        this.timeoutMs
-      )
-      req.setTimeout(this.timeoutMs, () => destroy(new PeerTimeoutError(`${peerId}'s data connection idle for ${this.timeoutMs} ms`)))
+      const headersTimer = setTimeout(() => req.destroy(new PeerTimeoutError(`no response from ${peerId}'s data port within ${waitMs} ms`)), waitMs)
+      req.setTimeout(waitMs, () => destroy(new PeerTimeoutError(`${peerId}'s data connection idle for ${waitMs} ms`)))
       const cleanup = (): void => {
         clearTimeout(headersTimer)
         signal.removeEventListener('abort', onAbort)

@@ -36,6 +36,7 @@ export class PeerChunkSource implements PeerSource {
   lastGrowth = Date.now()
   lastAnswer = Date.now()
   refreshFailures = 0
+  refreshError: string | undefined
   private received = -1
 
   /** it answered that it has begun on the blob (reported received bytes or holds a chunk) */
@@ -92,7 +93,10 @@ export class PeerChunkSource implements PeerSource {
         body.destroy()
         if (err !== undefined) reject(err)
         else if (filled !== into.length) reject(new Error(`peer ${this.id} sent ${filled} of the ${into.length} bytes of chunk ${index}`))
-        else resolve(into)
+        else {
+          this.lastAnswer = Date.now() // it is alive and serving, whatever its holdings answers do
+          resolve(into)
+        }
       }
       body.on('data', (piece: Buffer) => {
         if (filled + piece.length > into.length) {
@@ -121,6 +125,7 @@ export class PeerChunkSource implements PeerSource {
       .then(
         (info) => {
           this.refreshFailures = 0
+          this.refreshError = undefined
           this.lastAnswer = Date.now()
           // a peer that holds nothing answers at once: ask it less often
           this.nextRefresh = this.lastAnswer + (info === undefined ? NOT_HELD_REFRESH_MS : REFRESH_INTERVAL_MS)
@@ -145,6 +150,7 @@ export class PeerChunkSource implements PeerSource {
         },
         (err: unknown) => {
           this.nextRefresh = Date.now() + NOT_HELD_REFRESH_MS
+          this.refreshError = `${(err as Error)?.name}: ${(err as Error)?.message}`
           // a peer that refuses connections is gone; a slow answer only means a loaded peer
           if (err instanceof PeerUnreachableError) this.refreshFailures++
         },

@@ -86,12 +86,14 @@ export interface PeerSource extends ChunkSource {
   readonly complete: boolean
   /** when its holdings or its download's received bytes last grew (or it was first asked), ms since epoch */
   readonly lastGrowth: number
-  /** when it last answered about its holdings, ms since epoch */
+  /** when it last answered about its holdings or delivered a chunk, ms since epoch */
   readonly lastAnswer: number
   /** it has begun on the blob (a fetcher asked to start may take a moment) */
   readonly started: boolean
   /** consecutive attempts to learn its holdings that found it unreachable (refused, reset) */
   readonly refreshFailures: number
+  /** why the last attempt to learn its holdings failed, if it did (for logs) */
+  readonly refreshError?: string
   /** asks it for its holdings again (rate-limited), even when the scheduler stopped using it */
   poll(): void
   /** other nodes fetching the blob, as this peer named them (peer exchange) */
@@ -292,7 +294,8 @@ export async function runSwarmDownload(opts: SwarmDownloadOptions): Promise<void
       const why = src === undefined ? 'unknown' : fetcherTrouble(src, swarm.fetcherStallMs, waitedOn)
       if (why !== undefined) {
         stripes.drop(id)
-        opts.logger.warn({ digest, fetcher: id, why }, 'origin fetcher gone or stalled: its chunks fall to the next fetchers')
+        const seen = src === undefined ? {} : { answeredAgo: Date.now() - src.lastAnswer, grewAgo: Date.now() - src.lastGrowth, lastError: src.refreshError }
+        opts.logger.warn({ digest, fetcher: id, why, ...seen }, 'origin fetcher gone or stalled: its chunks fall to the next fetchers')
       }
     }
   }
