@@ -22,7 +22,8 @@
  */
 import { mkdtempSync, rmSync, writeFileSync, cpSync } from 'node:fs'
 import { loadavg, tmpdir } from 'node:os'
-import { join, resolve } from 'node:path'
+import { dirname, join, resolve } from 'node:path'
+import { fileURLToPath, pathToFileURL } from 'node:url'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { parseArgs } from 'node:util'
 import { type Client, FanoutFleet, type Mode, type RoundResult } from './lib/fleet-fanout.js'
@@ -94,6 +95,7 @@ function parseOptions(argv: string[]): Options {
       'shoal-env': { type: 'string', multiple: true },
       daemon: { type: 'string' },
       keep: { type: 'string' },
+      profile: { type: 'string' },
       help: { type: 'boolean', short: 'h', default: false },
     },
     strict: true,
@@ -106,11 +108,12 @@ function parseOptions(argv: string[]): Options {
         '                            [--origin-rate-mbit R (default: --rate-mbit)] [--spread SECONDS (0: all at once)]',
         '                            [--mode both|shoal|baseline] [--client light|ctr] [--unpack]',
         '                            [--json FILE] [--svg FILE] [--check] [--log-level info]',
-        '                            [--shoal-env SHOAL_KEY=VALUE]... [--daemon PATH/TO/dist/src/cli/main.js] [--keep DIR]',
+        '                            [--shoal-env SHOAL_KEY=VALUE]... [--daemon PATH/TO/dist/src/cli/main.js] [--keep DIR] [--profile DIR]',
         '  --client light  a verifying puller (manifest + blobs, sha256 while streaming) per node; ctr: containerd\'s ctr',
         '  --unpack        with --client ctr: `ctr images pull` (fetch and unpack) instead of `ctr content fetch`',
         '  --check         exit 3 when a target of the fan-out issue is missed (shoal mode)',
         '  --keep DIR      copy the logs (Shoal, origin, agents) to DIR at the end',
+        '  --profile DIR   write a V8 CPU profile of every daemon to DIR (read it with scripts/bench/profile-summary)',
         '',
       ].join('\n'),
     )
@@ -131,6 +134,10 @@ function parseOptions(argv: string[]): Options {
     const eq = kv.indexOf('=')
     if (eq < 1 || !kv.startsWith('SHOAL_')) throw new Error(`bad --shoal-env "${kv}" (SHOAL_KEY=VALUE)`)
     shoalEnv[kv.slice(0, eq)] = kv.slice(eq + 1)
+  }
+  if (values.profile !== undefined) {
+    shoalEnv.NODE_OPTIONS = `--import ${pathToFileURL(join(dirname(fileURLToPath(import.meta.url)), 'lib', 'profile-hook.js')).href}`
+    shoalEnv.BENCH_PROFILE_DIR = resolve(values.profile)
   }
   return {
     nodes,

@@ -1,0 +1,101 @@
+/**
+ * Where the CPU went in a set of V8 CPU profiles (the fan-out bench's `--profile DIR`): the
+ * samples of every profile, optionally only those taken `--after-ms` after each profile began
+ * (the bench's JSON has `joinSeconds`: pass it ×1000 to leave joining out), grouped three ways:
+ * by the owner of the stack (any libp2p frame on it, else the outermost Shoal module, else
+ * Node), by the package of the running function, and by function. V8's sampler counts wall
+ * time while JS runs, so on an oversubscribed machine read the shares loosely.
+ *
+ *   npm run build && node dist/scripts/bench/profile-summary.js DIR [--after-ms N] [--top 20]
+ */
+import { readdirSync, readFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { parseArgs } from 'node:util'
+
+interface CallFrame {
+  functionName: string
+  url: string
+}
+interface ProfileNode {
+  id: number
+  callFrame: CallFrame
+  children?: number[]
+}
+interface Profile {
+  nodes: ProfileNode[]
+  startTime: number
+  samples: number[]
+  timeDeltas: number[]
+}
+
+const LIBP2P = /^(@libp2p|libp2p|@chainsafe|it-|uint8|multiformats|@multiformats|p-queue|interface-|datastore|@noble|race-signal|progress-events|any-signal|main-event|protons|mortice|abort-error)/
+
+/** the npm package, Node module or Shoal module a script URL belongs to */
+function owner(url: string): string {
+  if (url === '') return ''
+  const pkg = /node_modules\/((?:@[^/]+\/)?[^/]+)/.exec(url)
+  if (pkg !== null) return pkg[1] as string
+  if (url.startsWith('node:')) return url.replace(/^node:(internal\/)?/, 'node:').split('/').slice(0, 2).join('/')
+  const own = /dist\/(src\/.*)\.js$/.exec(url)
+  return own !== null ? `shoal:${own[1]}` : url
+}
+
+function add(m: Map<string, number>, key: string, ms: number): void {
+  m.set(key, (m.get(key) ?? 0) + ms)
+}
+
+function main(): void {
+  const { values, positionals } = parseArgs({ options: { 'after-ms': { type: 'string' }, top: { type: 'string' } }, allowPositionals: true })
+  const dir = positionals[0]
+  if (dir === undefined) throw new Error('usage: profile-summary DIR [--after-ms N] [--top 20]')
+  const afterMs = Number(values['after-ms'] ?? 0)
+  const top = Number(values.top ?? 20)
+  const byStack = new Map<string, number>()
+  const byPackage = new Map<string, number>()
+  const byFunction = new Map<string, number>()
+  let total = 0
+  const files = readdirSync(dir).filter((f) => f.endsWith('.cpuprofile'))
+  for (const file of files) {
+    const profile = JSON.parse(readFileSync(join(dir, file), 'utf8')) as Profile
+    const nodes = new Map(profile.nodes.map((n) => [n.id, n]))
+    const parent = new Map<number, number>()
+    for (const n of profile.nodes) for (const c of n.children ?? []) parent.set(c, n.id)
+    let t = profile.startTime
+    for (let i = 0; i < profile.samples.length; i++) {
+      t += profile.timeDeltas[i] as number
+      const ms = (profile.timeDeltas[i + 1] ?? 0) / 1000
+      const node = nodes.get(profile.samples[i] as number)
+      if (node === undefined || node.callFrame.functionName === '(idle)' || (t - profile.startTime) / 1000 < afterMs) continue
+      total += ms
+      const pkg = node.callFrame.url === '' ? node.callFrame.functionName : owner(node.callFrame.url)
+      add(byPackage, pkg, ms)
+      add(byFunction, `${pkg} ${node.callFrame.functionName || '(anonymous)'}`, ms)
+      const owners: string[] = []
+      for (let id: number | undefined = node.id; id !== undefined; id = parent.get(id)) {
+        const o = owner(nodes.get(id)?.callFrame.url ?? '')
+        if (o !== '') owners.push(o)
+      }
+      const shoal = owners.filter((o) => o.startsWith('shoal:'))
+      const stack = owners.some((o) => LIBP2P.test(o))
+        ? 'libp2p'
+        : shoal.length > 0
+          ? (shoal.at(-1) as string)
+          : owners.length > 0
+            ? `node only: ${owners.at(-1)}`
+            : node.callFrame.functionName
+      add(byStack, stack, ms)
+    }
+  }
+  const show = (title: string, m: Map<string, number>): void => {
+    console.log(`\n${title}`)
+    for (const [key, ms] of [...m].sort((a, b) => b[1] - a[1]).slice(0, top)) {
+      console.log(`${(ms / 1000).toFixed(1).padStart(9)} s ${((100 * ms) / total).toFixed(1).padStart(5)}%  ${key}`)
+    }
+  }
+  console.log(`${files.length} profiles, ${(total / 1000).toFixed(1)} s of samples${afterMs > 0 ? ` (after ${afterMs} ms)` : ''}`)
+  show('by stack owner (libp2p anywhere on the stack, else the outermost Shoal module)', byStack)
+  show('by package of the running function', byPackage)
+  show('by function', byFunction)
+}
+
+main()
