@@ -131,6 +131,7 @@ class DataClient implements PeerDataClient {
   private readonly encrypt: boolean
   private readonly log: Logger
   private readonly timeoutMs: number
+  private readonly infoWaitMs: number
   private readonly maxSockets: number
   private readonly bucket: TokenBucket | undefined
   private readonly now: () => number
@@ -146,6 +147,7 @@ class DataClient implements PeerDataClient {
     this.maxSockets = options.maxSocketsPerPeer ?? DEFAULT_MAX_SOCKETS_PER_PEER
     this.bucket = options.downloadBucket
     this.now = options.now ?? Date.now
+    this.infoWaitMs = Math.max(INFO_WAIT_MS, this.timeoutMs)
     // one listener per request in flight
     setMaxListeners(Number.POSITIVE_INFINITY, this.shutdown.signal)
   }
@@ -339,10 +341,7 @@ class DataClient implements PeerDataClient {
       const session = await this.session(peer, signal)
       let res: IncomingMessage
       try {
-        res =
-          kind === 'info'
-            ? await this.request(session, session.infoAgent, path, signal, Math.max(INFO_WAIT_MS, this.timeoutMs))
-            : await this.request(session, session.agent, path, signal, this.timeoutMs)
+        res = await this.request(session, kind === 'info' ? session.infoAgent : session.agent, path, signal, kind === 'info' ? this.infoWaitMs : this.timeoutMs)
       } catch (err) {
         if (attempt > 0 || !(err instanceof PeerUnreachableError)) throw err
         this.log.debug({ peerId: peer.id, err }, 'data connection failed; retrying with a new ticket')

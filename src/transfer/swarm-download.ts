@@ -228,8 +228,6 @@ export async function runSwarmDownload(opts: SwarmDownloadOptions): Promise<void
   }
 
   const sources = new Map<string, PeerSource>(plan.sources.map((p) => [p.id, p]))
-  /** the swarm delivered nothing for long: peers are no longer asked, origin takes every missing chunk */
-  let leftPeers = false
   const stripes = plan.stripes
   const originSource = new OriginChunkSource(opts.origin, locator, plan.plan, (n) => {
     download.received += n
@@ -239,14 +237,13 @@ export async function runSwarmDownload(opts: SwarmDownloadOptions): Promise<void
     verify,
     accept,
     peers: [...sources.values()],
-    // with stripes, origin takes only this node's share (and what fetchers that died leave),
-    // until the peers are left for good (no progress)
-    origin: stripes === undefined ? originSource : gated(originSource, (i) => leftPeers || stripes.mine(i)),
+    // with stripes, origin takes only this node's share (and what fetchers that died leave)
+    origin: stripes === undefined ? originSource : gated(originSource, (i) => stripes.mine(i)),
     maxInflightOrigin: stripes === undefined ? undefined : FANOUT_ORIGIN_INFLIGHT,
     buffers,
     requestTimeoutMs: PEER_CHUNK_TIMEOUT_MS,
     originRequestTimeoutMs: ORIGIN_CHUNK_TIMEOUT_MS,
-    mayWait: () => !leftPeers && stripes !== undefined && stripes.others().length > 0,
+    mayWait: () => stripes !== undefined && stripes.others().length > 0,
     onBadPeer: (peer, index) => {
       opts.logger.warn({ peer, digest, chunk: index }, 'peer sent a chunk that failed verification: penalised')
       swarm.penalise(peer)
@@ -263,7 +260,7 @@ export async function runSwarmDownload(opts: SwarmDownloadOptions): Promise<void
   // Fetchers that died or stalled: their share of origin's chunks falls to the others.
   const readmitted = new Set<string>()
   const watchdog = (): void => {
-    if (stripes === undefined || leftPeers) return
+    if (stripes === undefined) return
     for (const id of stripes.others()) {
       const src = sources.get(id)
       // a fetcher that holds the whole blob but that this download no longer takes chunks from
@@ -304,7 +301,7 @@ export async function runSwarmDownload(opts: SwarmDownloadOptions): Promise<void
   let lookups = 0
   let lastLookup = Date.now()
   const rediscover = (): void => {
-    if (looking || leftPeers || state.complete || sources.size >= ENOUGH_PEERS) return
+    if (looking || !scheduler.takesPeers || state.complete || sources.size >= ENOUGH_PEERS) return
     // with peers to exchange names with, peer exchange finds the others: a lookup only now and then
     if (sources.size >= 2 && Date.now() - lastLookup < REDISCOVER_WITH_PEERS_MS) return
     looking = true
@@ -313,7 +310,7 @@ export async function runSwarmDownload(opts: SwarmDownloadOptions): Promise<void
     swarm
       .discover(digest, signal, new Set(sources.keys()))
       .then((found) => {
-        if (leftPeers || found === undefined || found.plan.size !== plan.plan.size || found.plan.chunkSize !== plan.plan.chunkSize) return
+        if (found === undefined || found.plan.size !== plan.plan.size || found.plan.chunkSize !== plan.plan.chunkSize) return
         for (const src of found.sources) {
           if (sources.has(src.id)) continue
           sources.set(src.id, src)
@@ -327,7 +324,7 @@ export async function runSwarmDownload(opts: SwarmDownloadOptions): Promise<void
   }
   // Peers that the sources named as fetching the blob too (peer exchange): no DHT lookup needed.
   const exchange = (): void => {
-    if (leftPeers || state.complete) return
+    if (!scheduler.takesPeers || state.complete) return
     for (const src of [...sources.values()]) {
       for (const id of src.exchanged) {
         if (sources.size >= MAX_SOURCES) return
@@ -339,16 +336,17 @@ export async function runSwarmDownload(opts: SwarmDownloadOptions): Promise<void
       }
     }
   }
-  // The safety net: a download that takes no chunk from peers for this long leaves them, and
-  // origin fetches every chunk still missing (the chunks held stay): a pull must never hang.
+  // The safety net: a download that takes no chunk for this long leaves its peers, and origin
+  // fetches every chunk still missing (the chunks held stay; every other fetcher is given up, so
+  // all of them are this node's share): a pull must never hang.
   const noProgressMs = opts.noProgressMs ?? NO_PROGRESS_MS
   const checkProgress = (): void => {
-    if (leftPeers || state.complete || Date.now() - lastChunk <= noProgressMs) return
-    leftPeers = true
+    if (!scheduler.takesPeers || state.complete || Date.now() - lastChunk <= noProgressMs) return
     opts.logger.warn(
       { digest, seconds: noProgressMs / 1000, sources: sources.size, ...scheduler.describe() },
       'no chunk came from the swarm for long: origin fetches the rest',
     )
+    for (const id of stripes?.others() ?? []) stripes?.drop(id)
     scheduler.dropPeers()
   }
   const timers = [

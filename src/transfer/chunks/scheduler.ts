@@ -137,6 +137,7 @@ export class ChunkScheduler {
   private readonly result: ScheduleResult = { bySource: new Map(), wasted: 0 }
   private settle!: { resolve: (r: ScheduleResult) => void; reject: (e: Error) => void }
   private finished = false
+  private peersLeft = false
   private accepting = Promise.resolve()
   private hedgeTimer: NodeJS.Timeout | undefined
   private readonly buffers: ChunkBuffers
@@ -165,21 +166,27 @@ export class ChunkScheduler {
     })
   }
 
+  /** false once dropPeers() left the peers for good */
+  get takesPeers(): boolean {
+    return !this.peersLeft
+  }
+
   /** Whether a peer is still a source (not dropped for failing or for bad bytes). */
   uses(peerId: string): boolean {
     return this.peers.some((p) => p.id === peerId)
   }
 
-  /** Takes back a peer dropped for failing, with a clean slate; false for one that sent bad bytes (never taken back). */
+  /** Takes back a peer dropped for failing, with a clean slate; false for one that sent bad bytes (never taken back), or once peers were left. */
   readmit(peer: ChunkSource): boolean {
-    if (this.liars.has(peer.id)) return false
+    if (this.liars.has(peer.id) || !this.takesPeers) return false
     this.failures.delete(peer)
     this.addPeer(peer)
     return true
   }
 
-  /** Stops taking chunks from peers (their requests are aborted): origin, if any, takes every chunk still missing. */
+  /** Stops taking chunks from peers for good (their requests are aborted, none is added or taken back): origin, if any, takes every chunk still missing. */
   dropPeers(): void {
+    this.peersLeft = true
     for (const peer of [...this.peers]) this.dropPeer(peer)
     this.pump()
   }
@@ -207,7 +214,7 @@ export class ChunkScheduler {
 
   /** A peer found after the start (a late lookup answer). */
   addPeer(peer: ChunkSource): void {
-    if (this.peers.some((p) => p.id === peer.id)) return
+    if (!this.takesPeers || this.peers.some((p) => p.id === peer.id)) return
     this.peers.push(peer)
     this.pump()
   }
