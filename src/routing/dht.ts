@@ -175,15 +175,17 @@ export class DhtContentRouter implements ContentRouter {
    * excluded, each with an address: the closest of the local routing table, and the query's
    * final answer (or, when the deadline comes first, every peer the query heard of). The caller
    * ranks them. Empty at once when the routing table is.
+   *
+   * The query runs even when the table is small: a table fills as peers talk to the node, and
+   * in a fan-out bench a quarter of 16 nodes started a pull knowing only 11-14 of the other 15,
+   * chose other fetchers than the rest did, and sent origin 1.4-2.2× the image.
    */
   async closest(digest: string, options: LookupOptions = {}): Promise<PeerRef[]> {
     const cid = digestToCid(digest)
     if (options.signal?.aborted === true || !this.ready()) return []
-    const local = this.backend.localClosest(cid, LOCAL_CLOSEST)
-    // a table holding fewer peers than a bucket holds every peer this node knows: no query does better
-    const query = this.backend.routingTableSize() < LOCAL_CLOSEST ? undefined : await this.queryClosest(cid, digest, options)
-    const ids = new Set([...local, ...(query?.final ?? [])])
-    if (ids.size === 0) for (const id of query?.heard.keys() ?? []) ids.add(id)
+    const query = await this.queryClosest(cid, digest, options)
+    const ids = new Set([...this.backend.localClosest(cid, LOCAL_CLOSEST), ...query.final])
+    if (!query.finished) for (const id of query.heard.keys()) ids.add(id)
     ids.delete(this.backend.selfId)
     const out: PeerRef[] = []
     for (const id of ids) {
@@ -195,10 +197,11 @@ export class DhtContentRouter implements ContentRouter {
   }
 
   /** kad-dht's closest-peers query under the lookup deadline: its final answer, and every peer it heard of (with the addresses heard) */
-  private async queryClosest(cid: CID, digest: string, options: LookupOptions): Promise<{ final: string[]; heard: Map<string, string[]> }> {
+  private async queryClosest(cid: CID, digest: string, options: LookupOptions): Promise<{ final: string[]; heard: Map<string, string[]>; finished: boolean }> {
     const deadline = withDeadline(options.timeoutMs ?? this.lookupTimeoutMs, [this.shutdown.signal, options.signal])
     const heard = new Map<string, string[]>()
     const final: string[] = []
+    let finished = false
     const hear = (id: string, multiaddrs: ReadonlyArray<{ toString(): string }>): void => {
       const addrs = transportAddrs(multiaddrs)
       if (addrs.length > 0 || !heard.has(id)) heard.set(id, addrs)
@@ -213,12 +216,13 @@ export class DhtContentRouter implements ContentRouter {
           final.push(event.peer.id.toString())
         }
       }
+      finished = !deadline.signal.aborted
     } catch (err) {
       if (!deadline.signal.aborted) throw new LookupFailedError(digest, { cause: err })
     } finally {
       deadline.clear()
     }
-    return { final, heard }
+    return { final, heard, finished }
   }
 
   /** digests in the re-announce schedule */

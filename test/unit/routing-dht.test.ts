@@ -1,0 +1,58 @@
+import assert from 'node:assert/strict'
+import { createHash } from 'node:crypto'
+import { describe, it } from 'node:test'
+import type { QueryEvent } from '@libp2p/kad-dht'
+import { pino } from 'pino'
+import { type DhtBackend, DhtContentRouter } from '../../src/routing/dht.js'
+
+const logger = pino({ level: 'silent' })
+const DIGEST = `sha256:${createHash('sha256').update('blob').digest('hex')}`
+
+const peer = (id: string) => ({ id: { toString: () => id }, multiaddrs: [{ toString: () => `/ip4/127.0.0.${id.length}/tcp/4001/p2p/${id}` }] })
+
+/** a kad-dht stand-in: a local routing table of `table`, a closest-peers query that yields `events` (then hangs when `hang`) */
+function backend(table: string[], events: object[], hang = false): DhtBackend {
+  return {
+    selfId: 'self',
+    routingTableSize: () => table.length,
+    onPeerAdded: () => () => {},
+    provide: async function* () {},
+    findProviders: async function* () {},
+    closestPeers: async function* (_cid, { signal }) {
+      for (const event of events) yield event as QueryEvent
+      if (hang) await new Promise((_resolve, reject) => signal.addEventListener('abort', () => reject(signal.reason)))
+    },
+    localClosest: () => table,
+    addressesOf: async (id) => [`/ip4/127.0.0.9/tcp/4001/p2p/${id}`],
+    cancelReprovide: async () => {},
+  }
+}
+
+describe('DHT closest peers (origin-fetcher candidates)', () => {
+  it('asks the network even with a small table: a peer the table lacks is a candidate', async () => {
+    const router = new DhtContentRouter(
+      backend(['a'], [{ name: 'PEER_RESPONSE', from: { toString: () => 'a' }, closer: [peer('bb')] }, { name: 'FINAL_PEER', peer: peer('a') }, { name: 'FINAL_PEER', peer: peer('bb') }]),
+      { logger },
+    )
+    try {
+      const found = await router.closest(DIGEST)
+      assert.deepEqual(found.map((p) => p.id).sort(), ['a', 'bb'])
+      assert.deepEqual(found.find((p) => p.id === 'bb')?.addrs, ['/ip4/127.0.0.2/tcp/4001'])
+    } finally {
+      await router.stop()
+    }
+  })
+
+  it('a query cut by its deadline still yields every peer it heard of, and never self', async () => {
+    const router = new DhtContentRouter(
+      backend(['a'], [{ name: 'PEER_RESPONSE', from: { toString: () => 'a' }, closer: [peer('bb'), peer('self'), peer('ccc')] }], true),
+      { logger },
+    )
+    try {
+      const found = await router.closest(DIGEST, { timeoutMs: 50 })
+      assert.deepEqual(found.map((p) => p.id).sort(), ['a', 'bb', 'ccc'])
+    } finally {
+      await router.stop()
+    }
+  })
+})
