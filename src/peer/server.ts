@@ -323,8 +323,11 @@ class DataServer implements PeerDataServer {
     }
     if (res.destroyed) {
       chunk.body.destroy()
+      chunk.release?.()
       return
     }
+    // the body's memory is free again once the response is over: nothing writes from it after 'close'
+    if (chunk.release !== undefined) res.once('close', chunk.release)
     res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': chunk.length })
     res.flushHeaders() // the requester learns at once that the chunk is coming (and stops its header timer)
     const done = (err: NodeJS.ErrnoException | null): void => {

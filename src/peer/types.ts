@@ -29,14 +29,23 @@ export interface ChunkProvider {
   /**
    * A readable of the verified bytes of chunk `index`; undefined when this node does not hold
    * it verified. `length` is the exact number of bytes `body` yields. The provider must stop
-   * (destroy `body`) when `signal` aborts.
+   * (destroy `body`) when `signal` aborts. `release`, when given, is called once the upload has
+   * ended (sent or not) and nothing reads the body's memory any more: a provider reusing its
+   * buffers takes them back then.
    */
-  read(digest: string, index: number, signal: AbortSignal): Promise<{ length: number; body: Readable } | undefined>
+  read(digest: string, index: number, signal: AbortSignal): Promise<ChunkRead | undefined>
   /**
    * A peer asks this node to fetch the blob (from `source`, `registry/name`) as one of its origin
    * fetchers. Untrusted input: the provider validates it and may ignore it.
    */
   want?(digest: string, source: string, peerId: string): void
+}
+
+/** A chunk on its way to a peer (see ChunkProvider.read). */
+export interface ChunkRead {
+  length: number
+  body: Readable
+  release?(): void
 }
 
 export interface PeerDataServerStats {

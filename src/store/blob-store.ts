@@ -383,6 +383,28 @@ export class BlobStore {
     return stream
   }
 
+  /**
+   * Fills `into` with the blob's bytes from `start` (one positional read per call, no stream):
+   * for callers that reuse their buffers. The blob is not evicted while it is read.
+   */
+  async readInto(digest: string, start: number, into: Uint8Array): Promise<void> {
+    this.acquire(digest)
+    try {
+      const fh = await open(this.blobPath(digest), 'r')
+      try {
+        for (let off = 0; off < into.byteLength; ) {
+          const { bytesRead } = await fh.read(into, off, into.byteLength - off, start + off)
+          if (bytesRead === 0) throw new StoreError('SHORT_READ', 'blob file is shorter than its index says')
+          off += bytesRead
+        }
+      } finally {
+        await fh.close()
+      }
+    } finally {
+      this.release(digest)
+    }
+  }
+
   /** @internal marks a blob in use (never evicted) until release() */
   acquire(digest: string): void {
     this.inUse.set(digest, (this.inUse.get(digest) ?? 0) + 1)

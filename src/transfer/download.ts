@@ -126,13 +126,14 @@ export class Download {
 
   /**
    * Bytes [start, start + length) of the partial file, past the in-order prefix too: for a
-   * verified chunk a peer asks for (the caller checks `chunks` first).
+   * verified chunk a peer asks for (the caller checks `chunks` first). Into `into` when given
+   * (its length is `length`).
    */
-  async readRange(start: number, length: number): Promise<Buffer> {
+  async readRange(start: number, length: number, into?: Buffer): Promise<Buffer> {
     if (this.writer === undefined || this.state === 'failed') throw new StoreError('NOT_STARTED', 'download is not running')
     this.acquire()
     try {
-      const buf = Buffer.allocUnsafe(length)
+      const buf = into ?? Buffer.allocUnsafe(length)
       for (let off = 0; off < length; ) {
         const { bytesRead } = await this.writer.fh.read(buf, off, length - off, start + off)
         if (bytesRead === 0) throw new StoreError('SHORT_READ', 'blob file is shorter than a held chunk')
