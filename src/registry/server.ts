@@ -225,7 +225,10 @@ async function serveBlob(
   if (range !== undefined) void reply.code(206).header('content-range', `bytes ${start}-${end}/${blob.size}`)
   void reply.header('content-length', String(length))
   if (length === 0) return reply.send()
-  return reply.send(blob.read(start, end))
+  // bytes the response and its socket hold, not yet handed to the kernel (headers included: errs
+  // on the safe side)
+  const res = reply.raw
+  return reply.send(blob.read(start, end, () => res.writableLength))
 }
 
 async function passThrough(

@@ -20,8 +20,11 @@ const POOLED_CHUNK_BUFFERS = 8
 export interface BlobHandle {
   readonly size: number
   readonly source: ByteSource
-  /** bytes [start, end], inclusive */
-  read(start: number, end: number): Readable
+  /**
+   * Bytes [start, end] (inclusive). `pending`, when given, tells how many bytes written to the
+   * destination the stream is piped to it still holds (lets the reader reuse its buffers).
+   */
+  read(start: number, end: number, pending?: () => number): Readable
 }
 
 export interface BlobServiceEvents {
@@ -121,7 +124,7 @@ export class BlobService {
     const size = dl.size
     const through = (start: number, end: number): Readable => this.streamThrough(locator, size, start, end)
     if (download.passthrough) return { size, source: 'origin', read: through }
-    return { size, source: 'origin', read: (start, end) => download.createReader(start, end, through) }
+    return { size, source: 'origin', read: (start, end, pending) => download.createReader(start, end, through, pending) }
   }
 
   /**

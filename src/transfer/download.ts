@@ -5,6 +5,8 @@ import { StoreError } from '../store/errors.js'
 import type { ChunkState } from './chunks/state.js'
 
 const READ_CHUNK = 1024 * 1024
+/** read buffers a reader keeps for reuse */
+const POOLED_READS = 4
 
 /** Streams bytes [start, end] of the blob straight from a source, bypassing the store. */
 export type StreamThrough = (start: number, end: number) => Readable
@@ -119,9 +121,11 @@ export class Download {
   /**
    * A stream of bytes [start, end] (inclusive), following the download as it progresses. When the
    * download fails because the disk filled up, the reader carries on from `fallback`.
+   * `pending` (optional) tells how many of the bytes written to the stream's destination it still
+   * holds (not yet handed to the kernel): the reader then reuses its buffers (see DownloadReader).
    */
-  createReader(start: number, end: number, fallback?: StreamThrough): Readable {
-    return new DownloadReader(this, start, end, fallback)
+  createReader(start: number, end: number, fallback?: StreamThrough, pending?: () => number): Readable {
+    return new DownloadReader(this, start, end, fallback, pending)
   }
 
   /**
@@ -153,6 +157,14 @@ export class Download {
   }
 }
 
+/**
+ * Reads the partial file as the download extends it. Its read buffers are reused once nothing
+ * references their bytes any more: given how many bytes its destination still holds
+ * (`pending`), every byte pushed before the last `pushed - queued here - pending` ones has been
+ * handed to the kernel. A fresh buffer per read lived as long as the client took to drain it,
+ * was often promoted out of the young generation, and its memory was then only freed by full
+ * garbage collections.
+ */
 class DownloadReader extends Readable {
   private readonly download: Download
   private position: number
@@ -160,14 +172,33 @@ class DownloadReader extends Readable {
   private pumping = false
   private readonly fallback: StreamThrough | undefined
   private tail: Readable | undefined
+  private readonly pending: (() => number) | undefined
+  /** bytes pushed so far */
+  private pushedBytes = 0
+  /** buffers pushed whose bytes may still be read downstream, oldest first, with the stream offset their bytes end at */
+  private readonly inFlight: { buf: Buffer; end: number }[] = []
+  private readonly free: Buffer[] = []
 
-  constructor(download: Download, start: number, end: number, fallback?: StreamThrough) {
+  constructor(download: Download, start: number, end: number, fallback?: StreamThrough, pending?: () => number) {
     super({ highWaterMark: READ_CHUNK })
     this.download = download
     this.position = start
     this.end = end
     this.fallback = fallback
+    this.pending = pending
     download.acquire()
+  }
+
+  /** a read buffer: a reused one when the oldest pushed one is known to be gone */
+  private buffer(): Buffer {
+    if (this.pending !== undefined && this.inFlight.length > 0) {
+      const gone = this.pushedBytes - this.readableLength - this.pending()
+      while (this.inFlight.length > 0 && (this.inFlight[0] as { end: number }).end <= gone) {
+        const { buf } = this.inFlight.shift() as { buf: Buffer }
+        if (this.free.length < POOLED_READS) this.free.push(buf)
+      }
+    }
+    return this.free.pop() ?? Buffer.allocUnsafeSlow(READ_CHUNK)
   }
 
   override _read(): void {
@@ -206,11 +237,14 @@ class DownloadReader extends Readable {
           continue
         }
         const length = Math.min(limit - this.position, READ_CHUNK)
-        const buf = Buffer.allocUnsafe(length)
+        const buf = this.buffer()
         const n = await this.download.readAt(buf, length, this.position)
         if (n === 0) throw new StoreError('SHORT_READ', 'blob file is shorter than written')
         this.position += n
-        if (!this.push(n === length ? buf : buf.subarray(0, n))) return
+        this.pushedBytes += n
+        // only reused when the destination can tell that its bytes are gone (see buffer())
+        if (this.pending !== undefined && this.inFlight.length < POOLED_READS * 2) this.inFlight.push({ buf, end: this.pushedBytes })
+        if (!this.push(buf.subarray(0, n))) return
       }
     } catch (err) {
       this.destroy(err as Error)

@@ -3,7 +3,8 @@ import { createHash, randomBytes } from 'node:crypto'
 import { mkdtemp, readdir, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { Readable } from 'node:stream'
+import { Readable, Writable } from 'node:stream'
+import { pipeline } from 'node:stream/promises'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { after, before, describe, test } from 'node:test'
 import { pino } from 'pino'
@@ -114,6 +115,31 @@ describe('single-flight downloads', () => {
     assert.ok(first.length > 0)
     assert.ok(source.served < bytes.length, 'first chunk arrived before the source finished')
     reader.destroy()
+  })
+
+  test('a reader reuses its buffers only once its destination has let go of their bytes', async () => {
+    const bytes = randomBytes(6 * 1024 * 1024 + 5)
+    const svc = service(new FakeSource(bytes, { chunk: 256 * 1024 }))
+    const h = await svc.open(locatorFor(bytes), AbortSignal.timeout(10_000))
+    // a slow destination that keeps references to what it was given and reads them later (a
+    // socket flushing to the kernel): a buffer reused too early would change bytes it still holds
+    const held: Buffer[] = []
+    const out: Buffer[] = []
+    const buffers = new Set<ArrayBufferLike>()
+    const dest = new Writable({
+      highWaterMark: 16 * 1024,
+      write(chunk: Buffer, _enc, done) {
+        held.push(chunk)
+        buffers.add(chunk.buffer)
+        setTimeout(() => {
+          out.push(Buffer.from(held.shift() as Buffer))
+          done()
+        }, 5)
+      },
+    })
+    await pipeline(h.read(0, h.size - 1, () => dest.writableLength), dest)
+    assert.ok(Buffer.concat(out).equals(bytes), 'every byte as the blob has it')
+    assert.ok(buffers.size < out.length, `read buffers reused (${buffers.size} distinct for ${out.length} writes)`)
   })
 
   test('a range of a blob still downloading', async () => {
