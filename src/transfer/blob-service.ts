@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto'
+import { type FileHandle, open } from 'node:fs/promises'
 import { Readable } from 'node:stream'
 import type { Logger } from 'pino'
 import { blobUnknown } from '../oci/errors.js'
@@ -9,7 +10,7 @@ import { ChunkBuffers } from './chunks/buffers.js'
 import { planChunks } from './chunks/plan.js'
 import { TableMismatchError } from './chunks/scheduler.js'
 import { ChunkState } from './chunks/state.js'
-import { Download } from './download.js'
+import { createBlobReader, Download, type ReadTarget } from './download.js'
 import { runSwarmDownload, type SwarmHooks, type SwarmPlan } from './swarm-download.js'
 import { type BlobLocator, type BlobSource, type ByteSource, bytesFrom, type SourceBody } from './types.js'
 
@@ -110,7 +111,7 @@ export class BlobService {
     const held = store.stat(digest)
     if (held !== undefined) {
       store.touch(digest)
-      return { size: held.size, source: 'cache', read: (start, end) => store.createReadStream(digest, start, end) }
+      return { size: held.size, source: 'cache', read: (start, end, pending) => createBlobReader(new StoredBlob(store, digest, held.size), start, end, undefined, pending) }
     }
     let dl = this.downloads.get(digest)
     if (dl === undefined) {
@@ -124,7 +125,7 @@ export class BlobService {
     const size = dl.size
     const through = (start: number, end: number): Readable => this.streamThrough(locator, size, start, end)
     if (download.passthrough) return { size, source: 'origin', read: through }
-    return { size, source: 'origin', read: (start, end, pending) => download.createReader(start, end, through, pending) }
+    return { size, source: 'origin', read: (start, end, pending) => createBlobReader(download, start, end, through, pending) }
   }
 
   /**
@@ -345,4 +346,43 @@ export class BlobService {
 function isResumable(err: unknown): boolean {
   const name = (err as Error)?.name
   return name !== 'DigestMismatchError' && name !== 'SizeMismatchError' && name !== 'StoreError' && name !== 'StoreFullError'
+}
+
+/** A stored blob as a reader's target: complete, read from its file (opened at the first read, never evicted while read). */
+class StoredBlob implements ReadTarget {
+  readonly failed = undefined
+  private readonly store: BlobStore
+  private readonly digest: string
+  private readonly size: number
+  private file: Promise<FileHandle> | undefined
+  private refs = 0
+
+  constructor(store: BlobStore, digest: string, size: number) {
+    this.store = store
+    this.digest = digest
+    this.size = size
+  }
+
+  readable(): number {
+    return this.size
+  }
+
+  async waitForProgress(): Promise<void> {}
+
+  async readAt(buf: Buffer, length: number, position: number): Promise<number> {
+    this.file ??= open(this.store.blobPath(this.digest), 'r')
+    const { bytesRead } = await (await this.file).read(buf, 0, length, position)
+    return bytesRead
+  }
+
+  acquire(): void {
+    if (this.refs++ === 0) this.store.acquire(this.digest)
+  }
+
+  release(): void {
+    if (--this.refs > 0) return
+    this.file?.then((fh) => fh.close()).catch(() => {})
+    this.file = undefined
+    this.store.release(this.digest)
+  }
 }

@@ -11,6 +11,30 @@ const POOLED_READS = 4
 /** Streams bytes [start, end] of the blob straight from a source, bypassing the store. */
 export type StreamThrough = (start: number, end: number) => Readable
 
+/** What a reader follows: a download's partial file (it grows), or a stored blob's file. */
+export interface ReadTarget {
+  /** set once the target can give no more bytes */
+  readonly failed: Error | undefined
+  /** bytes a reader may take */
+  readable(): number
+  /** resolves once readable() grew or the target ended */
+  waitForProgress(): Promise<void>
+  readAt(buf: Buffer, length: number, position: number): Promise<number>
+  /** a reader holds the target open from acquire() to release() */
+  acquire(): void
+  release(): void
+}
+
+/**
+ * A stream of bytes [start, end] (inclusive) of `target`. When the target fails because the disk
+ * filled up, the reader carries on from `fallback`. `pending` (optional) tells how many of the
+ * bytes written to the stream's destination it still holds (not yet handed to the kernel): the
+ * reader then reuses its buffers (see BlobReader).
+ */
+export function createBlobReader(target: ReadTarget, start: number, end: number, fallback?: StreamThrough, pending?: () => number): Readable {
+  return new BlobReader(target, start, end, fallback, pending)
+}
+
 /**
  * One blob being fetched into the store, shared by every request that wants it (single flight).
  *
@@ -20,7 +44,7 @@ export type StreamThrough = (start: number, end: number) => Readable
  * content turns out wrong, every client sees a truncated body (an error), never wrong bytes that
  * look complete.
  */
-export class Download {
+export class Download implements ReadTarget {
   readonly digest: string
   size = -1
   private writer: BlobWriter | undefined
@@ -118,15 +142,6 @@ export class Download {
     this.writer?.close().catch((err) => this.log.warn({ err, digest: this.digest }, 'closing blob file failed'))
   }
 
-  /**
-   * A stream of bytes [start, end] (inclusive), following the download as it progresses. When the
-   * download fails because the disk filled up, the reader carries on from `fallback`.
-   * `pending` (optional) tells how many of the bytes written to the stream's destination it still
-   * holds (not yet handed to the kernel): the reader then reuses its buffers (see DownloadReader).
-   */
-  createReader(start: number, end: number, fallback?: StreamThrough, pending?: () => number): Readable {
-    return new DownloadReader(this, start, end, fallback, pending)
-  }
 
   /**
    * Bytes [start, start + length) of the partial file, past the in-order prefix too: for a
@@ -149,7 +164,6 @@ export class Download {
     }
   }
 
-  /** @internal */
   async readAt(buf: Buffer, length: number, position: number): Promise<number> {
     if (this.writer === undefined) throw new StoreError('NOT_STARTED', 'download has not started')
     const { bytesRead } = await this.writer.fh.read(buf, 0, length, position)
@@ -158,15 +172,15 @@ export class Download {
 }
 
 /**
- * Reads the partial file as the download extends it. Its read buffers are reused once nothing
+ * Reads a blob's file, following a download as it extends it. Its read buffers are reused once nothing
  * references their bytes any more: given how many bytes its destination still holds
  * (`pending`), every byte pushed before the last `pushed - queued here - pending` ones has been
  * handed to the kernel. A fresh buffer per read lived as long as the client took to drain it,
  * was often promoted out of the young generation, and its memory was then only freed by full
  * garbage collections.
  */
-class DownloadReader extends Readable {
-  private readonly download: Download
+class BlobReader extends Readable {
+  private readonly target: ReadTarget
   private position: number
   private readonly end: number
   private pumping = false
@@ -179,14 +193,14 @@ class DownloadReader extends Readable {
   private readonly inFlight: { buf: Buffer; end: number }[] = []
   private readonly free: Buffer[] = []
 
-  constructor(download: Download, start: number, end: number, fallback?: StreamThrough, pending?: () => number) {
+  constructor(target: ReadTarget, start: number, end: number, fallback?: StreamThrough, pending?: () => number) {
     super({ highWaterMark: READ_CHUNK })
-    this.download = download
+    this.target = target
     this.position = start
     this.end = end
     this.fallback = fallback
     this.pending = pending
-    download.acquire()
+    target.acquire()
   }
 
   /** a read buffer: a reused one when the oldest pushed one is known to be gone */
@@ -225,20 +239,20 @@ class DownloadReader extends Readable {
           this.push(null)
           return
         }
-        const failed = this.download.failed
+        const failed = this.target.failed
         if (failed) {
           if (failed.name === 'StoreFullError' && this.fallback !== undefined) this.follow(this.fallback)
           else this.destroy(failed)
           return
         }
-        const limit = Math.min(this.download.readable(), this.end + 1)
+        const limit = Math.min(this.target.readable(), this.end + 1)
         if (limit <= this.position) {
-          await this.download.waitForProgress()
+          await this.target.waitForProgress()
           continue
         }
         const length = Math.min(limit - this.position, READ_CHUNK)
         const buf = this.buffer()
-        const n = await this.download.readAt(buf, length, this.position)
+        const n = await this.target.readAt(buf, length, this.position)
         if (n === 0) throw new StoreError('SHORT_READ', 'blob file is shorter than written')
         this.position += n
         this.pushedBytes += n
@@ -255,7 +269,7 @@ class DownloadReader extends Readable {
 
   override _destroy(err: Error | null, callback: (error?: Error | null) => void): void {
     this.tail?.destroy()
-    this.download.release()
+    this.target.release()
     callback(err)
   }
 }

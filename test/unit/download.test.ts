@@ -10,7 +10,7 @@ import { after, before, describe, test } from 'node:test'
 import { pino } from 'pino'
 import { parseDigest } from '../../src/oci/digest.js'
 import { BlobStore } from '../../src/store/blob-store.js'
-import { BlobService } from '../../src/transfer/blob-service.js'
+import { type BlobHandle, BlobService } from '../../src/transfer/blob-service.js'
 import type { BlobLocator, BlobSource, SourceBody } from '../../src/transfer/types.js'
 
 const log = pino({ level: 'silent' })
@@ -123,23 +123,29 @@ describe('single-flight downloads', () => {
     const h = await svc.open(locatorFor(bytes), AbortSignal.timeout(10_000))
     // a slow destination that keeps references to what it was given and reads them later (a
     // socket flushing to the kernel): a buffer reused too early would change bytes it still holds
-    const held: Buffer[] = []
-    const out: Buffer[] = []
-    const buffers = new Set<ArrayBufferLike>()
-    const dest = new Writable({
-      highWaterMark: 16 * 1024,
-      write(chunk: Buffer, _enc, done) {
-        held.push(chunk)
-        buffers.add(chunk.buffer)
-        setTimeout(() => {
-          out.push(Buffer.from(held.shift() as Buffer))
-          done()
-        }, 5)
-      },
-    })
-    await pipeline(h.read(0, h.size - 1, () => dest.writableLength), dest)
-    assert.ok(Buffer.concat(out).equals(bytes), 'every byte as the blob has it')
-    assert.ok(buffers.size < out.length, `read buffers reused (${buffers.size} distinct for ${out.length} writes)`)
+    const slowCopy = async (handle: BlobHandle): Promise<void> => {
+      const held: Buffer[] = []
+      const out: Buffer[] = []
+      const buffers = new Set<ArrayBufferLike>()
+      const dest = new Writable({
+        highWaterMark: 16 * 1024,
+        write(chunk: Buffer, _enc, done) {
+          held.push(chunk)
+          buffers.add(chunk.buffer)
+          setTimeout(() => {
+            out.push(Buffer.from(held.shift() as Buffer))
+            done()
+          }, 5)
+        },
+      })
+      await pipeline(handle.read(0, handle.size - 1, () => dest.writableLength), dest)
+      assert.ok(Buffer.concat(out).equals(bytes), `${handle.source}: every byte as the blob has it`)
+      assert.ok(buffers.size < out.length, `${handle.source}: read buffers reused (${buffers.size} distinct for ${out.length} writes)`)
+    }
+    await slowCopy(h)
+    const cached = await svc.open(locatorFor(bytes), AbortSignal.timeout(10_000))
+    assert.equal(cached.source, 'cache')
+    await slowCopy(cached)
   })
 
   test('a range of a blob still downloading', async () => {
