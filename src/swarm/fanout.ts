@@ -12,6 +12,9 @@ import { PeerChunkSource, unknownHoldings } from './peer-source.js'
 import type { PeerChunkClient } from './types.js'
 import { timeoutSignal } from '../util/abort.js'
 
+/** the longest a closest-peers query for choosing origin fetchers runs */
+const FANOUT_QUERY_MAX_MS = 10_000
+
 export interface FanoutOptions {
   selfId: string
   /** peers closest to the blob's DHT key, within a deadline */
@@ -42,11 +45,20 @@ export async function planFanout(
   const digest = locator.digest.value
   const candidates = new Map<string, PeerRef>()
   const started = Date.now()
-  const query = opts.closest(digest, { signal: opts.signal, timeoutMs: opts.lookupTimeoutMs }).catch((err: Error) => {
+  // The query runs while the plan is worked out (at least the lookup deadline, at most
+  // FANOUT_QUERY_MAX_MS), then yields what it found: every node must see the same closest
+  // peers, and under load a query cut at the lookup deadline (1 s) left nodes 9-14 of 15
+  // candidates, so they chose other fetchers than the rest (origin sent 1.8x the image).
+  const enough = new AbortController()
+  const query = opts.closest(digest, { signal: AbortSignal.any([opts.signal, enough.signal]), timeoutMs: FANOUT_QUERY_MAX_MS }).catch((err: Error) => {
     opts.logger.debug({ digest, err: err.message }, 'closest-peers query failed')
     return []
   })
-  const [closest, plan] = await Promise.all([query, planned])
+  const plan = await planned
+  const floor = started + opts.lookupTimeoutMs - Date.now()
+  if (plan !== undefined && floor > 0) await new Promise((resolve) => setTimeout(resolve, floor).unref())
+  enough.abort()
+  const closest = await query
   if (plan === undefined) return undefined
   for (const peer of closest) if (!opts.penalties.isPenalised(peer.id)) candidates.set(peer.id, peer)
   if (candidates.size === 0) {

@@ -11,7 +11,11 @@ import { pino } from 'pino'
 import { decodeInfo, encodeInfo } from '../../src/peer/protocol.js'
 import type { BlobInfo } from '../../src/peer/types.js'
 import { BlobStore } from '../../src/store/blob-store.js'
-import { rankByDistance } from '../../src/swarm/fanout.js'
+import { parseDigest } from '../../src/oci/digest.js'
+import type { PeerRef } from '../../src/routing/types.js'
+import { planFanout, rankByDistance } from '../../src/swarm/fanout.js'
+import { PeerPenalties } from '../../src/swarm/penalties.js'
+import type { PeerChunkClient } from '../../src/swarm/types.js'
 import { StoreChunkProvider } from '../../src/swarm/provider.js'
 import { chunkBounds, chunkHash, planChunks } from '../../src/transfer/chunks/plan.js'
 import { ChunkScheduler, type ChunkSource, NoSourceError } from '../../src/transfer/chunks/scheduler.js'
@@ -50,6 +54,47 @@ describe('origin stripes', () => {
 })
 
 describe('fetcher ranking', () => {
+  test('the closest-peers query runs as long as the blob is being planned: a peer heard of late is a candidate', async () => {
+    const [self, early, late] = await peerIds(3)
+    const heard: PeerRef[] = [{ id: early as string, addrs: ['/ip4/127.0.0.1/tcp/1'] }]
+    setTimeout(() => heard.push({ id: late as string, addrs: ['/ip4/127.0.0.1/tcp/2'] }), 150).unref()
+    const client: PeerChunkClient = {
+      info: async () => undefined,
+      fetchChunk: async () => {
+        throw new Error('not in this test')
+      },
+    }
+    const stop = new AbortController()
+    try {
+      const plan = await planFanout(
+        { registry: 'r.test', name: 'a/b', digest: parseDigest(DIGEST) },
+        sleep(300).then(() => planChunks(10, 4)),
+        {
+          selfId: self as string,
+          // a query that keeps learning peers until told to stop (or its deadline)
+          closest: async (_digest, { signal, timeoutMs }) => {
+            await new Promise((resolve) => {
+              signal.addEventListener('abort', resolve, { once: true })
+              setTimeout(resolve, timeoutMs).unref()
+            })
+            return [...heard]
+          },
+          client,
+          penalties: new PeerPenalties(60_000),
+          fetchers: 3,
+          lookupTimeoutMs: 50,
+          infoTimeoutMs: 100,
+          logger: log,
+          signal: stop.signal,
+        },
+      )
+      assert.ok(plan)
+      assert.deepEqual(new Set(plan.stripes.others()), new Set([early, late]), 'both peers are fetchers')
+    } finally {
+      stop.abort()
+    }
+  })
+
   test('every node ranks the same ids the same way, whatever order it learnt them in', async () => {
     const ids = await peerIds(8)
     const a = rankByDistance(DIGEST, ids)
