@@ -142,7 +142,6 @@ export class Download implements ReadTarget {
     this.writer?.close().catch((err) => this.log.warn({ err, digest: this.digest }, 'closing blob file failed'))
   }
 
-
   /**
    * Bytes [start, start + length) of the partial file, past the in-order prefix too: for a
    * verified chunk a peer asks for (the caller checks `chunks` first). Into `into` when given
@@ -172,8 +171,8 @@ export class Download implements ReadTarget {
 }
 
 /**
- * Reads a blob's file, following a download as it extends it. Its read buffers are reused once nothing
- * references their bytes any more: given how many bytes its destination still holds
+ * Reads a blob's file, following a download as it extends it. Its read buffers are reused once
+ * nothing references their bytes any more: given how many bytes its destination still holds
  * (`pending`), every byte pushed before the last `pushed - queued here - pending` ones has been
  * handed to the kernel. A fresh buffer per read lived as long as the client took to drain it,
  * was often promoted out of the young generation, and its memory was then only freed by full
@@ -203,8 +202,8 @@ class BlobReader extends Readable {
     target.acquire()
   }
 
-  /** a read buffer: a reused one when the oldest pushed one is known to be gone */
-  private buffer(): Buffer {
+  /** a buffer for a read of `length` bytes: a reused one when the oldest pushed one is known to be gone */
+  private buffer(length: number): Buffer {
     if (this.pending !== undefined && this.inFlight.length > 0) {
       const gone = this.pushedBytes - this.readableLength - this.pending()
       while (this.inFlight.length > 0 && (this.inFlight[0] as { end: number }).end <= gone) {
@@ -212,7 +211,8 @@ class BlobReader extends Readable {
         if (this.free.length < POOLED_READS) this.free.push(buf)
       }
     }
-    return this.free.pop() ?? Buffer.allocUnsafeSlow(READ_CHUNK)
+    // a short read (a small blob, a small range) takes a small buffer, never reused
+    return this.free.pop() ?? (length < READ_CHUNK ? Buffer.allocUnsafe(length) : Buffer.allocUnsafeSlow(READ_CHUNK))
   }
 
   override _read(): void {
@@ -251,13 +251,13 @@ class BlobReader extends Readable {
           continue
         }
         const length = Math.min(limit - this.position, READ_CHUNK)
-        const buf = this.buffer()
+        const buf = this.buffer(length)
         const n = await this.target.readAt(buf, length, this.position)
         if (n === 0) throw new StoreError('SHORT_READ', 'blob file is shorter than written')
         this.position += n
         this.pushedBytes += n
         // only reused when the destination can tell that its bytes are gone (see buffer())
-        if (this.pending !== undefined && this.inFlight.length < POOLED_READS * 2) this.inFlight.push({ buf, end: this.pushedBytes })
+        if (this.pending !== undefined && buf.length === READ_CHUNK && this.inFlight.length < POOLED_READS * 2) this.inFlight.push({ buf, end: this.pushedBytes })
         if (!this.push(buf.subarray(0, n))) return
       }
     } catch (err) {
