@@ -206,7 +206,7 @@ export class DhtContentRouter implements ContentRouter {
       const addrs = transportAddrs(multiaddrs)
       if (addrs.length > 0 || !heard.has(id)) heard.set(id, addrs)
     }
-    try {
+    const walk = (async () => {
       for await (const event of this.backend.closestPeers(cid, { signal: deadline.signal })) {
         if (event.name === 'PEER_RESPONSE') {
           hear(event.from.toString(), [])
@@ -217,12 +217,18 @@ export class DhtContentRouter implements ContentRouter {
         }
       }
       finished = !deadline.signal.aborted
+    })()
+    walk.catch(() => {}) // after the deadline it ends on its own
+    // the deadline ends the wait at once, even while kad-dht still dials a dead peer
+    const cut = new Promise<void>((resolve) => deadline.signal.addEventListener('abort', () => resolve(), { once: true }))
+    try {
+      await Promise.race([walk, cut])
     } catch (err) {
       if (!deadline.signal.aborted) throw new LookupFailedError(digest, { cause: err })
     } finally {
       deadline.clear()
     }
-    return { final, heard, finished }
+    return { final: [...final], heard: new Map(heard), finished }
   }
 
   /** digests in the re-announce schedule */

@@ -8,8 +8,9 @@ import { OriginStripes } from '../transfer/chunks/stripes.js'
 import type { FanoutPlan } from '../transfer/swarm-download.js'
 import type { BlobLocator } from '../transfer/types.js'
 import type { PeerPenalties } from './penalties.js'
+import { PeerUnreachableError } from '../peer/errors.js'
 import { PeerChunkSource, unknownHoldings } from './peer-source.js'
-import type { PeerChunkClient } from './types.js'
+import type { PeerBlobInfo, PeerChunkClient } from './types.js'
 import { timeoutSignal } from '../util/abort.js'
 
 /** the longest a closest-peers query for choosing origin fetchers runs */
@@ -65,20 +66,35 @@ export async function planFanout(
     opts.logger.debug({ digest, ms: Date.now() - started }, 'no candidate origin fetchers')
     return undefined
   }
-  const ranking = rankByDistance(digest, [opts.selfId, ...candidates.keys()]).slice(0, opts.fetchers)
+  // The closest reachable nodes: a candidate that cannot be dialled at all (a node that died,
+  // still in the tables) is passed over for the next at once, instead of being counted on until
+  // the download gives it up; every node that tries it finds it as dead.
+  const ranked = rankByDistance(digest, [opts.selfId, ...candidates.keys()])
   const want = `${locator.registry}/${locator.name}`
-  const sources = await Promise.all(
-    ranking
-      .filter((id) => id !== opts.selfId)
-      .map(async (id) => {
-        const peer = candidates.get(id) as PeerRef
-        const info = await opts.client
-          .info(peer, digest, { signal: timeoutSignal(opts.infoTimeoutMs, opts.signal), want })
-          .catch(() => undefined)
-        const usable = info !== undefined && info.size === plan.size && info.chunkSize === plan.chunkSize && info.have.length === plan.count
-        return new PeerChunkSource(peer, usable ? info : unknownHoldings(plan), opts.client, digest, opts.signal, want)
-      }),
-  )
+  const ask = async (id: string): Promise<PeerChunkSource | 'self' | 'unreachable'> => {
+    if (id === opts.selfId) return 'self'
+    const peer = candidates.get(id) as PeerRef
+    let info: PeerBlobInfo | undefined
+    try {
+      info = await opts.client.info(peer, digest, { signal: timeoutSignal(opts.infoTimeoutMs, opts.signal), want })
+    } catch (err) {
+      if (err instanceof PeerUnreachableError) return 'unreachable'
+    }
+    const usable = info !== undefined && info.size === plan.size && info.chunkSize === plan.chunkSize && info.have.length === plan.count
+    return new PeerChunkSource(peer, usable && info !== undefined ? info : unknownHoldings(plan), opts.client, digest, opts.signal, want)
+  }
+  const ranking: string[] = []
+  const sources: PeerChunkSource[] = []
+  for (let next = 0; ranking.length < opts.fetchers && next < ranked.length; ) {
+    const batch = ranked.slice(next, next + opts.fetchers - ranking.length)
+    next += batch.length
+    const answers = await Promise.all(batch.map(ask))
+    answers.forEach((answer, i) => {
+      if (answer === 'unreachable') return
+      ranking.push(batch[i] as string)
+      if (answer !== 'self') sources.push(answer)
+    })
+  }
   opts.logger.info({ digest, fetchers: ranking, self: ranking.includes(opts.selfId), candidates: candidates.size, ms: Date.now() - started }, 'origin fetchers chosen')
   return { stripes: new OriginStripes(ranking, opts.selfId), sources }
 }

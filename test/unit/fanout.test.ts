@@ -12,6 +12,7 @@ import { decodeInfo, encodeInfo } from '../../src/peer/protocol.js'
 import type { BlobInfo } from '../../src/peer/types.js'
 import { BlobStore } from '../../src/store/blob-store.js'
 import { parseDigest } from '../../src/oci/digest.js'
+import { PeerUnreachableError } from '../../src/peer/errors.js'
 import type { PeerRef } from '../../src/routing/types.js'
 import { planFanout, rankByDistance } from '../../src/swarm/fanout.js'
 import { PeerPenalties } from '../../src/swarm/penalties.js'
@@ -90,6 +91,42 @@ describe('fetcher ranking', () => {
       )
       assert.ok(plan)
       assert.deepEqual(new Set(plan.stripes.others()), new Set([early, late]), 'both peers are fetchers')
+    } finally {
+      stop.abort()
+    }
+  })
+
+  test('a candidate that cannot be dialled is passed over for the next at once', async () => {
+    const ids = (await peerIds(5)) as string[]
+    const [self, ...others] = ids as [string, ...string[]]
+    const ranked = rankByDistance(DIGEST, ids).filter((id) => id !== self)
+    const dead = ranked[0] as string
+    const client: PeerChunkClient = {
+      info: async (peer) => {
+        if (peer.id === dead) throw new PeerUnreachableError('connection refused')
+        return undefined
+      },
+      fetchChunk: async () => {
+        throw new Error('not in this test')
+      },
+    }
+    const stop = new AbortController()
+    try {
+      const plan = await planFanout({ registry: 'r.test', name: 'a/b', digest: parseDigest(DIGEST) }, Promise.resolve(planChunks(10, 4)), {
+        selfId: self,
+        closest: async () => others.map((id, i) => ({ id, addrs: [`/ip4/127.0.0.1/tcp/${i + 1}`] })),
+        client,
+        penalties: new PeerPenalties(60_000),
+        fetchers: 2,
+        lookupTimeoutMs: 0,
+        infoTimeoutMs: 100,
+        logger: log,
+        signal: stop.signal,
+      })
+      assert.ok(plan)
+      const expected = rankByDistance(DIGEST, ids).filter((id) => id !== dead).slice(0, 2)
+      assert.deepEqual([0, 1].map((i) => plan.stripes.owner(i)), expected, 'the two closest that answer, in rank order')
+      assert.ok(!plan.sources.some((src) => src.id === dead))
     } finally {
       stop.abort()
     }
