@@ -196,7 +196,7 @@ export class DhtContentRouter implements ContentRouter {
     return out
   }
 
-  /** kad-dht's closest-peers query under the lookup deadline: its final answer, and every peer it heard of (with the addresses heard) */
+  /** kad-dht's closest-peers query under its deadline: its final answer, every peer it heard of (with the addresses heard), and whether it ran to its end */
   private async queryClosest(cid: CID, digest: string, options: LookupOptions): Promise<{ final: string[]; heard: Map<string, string[]>; finished: boolean }> {
     const deadline = withDeadline(options.timeoutMs ?? this.lookupTimeoutMs, [this.shutdown.signal, options.signal])
     const heard = new Map<string, string[]>()

@@ -68,7 +68,7 @@ export async function planFanout(
   }
   // The closest reachable nodes: a candidate that cannot be dialled at all (a node that died,
   // still in the tables) is passed over for the next at once, instead of being counted on until
-  // the download gives it up; every node that tries it finds it as dead.
+  // the download gives it up; every node that tries it finds it dead.
   const ranked = rankByDistance(digest, [opts.selfId, ...candidates.keys()])
   const want = `${locator.registry}/${locator.name}`
   const ask = async (id: string): Promise<PeerChunkSource | 'self' | 'unreachable'> => {
