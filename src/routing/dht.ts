@@ -172,9 +172,9 @@ export class DhtContentRouter implements ContentRouter {
 
   /**
    * Candidates for the peers closest to the blob's DHT key (kad-dht's XOR metric), self
-   * excluded, each with an address: the closest of the local routing table, and the query's
-   * final answer (or, when the deadline comes first, every peer the query heard of). The caller
-   * ranks them. Empty at once when the routing table is.
+   * excluded, each with an address: the closest of the local routing table, and every peer the
+   * query heard of (its final answer included). The caller ranks them. Empty at once when the
+   * routing table is.
    *
    * The query runs even when the table is small: a table fills as peers talk to the node, and
    * in a fan-out bench a quarter of 16 nodes started a pull knowing only 11-14 of the other 15,
@@ -184,8 +184,9 @@ export class DhtContentRouter implements ContentRouter {
     const cid = digestToCid(digest)
     if (options.signal?.aborted === true || !this.ready()) return []
     const query = await this.queryClosest(cid, digest, options)
-    const ids = new Set([...this.backend.localClosest(cid, LOCAL_CLOSEST), ...query.final])
-    if (!query.finished) for (const id of query.heard.keys()) ids.add(id)
+    // every peer heard of, not only those that answered in time: under load some answers come
+    // late, and a node that leaves them out chooses other fetchers than the rest
+    const ids = new Set([...this.backend.localClosest(cid, LOCAL_CLOSEST), ...query.final, ...query.heard.keys()])
     ids.delete(this.backend.selfId)
     const out: PeerRef[] = []
     for (const id of ids) {
@@ -196,12 +197,11 @@ export class DhtContentRouter implements ContentRouter {
     return out
   }
 
-  /** kad-dht's closest-peers query under its deadline: its final answer, every peer it heard of (with the addresses heard), and whether it ran to its end */
-  private async queryClosest(cid: CID, digest: string, options: LookupOptions): Promise<{ final: string[]; heard: Map<string, string[]>; finished: boolean }> {
+  /** kad-dht's closest-peers query under its deadline: its final answer, and every peer it heard of (with the addresses heard) */
+  private async queryClosest(cid: CID, digest: string, options: LookupOptions): Promise<{ final: string[]; heard: Map<string, string[]> }> {
     const deadline = withDeadline(options.timeoutMs ?? this.lookupTimeoutMs, [this.shutdown.signal, options.signal])
     const heard = new Map<string, string[]>()
     const final: string[] = []
-    let finished = false
     const hear = (id: string, multiaddrs: ReadonlyArray<{ toString(): string }>): void => {
       const addrs = transportAddrs(multiaddrs)
       if (addrs.length > 0 || !heard.has(id)) heard.set(id, addrs)
@@ -216,7 +216,6 @@ export class DhtContentRouter implements ContentRouter {
           final.push(event.peer.id.toString())
         }
       }
-      finished = !deadline.signal.aborted
     })()
     walk.catch(() => {}) // after the deadline it ends on its own
     // the deadline ends the wait at once, even while kad-dht still dials a dead peer
@@ -228,7 +227,7 @@ export class DhtContentRouter implements ContentRouter {
     } finally {
       deadline.clear()
     }
-    return { final: [...final], heard: new Map(heard), finished }
+    return { final: [...final], heard: new Map(heard) }
   }
 
   /** digests in the re-announce schedule */

@@ -43,7 +43,7 @@ describe('DHT closest peers (origin-fetcher candidates)', () => {
     }
   })
 
-  it('a query cut by its deadline still yields every peer it heard of, and never self', async () => {
+  it('a query cut by its deadline still yields every peer it heard of (answered or not), and never self', async () => {
     const router = new DhtContentRouter(
       backend(['a'], [{ name: 'PEER_RESPONSE', from: { toString: () => 'a' }, closer: [peer('bb'), peer('self'), peer('ccc')] }], true),
       { logger },
