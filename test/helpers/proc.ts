@@ -286,18 +286,24 @@ export function spawnLogged(
 // ---------------------------------------------------------------------------------------------
 // small utilities
 
-/** A TCP port that was free on 127.0.0.1 a moment ago (the usual listen-on-0 trick; racy but fine for tests). */
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer()
-    srv.unref()
-    srv.once('error', reject)
-    srv.listen(0, '127.0.0.1', () => {
-      const addr = srv.address()
-      const port = typeof addr === 'object' && addr !== null ? addr.port : 0
-      srv.close(() => resolve(port))
+/**
+ * A TCP port that was free on `host` a moment ago, picked below the kernel's ephemeral range
+ * (32768 and up by default). A port the kernel chose for a listen on port 0 is an ephemeral one,
+ * and a daemon binding its own port 0 (the peer data port) could be handed the very port chosen
+ * for its HTTP listener before it bound it (seen once: EADDRINUSE at start).
+ */
+export async function freePort(host = '127.0.0.1'): Promise<number> {
+  for (let attempt = 0; ; attempt++) {
+    const port = 20_000 + Math.floor(Math.random() * 12_000)
+    const free = await new Promise<boolean>((resolve) => {
+      const srv = createServer()
+      srv.unref()
+      srv.once('error', () => resolve(false))
+      srv.listen(port, host, () => srv.close(() => resolve(true)))
     })
-  })
+    if (free) return port
+    if (attempt >= 100) throw new Error(`no free port found on ${host}`)
+  }
 }
 
 /** Poll `check` every intervalMs until it returns true, or throw after timeoutMs. */

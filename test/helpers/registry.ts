@@ -17,10 +17,10 @@ import { randomBytes } from 'node:crypto'
 import { closeSync, openSync, readFileSync, readSync, rmSync } from 'node:fs'
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { request } from 'node:http'
-import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
+import { freePort } from './proc.js'
 
 export interface OriginLogEntry {
   method: string
@@ -134,18 +134,7 @@ function killTree(child: ChildProcess, signal: NodeJS.Signals): void {
   }
 }
 
-export async function freePort(host = '127.0.0.1'): Promise<number> {
-  return await new Promise<number>((resolve, reject) => {
-    const server = createServer()
-    server.unref()
-    server.once('error', reject)
-    server.listen(0, host, () => {
-      const address = server.address()
-      const port = typeof address === 'object' && address !== null ? address.port : 0
-      server.close(() => resolve(port))
-    })
-  })
-}
+export { freePort }
 
 function registryConfig(rootDir: string, addr: string, opts: StartOriginOptions): string {
   const config: Record<string, unknown> = {
