@@ -218,10 +218,9 @@ export class DhtContentRouter implements ContentRouter {
       }
     })()
     walk.catch(() => {}) // after the deadline it ends on its own
-    // the deadline ends the wait at once, even while kad-dht still dials a dead peer
-    const cut = new Promise<void>((resolve) => deadline.signal.addEventListener('abort', () => resolve(), { once: true }))
     try {
-      await Promise.race([walk, cut])
+      // the deadline ends the wait at once, even while kad-dht still dials a dead peer
+      await raceSignal(walk, deadline.signal)
     } catch (err) {
       if (!deadline.signal.aborted) throw new LookupFailedError(digest, { cause: err })
     } finally {

@@ -392,11 +392,7 @@ export class BlobStore {
     try {
       const fh = await open(this.blobPath(digest), 'r')
       try {
-        for (let off = 0; off < into.byteLength; ) {
-          const { bytesRead } = await fh.read(into, off, into.byteLength - off, start + off)
-          if (bytesRead === 0) throw new StoreError('SHORT_READ', 'blob file is shorter than its index says')
-          off += bytesRead
-        }
+        await readFully(fh, into, start)
       } finally {
         await fh.close()
       }
@@ -999,6 +995,15 @@ function pinKey(ref: string, platform: string | undefined): string {
 
 function digestAlgorithm(digest: string): 'sha256' | 'sha512' {
   return digest.startsWith('sha512:') ? 'sha512' : 'sha256'
+}
+
+/** Fills `into` from `position` of an open file; a file that ends first is a SHORT_READ. */
+export async function readFully(fh: FileHandle, into: Uint8Array, position: number): Promise<void> {
+  for (let off = 0; off < into.byteLength; ) {
+    const { bytesRead } = await fh.read(into, off, into.byteLength - off, position + off)
+    if (bytesRead === 0) throw new StoreError('SHORT_READ', `file ends before byte ${position + into.byteLength}`)
+    off += bytesRead
+  }
 }
 
 /** Streams a file through a hash: its digest and size. */

@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto'
+import { setTimeout as sleep } from 'node:timers/promises'
 import { peerIdFromString } from '@libp2p/peer-id'
 import type { Logger } from 'pino'
 import { digestToCid } from '../routing/key.js'
@@ -10,7 +11,7 @@ import type { BlobLocator } from '../transfer/types.js'
 import type { PeerPenalties } from './penalties.js'
 import { PeerUnreachableError } from '../peer/errors.js'
 import { PeerChunkSource, unknownHoldings } from './peer-source.js'
-import type { PeerBlobInfo, PeerChunkClient } from './types.js'
+import type { PeerChunkClient } from './types.js'
 import { timeoutSignal } from '../util/abort.js'
 
 /** the longest a closest-peers query for choosing origin fetchers runs */
@@ -57,7 +58,7 @@ export async function planFanout(
   })
   const plan = await planned
   const floor = started + opts.lookupTimeoutMs - Date.now()
-  if (plan !== undefined && floor > 0) await new Promise((resolve) => setTimeout(resolve, floor).unref())
+  if (plan !== undefined && floor > 0) await sleep(floor, undefined, { ref: false })
   enough.abort()
   const closest = await query
   if (plan === undefined) return undefined
@@ -74,14 +75,12 @@ export async function planFanout(
   const ask = async (id: string): Promise<PeerChunkSource | 'self' | 'unreachable'> => {
     if (id === opts.selfId) return 'self'
     const peer = candidates.get(id) as PeerRef
-    let info: PeerBlobInfo | undefined
-    try {
-      info = await opts.client.info(peer, digest, { signal: timeoutSignal(opts.infoTimeoutMs, opts.signal), want })
-    } catch (err) {
-      if (err instanceof PeerUnreachableError) return 'unreachable'
-    }
-    const usable = info !== undefined && info.size === plan.size && info.chunkSize === plan.chunkSize && info.have.length === plan.count
-    return new PeerChunkSource(peer, usable && info !== undefined ? info : unknownHoldings(plan), opts.client, digest, opts.signal, want)
+    const info = await opts.client
+      .info(peer, digest, { signal: timeoutSignal(opts.infoTimeoutMs, opts.signal), want })
+      .catch((err: unknown) => (err instanceof PeerUnreachableError ? ('unreachable' as const) : undefined))
+    if (info === 'unreachable') return info
+    const fits = info !== undefined && info.size === plan.size && info.chunkSize === plan.chunkSize && info.have.length === plan.count
+    return new PeerChunkSource(peer, fits ? info : unknownHoldings(plan), opts.client, digest, opts.signal, want)
   }
   const ranking: string[] = []
   const sources: PeerChunkSource[] = []

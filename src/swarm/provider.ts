@@ -4,7 +4,7 @@ import { MAX_EXCHANGED_PEERS } from '../peer/protocol.js'
 import type { BlobInfo, ChunkProvider, ChunkRead } from '../peer/types.js'
 import type { BlobStore } from '../store/blob-store.js'
 import { ChunkBuffers } from '../transfer/chunks/buffers.js'
-import { chunkBounds, chunkHash, planChunks } from '../transfer/chunks/plan.js'
+import { type ChunkPlan, chunkBounds, chunkHash, planChunks } from '../transfer/chunks/plan.js'
 import { ChunkState } from '../transfer/chunks/state.js'
 import type { Download } from '../transfer/download.js'
 import { abortable } from '../util/abort.js'
@@ -100,18 +100,13 @@ export class StoreChunkProvider implements ChunkProvider {
   }
 
   async read(digest: string, index: number, signal: AbortSignal): Promise<ChunkRead | undefined> {
-    const { store, chunkSize } = this.opts
-    const held = store.stat(digest)
-    const download = held === undefined ? this.inflight(digest) : undefined
-    const plan = held !== undefined ? planChunks(held.size, chunkSize) : download?.chunks?.plan
-    if (plan === undefined || index >= plan.count) return undefined
-    if (held === undefined && download?.chunks?.have[index] !== true) return undefined
-    const { start, end } = chunkBounds(plan, index)
+    const source = this.chunkSource(digest, index)
+    if (source === undefined || index >= source.plan.count) return undefined
+    const { start, end } = chunkBounds(source.plan, index)
     const bytes = this.buffers.take(end - start)
     const release = (): void => this.buffers.give(bytes)
     try {
-      if (held !== undefined) await store.readInto(digest, start, bytes)
-      else await download?.readRange(start, bytes.byteLength, bytes)
+      await source.readInto(start, bytes)
       signal.throwIfAborted()
     } catch (err) {
       release()
@@ -120,6 +115,17 @@ export class StoreChunkProvider implements ChunkProvider {
       throw err
     }
     return { length: bytes.byteLength, body: Readable.from([bytes]), release }
+  }
+
+  /** Where chunk `index` of a blob is read from: the stored blob, or a verified chunk of its download in flight. */
+  private chunkSource(digest: string, index: number): { plan: ChunkPlan; readInto(start: number, into: Uint8Array): Promise<void> } | undefined {
+    const { store, chunkSize } = this.opts
+    const held = store.stat(digest)
+    if (held !== undefined) return { plan: planChunks(held.size, chunkSize), readInto: (start, into) => store.readInto(digest, start, into) }
+    const download = this.inflight(digest)
+    const chunks = download?.chunks
+    if (download === undefined || chunks === undefined || chunks.have[index] !== true) return undefined
+    return { plan: chunks.plan, readInto: (start, into) => download.readInto(start, into) }
   }
 
   /** Resolves once more than `count` chunks of the blob are held (or all are, or none will come), or `signal` ends. */

@@ -1,6 +1,6 @@
 import { Readable } from 'node:stream'
 import type { Logger } from 'pino'
-import type { BlobWriter } from '../store/blob-store.js'
+import { type BlobWriter, readFully } from '../store/blob-store.js'
 import { StoreError } from '../store/errors.js'
 import type { ChunkState } from './chunks/state.js'
 
@@ -143,21 +143,14 @@ export class Download implements ReadTarget {
   }
 
   /**
-   * Bytes [start, start + length) of the partial file, past the in-order prefix too: for a
-   * verified chunk a peer asks for (the caller checks `chunks` first). Into `into` when given
-   * (its length is `length`).
+   * Fills `into` with the partial file's bytes from `start`, past the in-order prefix too: for a
+   * verified chunk a peer asks for (the caller checks `chunks` first).
    */
-  async readRange(start: number, length: number, into?: Buffer): Promise<Buffer> {
+  async readInto(start: number, into: Uint8Array): Promise<void> {
     if (this.writer === undefined || this.state === 'failed') throw new StoreError('NOT_STARTED', 'download is not running')
     this.acquire()
     try {
-      const buf = into ?? Buffer.allocUnsafe(length)
-      for (let off = 0; off < length; ) {
-        const { bytesRead } = await this.writer.fh.read(buf, off, length - off, start + off)
-        if (bytesRead === 0) throw new StoreError('SHORT_READ', 'blob file is shorter than a held chunk')
-        off += bytesRead
-      }
-      return buf
+      await readFully(this.writer.fh, into, start)
     } finally {
       this.release()
     }

@@ -22,6 +22,8 @@ import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { freePort } from './proc.js'
 
+export { freePort }
+
 export interface OriginLogEntry {
   method: string
   /** request URI exactly as logged: path plus query string, if any */
@@ -133,8 +135,6 @@ function killTree(child: ChildProcess, signal: NodeJS.Signals): void {
     }
   }
 }
-
-export { freePort }
 
 function registryConfig(rootDir: string, addr: string, opts: StartOriginOptions): string {
   const config: Record<string, unknown> = {
