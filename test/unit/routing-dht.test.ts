@@ -10,7 +10,7 @@ const DIGEST = `sha256:${createHash('sha256').update('blob').digest('hex')}`
 
 const peer = (id: string) => ({ id: { toString: () => id }, multiaddrs: [{ toString: () => `/ip4/127.0.0.${id.length}/tcp/4001/p2p/${id}` }] })
 
-/** a kad-dht stand-in: a local routing table of `table`, a closest-peers query that yields `events` (then hangs when `hang`) */
+/** a kad-dht stand-in: a local routing table of `table`, a closest-peers query that yields `events` (then, when `hang`, never ends, deaf to its signal like a dial to a dead peer) */
 function backend(table: string[], events: object[], hang = false): DhtBackend {
   return {
     selfId: 'self',
@@ -18,9 +18,9 @@ function backend(table: string[], events: object[], hang = false): DhtBackend {
     onPeerAdded: () => () => {},
     provide: async function* () {},
     findProviders: async function* () {},
-    closestPeers: async function* (_cid, { signal }) {
+    closestPeers: async function* () {
       for (const event of events) yield event as QueryEvent
-      if (hang) await new Promise((_resolve, reject) => signal.addEventListener('abort', () => reject(signal.reason)))
+      if (hang) await new Promise(() => {})
     },
     localClosest: () => table,
     addressesOf: async (id) => [`/ip4/127.0.0.9/tcp/4001/p2p/${id}`],
@@ -43,7 +43,7 @@ describe('DHT closest peers (origin-fetcher candidates)', () => {
     }
   })
 
-  it('a query cut by its deadline still yields every peer it heard of (answered or not), and never self', async () => {
+  it('a query cut by its deadline yields at once every peer it heard of (answered or not), and never self', { timeout: 5_000 }, async () => {
     const router = new DhtContentRouter(
       backend(['a'], [{ name: 'PEER_RESPONSE', from: { toString: () => 'a' }, closer: [peer('bb'), peer('self'), peer('ccc')] }], true),
       { logger },
