@@ -37,12 +37,16 @@ export interface P2pConfig {
   readonly chunkSize: number
   /** concurrent chunk uploads to peers */
   readonly maxUploads: number
+  /** chunk requests to peers in flight at once, over all downloads */
+  readonly maxRequests: number
   /** cap on upload bytes per second to peers; 0: none */
   readonly uploadRate: number
   /** cap on blob bytes received per second, from peers and origin together; 0: none */
   readonly downloadRate: number
   /** how long a download looks for peers before it goes to origin */
   readonly lookupTimeoutMs: number
+  /** kad-dht's K: bucket size, peers per query answer, provider records per blob */
+  readonly dhtBucketSize: number
   /** how long a peer that sent bad bytes is left out */
   readonly penaltyMs: number
   /** nodes that share the origin fetch of a blob nobody holds (the closest to its DHT key) */

@@ -78,6 +78,7 @@ export async function startSwarm(opts: SwarmOptions): Promise<Swarm> {
     announce: config.announce.length > 0 ? [...config.announce] : undefined,
     bootstrap: [...config.bootstrap],
     swarmKeyFile: config.swarmKeyFile === '' ? undefined : config.swarmKeyFile,
+    routing: { kBucketSize: config.dhtBucketSize },
     logger: logger.child({ component: 'p2p' }),
     signal: opts.signal,
   })
@@ -113,6 +114,7 @@ export async function startSwarm(opts: SwarmOptions): Promise<Swarm> {
 
   const hooks: SwarmHooks = {
     chunkSize: config.chunkSize,
+    maxRequests: config.maxRequests,
     fetcherStallMs: config.fetcherStallMs,
     joined: () => node.router.ready(),
     fanout: (locator, plan, signal) =>

@@ -8,7 +8,7 @@ import { DigestMismatchError, SizeMismatchError } from '../store/errors.js'
 import { abortable } from '../util/abort.js'
 import { ChunkBuffers } from './chunks/buffers.js'
 import { planChunks } from './chunks/plan.js'
-import { TableMismatchError } from './chunks/scheduler.js'
+import { RequestSlots, TableMismatchError } from './chunks/scheduler.js'
 import { ChunkState } from './chunks/state.js'
 import { createBlobReader, Download, type ReadTarget } from './download.js'
 import { runSwarmDownload, type SwarmHooks, type SwarmPlan } from './swarm-download.js'
@@ -59,11 +59,16 @@ export class BlobService {
   private readonly log: Logger
   /** chunk buffers shared by swarm downloads, dropped when none runs */
   private readonly buffers: ChunkBuffers | undefined
+  /** chunk requests to peers in flight, over all swarm downloads */
+  private readonly slots: RequestSlots | undefined
 
   constructor(opts: BlobServiceOptions) {
     this.opts = opts
     this.log = opts.logger
-    if (opts.swarm !== undefined) this.buffers = new ChunkBuffers(opts.swarm.chunkSize, POOLED_CHUNK_BUFFERS)
+    if (opts.swarm !== undefined) {
+      this.buffers = new ChunkBuffers(opts.swarm.chunkSize, POOLED_CHUNK_BUFFERS)
+      this.slots = new RequestSlots(opts.swarm.maxRequests)
+    }
   }
 
   inflight(): number {
@@ -263,6 +268,7 @@ export class BlobService {
             logger: this.log,
             onFetched: this.opts.events?.onFetched,
             buffers: this.buffers,
+            slots: this.slots,
           })
           return
         } catch (err) {

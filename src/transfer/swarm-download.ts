@@ -3,7 +3,7 @@ import type { BlobWriter } from '../store/blob-store.js'
 import { ChunkBuffers } from './chunks/buffers.js'
 import { type ChunkPlan, chunkBounds, chunkHash } from './chunks/plan.js'
 import { OriginChunkSource } from './chunks/origin-source.js'
-import { ChunkScheduler, type ChunkSource, TableMismatchError } from './chunks/scheduler.js'
+import { ChunkScheduler, type ChunkSource, RequestSlots, TableMismatchError } from './chunks/scheduler.js'
 import { ChunkState } from './chunks/state.js'
 import type { OriginStripes } from './chunks/stripes.js'
 import type { Download } from './download.js'
@@ -109,6 +109,8 @@ export interface FanoutPlan {
 /** What the transfer layer asks of the swarm (implemented by the composition root). */
 export interface SwarmHooks {
   readonly chunkSize: number
+  /** chunk requests to peers in flight at once, over all of the node's downloads */
+  readonly maxRequests: number
   /** the node has peers: worth asking the swarm at all */
   joined(): boolean
   /** peers holding the blob (other than `known` ones), found within a short deadline; undefined when there are none */
@@ -144,6 +146,8 @@ export interface SwarmDownloadOptions {
   onFetched?(source: string, bytes: number, peer?: string): void
   /** chunk buffers, reused across downloads (default: fresh ones) */
   buffers?: ChunkBuffers
+  /** the node's request slots, shared across downloads (default: this download's own, `swarm.maxRequests`) */
+  slots?: RequestSlots
   /** leave the peers after this long without a chunk (default NO_PROGRESS_MS) */
   noProgressMs?: number
 }
@@ -241,6 +245,7 @@ export async function runSwarmDownload(opts: SwarmDownloadOptions): Promise<void
     origin: stripes === undefined ? originSource : gated(originSource, (i) => stripes.mine(i)),
     maxInflightOrigin: stripes === undefined ? undefined : FANOUT_ORIGIN_INFLIGHT,
     buffers,
+    slots: opts.slots ?? new RequestSlots(swarm.maxRequests),
     requestTimeoutMs: PEER_CHUNK_TIMEOUT_MS,
     originRequestTimeoutMs: ORIGIN_CHUNK_TIMEOUT_MS,
     mayWait: () => stripes !== undefined && stripes.others().length > 0,

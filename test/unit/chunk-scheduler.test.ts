@@ -4,7 +4,7 @@ import { describe, test } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { ChunkBuffers } from '../../src/transfer/chunks/buffers.js'
 import { ChunkTable, chunkBounds, chunkHash, planChunks } from '../../src/transfer/chunks/plan.js'
-import { ChunkScheduler, type ChunkSource, NoSourceError } from '../../src/transfer/chunks/scheduler.js'
+import { ChunkScheduler, type ChunkSource, NoSourceError, RequestSlots } from '../../src/transfer/chunks/scheduler.js'
 
 const CHUNK = 1024
 
@@ -148,6 +148,43 @@ describe('chunk scheduler', () => {
     )
     assert.ok(out.equals(bytes))
     assert.equal(b.requests, 0, 'b did not duplicate the chunk a was fetching')
+  })
+
+  test('request slots bound the requests in flight over several downloads, and the end game stays small', async () => {
+    const slots = new RequestSlots(3)
+    let inflight = 0
+    let most = 0
+    const counted = (bytes: Buffer, id: string): FakeSource => {
+      const source = new FakeSource(id, bytes, { delayMs: 20 })
+      const fetch = source.fetch.bind(source)
+      source.fetch = async (i, signal, into) => {
+        most = Math.max(most, ++inflight)
+        try {
+          return await fetch(i, signal, into)
+        } finally {
+          inflight--
+        }
+      }
+      return source
+    }
+    const one = blob(12)
+    const two = blob(12)
+    const runs = [one, two].map(({ bytes, table }) =>
+      download(
+        table,
+        Array.from({ length: 10 }, (_, i) => counted(bytes, `p${i}`)),
+        undefined,
+        { slots, hedgeAfterMs: 1_000, requestTimeoutMs: 5_000 },
+      ),
+    )
+    const alive = setInterval(() => {}, 50) // a download waiting for a slot has only the scheduler's unref'd timer
+    const results = await Promise.all(runs).finally(() => clearInterval(alive))
+    assert.ok(results[0]!.out.equals(one.bytes) && results[1]!.out.equals(two.bytes))
+    assert.ok(most <= 3, `at most 3 requests in flight, saw ${most}`)
+    assert.equal(slots.inUse, 0, 'every slot given back')
+    // 20 peer slots per download and 12 chunks: without the cap the end game asks for nearly every chunk twice
+    const wasted = results[0]!.result.wasted + results[1]!.result.wasted
+    assert.ok(wasted <= 6, `few duplicate requests, saw ${wasted}`)
   })
 
   test('a peer dropped for failing can be taken back; one dropped for bad bytes cannot', async () => {

@@ -69,6 +69,7 @@ function emptyPeer(id: string): PeerSource {
 function hooks(): SwarmHooks {
   return {
     chunkSize: CHUNK,
+    maxRequests: 8,
     fetcherStallMs: 60_000,
     joined: () => true,
     discover: async () => undefined,
