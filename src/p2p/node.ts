@@ -335,6 +335,14 @@ function dhtBackend(node: PeerLibp2p, table: RoutingTableView): DhtBackend {
     findProviders: (cid, options) => dht.findProviders(cid, options),
     closestPeers: (cid, options) => dht.getClosestPeers(cid.multihash.bytes, options),
     localClosest: (cid, count) => table.closestPeers(createHash('sha256').update(cid.multihash.bytes).digest(), { count }).map((id) => id.toString()),
+    connectedPeers: async () => {
+      const out: string[] = []
+      for (const id of node.getPeers()) {
+        const peer = await node.peerStore.get(id).catch(() => undefined)
+        if (peer?.protocols.includes(DHT_PROTOCOL) === true) out.push(id.toString())
+      }
+      return out
+    },
     addressesOf: async (id) => (await node.peerStore.get(peerIdFromString(id))).addresses.map((a) => a.multiaddr.toString()),
     cancelReprovide: (cid) => dht.cancelReprovide(cid)
   }

@@ -58,6 +58,8 @@ export interface DhtBackend {
   closestPeers(cid: CID, options: { signal: AbortSignal }): AsyncIterable<QueryEvent>
   /** peer ids of the local routing table closest to the CID's DHT key (no network) */
   localClosest(cid: CID, count: number): string[]
+  /** connected peers that speak the DHT protocol (in a small swarm, every member) */
+  connectedPeers(): Promise<string[]>
   /** multiaddrs the peer store knows for a peer (kad-dht's final answers carry none) */
   addressesOf(peerId: string): Promise<string[]>
   /** forget our own provider record locally (kad-dht `cancelReprovide`) */
@@ -178,7 +180,9 @@ export class DhtContentRouter implements ContentRouter {
    *
    * The query runs even when the table is small: a table fills as peers talk to the node, and
    * in a fan-out bench a quarter of 16 nodes started a pull knowing only 11-14 of the other 15,
-   * chose other fetchers than the rest did, and sent origin 1.4-2.2× the image.
+   * chose other fetchers than the rest did, and sent origin 1.4-2.2× the image. Connected DHT
+   * peers are candidates too: with K = 8 a query answer names 8 peers and a table may leave
+   * some out, and in one 16-node run nodes chose two different pairs of fetchers for two blobs.
    */
   async closest(digest: string, options: LookupOptions = {}): Promise<PeerRef[]> {
     const cid = digestToCid(digest)
@@ -186,7 +190,8 @@ export class DhtContentRouter implements ContentRouter {
     const query = await this.queryClosest(cid, digest, options)
     // every peer heard of, not only those that answered in time: under load some answers come
     // late, and a node that leaves them out chooses other fetchers than the rest
-    const ids = new Set([...this.backend.localClosest(cid, LOCAL_CLOSEST), ...query.final, ...query.heard.keys()])
+    const connected = await this.backend.connectedPeers().catch(() => [])
+    const ids = new Set([...this.backend.localClosest(cid, LOCAL_CLOSEST), ...query.final, ...query.heard.keys(), ...connected])
     ids.delete(this.backend.selfId)
     const out: PeerRef[] = []
     for (const id of ids) {

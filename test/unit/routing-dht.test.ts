@@ -10,8 +10,8 @@ const DIGEST = `sha256:${createHash('sha256').update('blob').digest('hex')}`
 
 const peer = (id: string) => ({ id: { toString: () => id }, multiaddrs: [{ toString: () => `/ip4/127.0.0.${id.length}/tcp/4001/p2p/${id}` }] })
 
-/** a kad-dht stand-in: a local routing table of `table`, a closest-peers query that yields `events` (then, when `hang`, never ends, deaf to its signal like a dial to a dead peer) */
-function backend(table: string[], events: object[], hang = false): DhtBackend {
+/** a kad-dht stand-in: a local routing table of `table`, a closest-peers query that yields `events` (then, when `hang`, never ends, deaf to its signal like a dial to a dead peer), `connected` DHT peers */
+function backend(table: string[], events: object[], hang = false, connected: string[] = []): DhtBackend {
   return {
     selfId: 'self',
     routingTableSize: () => table.length,
@@ -23,6 +23,7 @@ function backend(table: string[], events: object[], hang = false): DhtBackend {
       if (hang) await new Promise(() => {})
     },
     localClosest: () => table,
+    connectedPeers: async () => connected,
     addressesOf: async (id) => [`/ip4/127.0.0.9/tcp/4001/p2p/${id}`],
     cancelReprovide: async () => {},
   }
@@ -51,6 +52,17 @@ describe('DHT closest peers (origin-fetcher candidates)', () => {
     try {
       const found = await router.closest(DIGEST, { timeoutMs: 50 })
       assert.deepEqual(found.map((p) => p.id).sort(), ['a', 'bb', 'ccc'])
+    } finally {
+      await router.stop()
+    }
+  })
+
+  it('a connected DHT peer that neither the table nor the query named is a candidate, with its known addresses', async () => {
+    const router = new DhtContentRouter(backend(['a'], [{ name: 'FINAL_PEER', peer: peer('a') }], false, ['a', 'dddd']), { logger })
+    try {
+      const found = await router.closest(DIGEST)
+      assert.deepEqual(found.map((p) => p.id).sort(), ['a', 'dddd'])
+      assert.deepEqual(found.find((p) => p.id === 'dddd')?.addrs, ['/ip4/127.0.0.9/tcp/4001'])
     } finally {
       await router.stop()
     }
