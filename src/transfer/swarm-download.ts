@@ -17,6 +17,12 @@ const FETCHER_MAX_FAILURES = 3
 const FETCHER_SILENCE = 4
 const WATCHDOG_MS = 500
 /**
+ * An origin fetcher counts as stalled only once it has not grown for this many of the times
+ * chunks take here lately (or p2p.fetcherStall, if longer): in a 16-node fan-out on two cores,
+ * chunks took 5-10 s, and fetchers still fetching were given up after 13-18 s without growth.
+ */
+const STALL_CHUNK_TIMES = 3
+/**
  * How often a running download looks for more peers, while it has fewer than ENOUGH_PEERS: a DHT
  * lookup is the costliest thing a node does per blob (profiled: kad-dht and its peer store took
  * half of a node's CPU when every download looked every 1.5 s, a sixth to a quarter after this).
@@ -293,7 +299,9 @@ export async function runSwarmDownload(opts: SwarmDownloadOptions): Promise<void
         }
         return false
       }
-      const why = src === undefined ? 'unknown' : fetcherTrouble(src, swarm.fetcherStallMs, waitedOn)
+      // on a loaded fleet every chunk takes long: a fetcher is stalled only past a few chunk times
+      const stallMs = Math.max(swarm.fetcherStallMs, STALL_CHUNK_TIMES * scheduler.medianChunkMs())
+      const why = src === undefined ? 'unknown' : fetcherTrouble(src, stallMs, waitedOn)
       if (why !== undefined) {
         stripes.drop(id)
         const seen = src === undefined ? {} : { answeredAgo: Date.now() - src.lastAnswer, grewAgo: Date.now() - src.lastGrowth, lastError: src.refreshError }

@@ -151,7 +151,7 @@ describe('chunk scheduler', () => {
   })
 
   test('request slots bound the requests in flight over several downloads, and the end game stays small', async () => {
-    const slots = new RequestSlots(3)
+    const slots = new RequestSlots(4)
     let inflight = 0
     let most = 0
     const counted = (bytes: Buffer, id: string): FakeSource => {
@@ -180,11 +180,26 @@ describe('chunk scheduler', () => {
     const alive = setInterval(() => {}, 50) // a download waiting for a slot has only the scheduler's unref'd timer
     const results = await Promise.all(runs).finally(() => clearInterval(alive))
     assert.ok(results[0]!.out.equals(one.bytes) && results[1]!.out.equals(two.bytes))
-    assert.ok(most <= 3, `at most 3 requests in flight, saw ${most}`)
+    // the cap, plus at most one fair share (4 ÷ 2 downloads) for a download the other crowds out
+    assert.ok(most <= 6, `at most 6 requests in flight, saw ${most}`)
     assert.equal(slots.inUse, 0, 'every slot given back')
     // 20 peer slots per download and 12 chunks: without the cap the end game asks for nearly every chunk twice
     const wasted = results[0]!.result.wasted + results[1]!.result.wasted
     assert.ok(wasted <= 6, `few duplicate requests, saw ${wasted}`)
+  })
+
+  test('a download keeps its fair share of slots while another holds them all with hung requests', async () => {
+    const slots = new RequestSlots(2)
+    const stuck = blob(4)
+    // the first download takes both slots, and its peer never answers
+    const first = download(stuck.table, [new FakeSource('hangs', stuck.bytes, { hang: true })], undefined, { slots, requestTimeoutMs: 60_000, hedgeAfterMs: 60_000 })
+    first.catch(() => {})
+    await sleep(20)
+    assert.equal(slots.inUse, 2)
+    const { bytes, table } = blob(6)
+    const alive = setInterval(() => {}, 50)
+    const { out } = await download(table, [new FakeSource('good', bytes, { delayMs: 2 })], undefined, { slots }).finally(() => clearInterval(alive))
+    assert.ok(out.equals(bytes), 'the second download completed on its share')
   })
 
   test('a peer dropped for failing can be taken back; one dropped for bad bytes cannot', async () => {

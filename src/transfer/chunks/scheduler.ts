@@ -102,10 +102,17 @@ const RECENT_DURATIONS = 16
  * 16-node fan-out, two requests per peer with a dozen peers per blob kept 60-90 chunks in flight
  * per node, each took tens of seconds, and the end game duplicated nearly every one of them
  * (1,212 abandoned requests for 528 chunks; uploads counted 3.5 GB against 1.9 GB received).
+ *
+ * Each download running may always have its fair share (max ÷ downloads, at least one) in
+ * flight, even when the others hold every slot: the download whose chunk just landed takes the
+ * freed slot at once, and a download whose few requests hung on a slow peer was otherwise left
+ * waiting with no slot to hedge them (60 s without a chunk, in one run). The total then exceeds
+ * the cap by at most one share.
  */
 export class RequestSlots {
   readonly max: number
   private used = 0
+  private downloads = 0
 
   constructor(max: number) {
     if (!Number.isInteger(max) || max < 1) throw new RangeError(`request slots must be a positive integer, got ${max}`)
@@ -114,6 +121,20 @@ export class RequestSlots {
 
   get free(): boolean {
     return this.used < this.max
+  }
+
+  /** whether a download with `mine` requests in flight may start another */
+  mayStart(mine: number): boolean {
+    return this.used < this.max || mine < Math.max(1, Math.floor(this.max / Math.max(1, this.downloads)))
+  }
+
+  /** a download starts / stops counting towards the fair share */
+  join(): void {
+    this.downloads++
+  }
+
+  leave(): void {
+    this.downloads--
   }
 
   /** requests holding a slot now */
@@ -178,6 +199,8 @@ export class ChunkScheduler {
   private hedgeTimer: NodeJS.Timeout | undefined
   /** where the next pump starts among the sources */
   private turn = -1
+  /** requests to peers in flight */
+  private peerRequests = 0
   private readonly buffers: ChunkBuffers
   /** how long the last accepted chunks took, ms */
   private readonly durations: number[] = []
@@ -193,6 +216,7 @@ export class ChunkScheduler {
   run(signal: AbortSignal): Promise<ScheduleResult> {
     return new Promise<ScheduleResult>((resolve, reject) => {
       this.settle = { resolve, reject }
+      this.opts.slots?.join()
       if (signal.aborted) {
         this.fail(signal.reason as Error)
         return
@@ -301,7 +325,7 @@ export class ChunkScheduler {
       for (const source of order) {
         if ((this.load.get(source) ?? 0) >= this.capacity(source)) continue
         if ((this.busyUntil.get(source) ?? 0) > now) continue
-        if (source.kind === 'peer' && this.opts.slots?.free === false) continue
+        if (source.kind === 'peer' && this.opts.slots?.mayStart(this.peerRequests) === false) continue
         const index = this.pick(source, now, rarity, hedgeDelay)
         if (index === undefined) continue
         this.start(index, source, now)
@@ -309,9 +333,7 @@ export class ChunkScheduler {
       }
     }
     const resting = sources.some((source) => (this.busyUntil.get(source) ?? 0) > now)
-    // slots all taken by the node's other downloads come back (their requests time out at worst)
-    const queued = this.opts.slots?.free === false
-    if (this.inflight.size === 0 && this.done.size < this.opts.plan.count && !resting && !queued && this.opts.mayWait?.() !== true) {
+    if (this.inflight.size === 0 && this.done.size < this.opts.plan.count && !resting && this.opts.mayWait?.() !== true) {
       this.fail(new NoSourceError(this.opts.plan.count - this.done.size))
     }
   }
@@ -357,11 +379,16 @@ export class ChunkScheduler {
     return undefined
   }
 
+  /** the median time the last chunks took, ms (0 before the first) */
+  medianChunkMs(): number {
+    if (this.durations.length === 0) return 0
+    const sorted = [...this.durations].sort((a, b) => a - b)
+    return sorted[sorted.length >> 1] as number
+  }
+
   /** how long a chunk may take before it is hedged: the configured delay, or longer when chunks are slow anyway */
   private hedgeDelay(): number {
-    if (this.durations.length === 0) return this.opts.hedgeAfterMs
-    const sorted = [...this.durations].sort((a, b) => a - b)
-    return Math.max(this.opts.hedgeAfterMs, HEDGE_MULTIPLE * (sorted[sorted.length >> 1] as number))
+    return Math.max(this.opts.hedgeAfterMs, HEDGE_MULTIPLE * this.medianChunkMs())
   }
 
   private start(index: number, source: ChunkSource, now: number): void {
@@ -372,7 +399,10 @@ export class ChunkScheduler {
     flights.push(flight)
     this.inflight.set(index, flights)
     this.load.set(source, (this.load.get(source) ?? 0) + 1)
-    if (source.kind === 'peer') this.opts.slots?.take()
+    if (source.kind === 'peer') {
+      this.peerRequests++
+      this.opts.slots?.take()
+    }
     const timeoutMs = source.kind === 'origin' ? (this.opts.originRequestTimeoutMs ?? this.opts.requestTimeoutMs) : this.opts.requestTimeoutMs
     const signal = timeoutSignal(timeoutMs, controller.signal)
     source.fetch(index, signal, flight.into).then(
@@ -383,7 +413,10 @@ export class ChunkScheduler {
 
   private end(index: number, flight: Inflight): void {
     this.load.set(flight.source, (this.load.get(flight.source) ?? 1) - 1)
-    if (flight.source.kind === 'peer') this.opts.slots?.give()
+    if (flight.source.kind === 'peer') {
+      this.peerRequests--
+      this.opts.slots?.give()
+    }
     const flights = this.inflight.get(index)
     if (flights === undefined) return
     const rest = flights.filter((f) => f !== flight)
@@ -460,6 +493,7 @@ export class ChunkScheduler {
   private complete(): void {
     if (this.finished) return
     this.finished = true
+    this.opts.slots?.leave()
     clearInterval(this.hedgeTimer)
     this.accepting.then(
       () => this.settle.resolve(this.result),
@@ -470,6 +504,7 @@ export class ChunkScheduler {
   private fail(err: Error): void {
     if (this.finished) return
     this.finished = true
+    this.opts.slots?.leave()
     clearInterval(this.hedgeTimer)
     for (const flights of this.inflight.values()) for (const f of flights) f.controller.abort()
     this.settle.reject(err)
