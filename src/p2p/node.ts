@@ -333,7 +333,6 @@ function dhtBackend(node: PeerLibp2p, table: RoutingTableView): DhtBackend {
     },
     provide: (cid, options) => dht.provide(cid, options),
     findProviders: (cid, options) => dht.findProviders(cid, options),
-    closestPeers: (cid, options) => dht.getClosestPeers(cid.multihash.bytes, options),
     localClosest: (cid, count) => table.closestPeers(createHash('sha256').update(cid.multihash.bytes).digest(), { count }).map((id) => id.toString()),
     connectedPeers: async () => {
       const out: string[] = []

@@ -14,6 +14,8 @@
  *   de-duplicated, peers without addresses skipped, stopped after `limit`;
  *   returns at once when the routing table is empty (kad-dht would otherwise
  *   wait for a first peer until the deadline).
+ * - closest: the peers closest to a blob's key (origin-fetcher candidates),
+ *   from the same walk as a lookup running for that blob (see SharedWalk).
  *
  * The router talks to kad-dht through `DhtBackend`, a narrow view that
  * `src/p2p/node.ts` builds over the libp2p service.
@@ -23,6 +25,7 @@ import type { QueryEvent } from '@libp2p/kad-dht'
 import type { CID } from 'multiformats/cid'
 import type { Logger } from 'pino'
 import { digestToCid } from './key.js'
+import { SharedWalk, transportAddrs } from './walk.js'
 import {
   AdvertiseFailedError,
   type AdvertiseOptions,
@@ -42,6 +45,8 @@ export const DEFAULT_REANNOUNCE_INTERVAL_MS = 10 * 60_000
 export const DEFAULT_REANNOUNCE_CONCURRENCY = 4
 /** closest peers taken from the local routing table as origin-fetcher candidates */
 const LOCAL_CLOSEST = 20
+/** the longest a shared providers walk runs (the longest any of its users waits: choosing origin fetchers, 10 s) */
+const WALK_MAX_MS = 10_000
 /** wait this long after the routing table gains a peer before announcing pending digests */
 const PENDING_DEBOUNCE_MS = 1_000
 
@@ -54,8 +59,6 @@ export interface DhtBackend {
   onPeerAdded(listener: () => void): () => void
   provide(cid: CID, options: { signal: AbortSignal }): AsyncIterable<QueryEvent>
   findProviders(cid: CID, options: { signal: AbortSignal }): AsyncIterable<QueryEvent>
-  /** kad-dht `getClosestPeers` on the CID's multihash */
-  closestPeers(cid: CID, options: { signal: AbortSignal }): AsyncIterable<QueryEvent>
   /** peer ids of the local routing table closest to the CID's DHT key (no network) */
   localClosest(cid: CID, count: number): string[]
   /** connected peers that speak the DHT protocol (in a small swarm, every member) */
@@ -93,6 +96,8 @@ export class DhtContentRouter implements ContentRouter {
   private readonly reannounceConcurrency: number
   private readonly schedule = new Map<string, ScheduleEntry>()
   private readonly inflight = new Map<string, Promise<void>>()
+  /** providers walks running, by digest */
+  private readonly walks = new Map<string, SharedWalk>()
   private readonly shutdown = new AbortController()
   private readonly unsubscribe: () => void
   private passTimer: NodeJS.Timeout | undefined
@@ -143,33 +148,29 @@ export class DhtContentRouter implements ContentRouter {
   }
 
   async *lookup(digest: string, options: LookupOptions = {}): AsyncIterable<PeerRef> {
-    const cid = digestToCid(digest)
     const limit = options.limit ?? DEFAULT_LOOKUP_LIMIT
     if (limit <= 0 || options.signal?.aborted === true || !this.ready()) return
     const deadline = withDeadline(options.timeoutMs ?? this.lookupTimeoutMs, [this.shutdown.signal, options.signal])
-    const seen = new Set<string>()
-    let found = 0
+    const walk = this.walkFor(digest)
+    walk.join()
+    let next = 0
     try {
-      for await (const event of this.backend.findProviders(cid, { signal: deadline.signal })) {
-        if (event.name !== 'PROVIDER') continue
-        for (const provider of event.providers) {
-          const id = provider.id.toString()
-          if (id === this.backend.selfId || seen.has(id)) continue
-          const addrs = transportAddrs(provider.multiaddrs)
-          // kad-dht can report a provider without addresses (local record, empty peer
-          // store); it may come back later with addresses, so it is not marked seen
-          if (addrs.length === 0) continue
-          seen.add(id)
-          yield { id, addrs }
-          if (++found >= limit) return
+      for (;;) {
+        while (next < walk.providers.length) {
+          yield walk.providers[next++] as PeerRef
+          if (next >= limit) return
         }
+        if (walk.ended) break
+        await raceSignal(walk.changed(), deadline.signal)
       }
     } catch (err) {
       // deadline, caller abort and shutdown end the lookup quietly
       if (!deadline.signal.aborted) throw new LookupFailedError(digest, { cause: err })
     } finally {
+      walk.leave()
       deadline.clear()
     }
+    if (walk.error !== undefined) throw new LookupFailedError(digest, { cause: walk.error })
   }
 
   /**
@@ -185,53 +186,51 @@ export class DhtContentRouter implements ContentRouter {
    * some out, and in one 16-node run nodes chose two different pairs of fetchers for two blobs.
    */
   async closest(digest: string, options: LookupOptions = {}): Promise<PeerRef[]> {
-    const cid = digestToCid(digest)
     if (options.signal?.aborted === true || !this.ready()) return []
-    const query = await this.queryClosest(cid, digest, options)
+    const deadline = withDeadline(options.timeoutMs ?? this.lookupTimeoutMs, [this.shutdown.signal, options.signal])
+    const walk = this.walkFor(digest)
+    walk.join()
+    try {
+      // the deadline ends the wait at once, even while kad-dht still dials a dead peer
+      await raceSignal(walk.done, deadline.signal)
+    } catch (err) {
+      if (!deadline.signal.aborted) throw new LookupFailedError(digest, { cause: err })
+    } finally {
+      walk.leave()
+      deadline.clear()
+    }
+    if (walk.error !== undefined && walk.heard.size === 0) throw new LookupFailedError(digest, { cause: walk.error })
     // every peer heard of, not only those that answered in time: under load some answers come
     // late, and a node that leaves them out chooses other fetchers than the rest
+    const heard = new Map(walk.heard)
     const connected = await this.backend.connectedPeers().catch(() => [])
-    const ids = new Set([...this.backend.localClosest(cid, LOCAL_CLOSEST), ...query.final, ...query.heard.keys(), ...connected])
+    const ids = new Set([...this.backend.localClosest(digestToCid(digest), LOCAL_CLOSEST), ...heard.keys(), ...connected])
     ids.delete(this.backend.selfId)
     const out: PeerRef[] = []
     for (const id of ids) {
-      const heard = query?.heard.get(id) ?? []
-      const addrs = heard.length > 0 ? heard : transportAddrs(await this.backend.addressesOf(id).catch(() => []))
-      if (addrs.length > 0) out.push({ id, addrs })
+      const addrs = heard.get(id) ?? []
+      const known = addrs.length > 0 ? addrs : transportAddrs(await this.backend.addressesOf(id).catch(() => []))
+      if (known.length > 0) out.push({ id, addrs: known })
     }
     return out
   }
 
-  /** kad-dht's closest-peers query under its deadline: its final answer, and every peer it heard of (with the addresses heard) */
-  private async queryClosest(cid: CID, digest: string, options: LookupOptions): Promise<{ final: string[]; heard: Map<string, string[]> }> {
-    const deadline = withDeadline(options.timeoutMs ?? this.lookupTimeoutMs, [this.shutdown.signal, options.signal])
-    const heard = new Map<string, string[]>()
-    const final: string[] = []
-    const hear = (id: string, multiaddrs: ReadonlyArray<{ toString(): string }>): void => {
-      const addrs = transportAddrs(multiaddrs)
-      if (addrs.length > 0 || !heard.has(id)) heard.set(id, addrs)
-    }
-    const walk = (async () => {
-      for await (const event of this.backend.closestPeers(cid, { signal: deadline.signal })) {
-        if (event.name === 'PEER_RESPONSE') {
-          hear(event.from.toString(), [])
-          for (const peer of event.closer) hear(peer.id.toString(), peer.multiaddrs)
-        } else if (event.name === 'FINAL_PEER') {
-          hear(event.peer.id.toString(), event.peer.multiaddrs)
-          final.push(event.peer.id.toString())
-        }
-      }
-    })()
-    walk.catch(() => {}) // after the deadline it ends on its own
-    try {
-      // the deadline ends the wait at once, even while kad-dht still dials a dead peer
-      await raceSignal(walk, deadline.signal)
-    } catch (err) {
-      if (!deadline.signal.aborted) throw new LookupFailedError(digest, { cause: err })
-    } finally {
+  /**
+   * The running providers walk for a digest, or a new one: a lookup and a closest-peers query
+   * for the same blob share it (see SharedWalk). It runs WALK_MAX_MS at most.
+   */
+  private walkFor(digest: string): SharedWalk {
+    const running = this.walks.get(digest)
+    if (running?.joinable === true) return running
+    const stop = new AbortController()
+    const deadline = withDeadline(WALK_MAX_MS, [this.shutdown.signal, stop.signal])
+    const walk = new SharedWalk(this.backend.findProviders(digestToCid(digest), { signal: deadline.signal }), deadline.signal, () => stop.abort(), this.backend.selfId)
+    this.walks.set(digest, walk)
+    void walk.done.then(() => {
       deadline.clear()
-    }
-    return { final: [...final], heard: new Map(heard) }
+      if (this.walks.get(digest) === walk) this.walks.delete(digest)
+    })
+    return walk
   }
 
   /** digests in the re-announce schedule */
@@ -246,7 +245,7 @@ export class DhtContentRouter implements ContentRouter {
     this.unsubscribe()
     clearTimeout(this.passTimer)
     clearTimeout(this.pendingTimer)
-    await Promise.allSettled([...this.inflight.values(), this.passRunning])
+    await Promise.allSettled([...this.inflight.values(), ...[...this.walks.values()].map((w) => w.done), this.passRunning])
   }
 
   /** one provide per digest at a time, under the router's own deadline */
@@ -378,18 +377,6 @@ export class DhtContentRouter implements ContentRouter {
     this.log.info({ pendingOnly: onlyPending, ok, failed, ms }, 're-announced digests')
   }
 }
-
-/** transport multiaddrs as strings, `/p2p/<id>` suffix removed, de-duplicated */
-function transportAddrs(multiaddrs: ReadonlyArray<{ toString(): string }>): string[] {
-  const out = new Set<string>()
-  for (const ma of multiaddrs) {
-    const addr = ma.toString().replace(P2P_SUFFIX, '')
-    if (addr.length > 0) out.add(addr)
-  }
-  return [...out]
-}
-
-const P2P_SUFFIX = /\/p2p\/[^/]+$/
 
 interface Deadline {
   signal: AbortSignal
