@@ -263,8 +263,10 @@ class DataClient implements PeerDataClient {
     const signal = timeoutSignal(this.timeoutMs, this.shutdown.signal)
     let ticket: TicketWire
     let host: string | undefined
+    let connected = false
     try {
       const connection = await this.connect(peer, signal)
+      connected = true
       host = connectionHost(connection)
       const stream = await connection.newStream(TICKET_PROTOCOL, { signal })
       await writeMessage(stream, encodeTicketRequest(), signal)
@@ -278,7 +280,7 @@ class DataClient implements PeerDataClient {
       if (err instanceof PeerDataError) throw err
       if (this.shutdown.signal.aborted) throw this.shutdown.signal.reason
       if (signal.aborted) throw new PeerTimeoutError(`no data ticket from ${peer.id} within ${this.timeoutMs} ms`, { cause: err })
-      throw new PeerUnreachableError(`cannot get a data ticket from ${peer.id}`, { cause: err })
+      throw new PeerUnreachableError(`cannot get a data ticket from ${peer.id}`, { cause: err, refused: !connected })
     }
     if (host === undefined) throw new PeerUnreachableError(`peer ${peer.id} is connected over a non-IP address; no data port to reach`)
     if (this.encrypt && !ticket.tls) throw new PeerPolicyError(`peer ${peer.id} serves plaintext only and this node requires encryption`)
@@ -397,7 +399,13 @@ class DataClient implements PeerDataClient {
         if (response !== undefined) return // the response stream reports it
         cleanup()
         if (err instanceof PeerDataError || err === signal.reason || err === this.shutdown.signal.reason) reject(err)
-        else reject(new PeerUnreachableError(`data request to ${peerId} at ${session.host}:${session.port} failed: ${err.code ?? err.message}`, { cause: err }))
+        else
+          reject(
+            new PeerUnreachableError(`data request to ${peerId} at ${session.host}:${session.port} failed: ${err.code ?? err.message}`, {
+              cause: err,
+              refused: err.code === 'ECONNREFUSED'
+            })
+          )
       })
       req.end()
     })

@@ -15,11 +15,18 @@ export class PeerDataError extends Error {
   }
 }
 
-/** no ticket could be obtained or the data port could not be reached */
+/**
+ * No ticket could be obtained or the data port could not be reached. `refused`: no connection
+ * could be made at all (a dial failed, the data port refused): the peer is most likely gone,
+ * whereas a reset or a failed stream on a loaded peer is not proof of that.
+ */
 export class PeerUnreachableError extends PeerDataError {
-  constructor(message: string, options?: ErrorOptions) {
+  readonly refused: boolean
+
+  constructor(message: string, options?: ErrorOptions & { refused?: boolean }) {
     super(message, 'ERR_PEER_UNREACHABLE', options)
     this.name = 'PeerUnreachableError'
+    this.refused = options?.refused ?? false
   }
 }
 

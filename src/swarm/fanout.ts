@@ -69,7 +69,9 @@ export async function planFanout(
   }
   // The closest reachable nodes: a candidate that cannot be dialled at all (a node that died,
   // still in the tables) is passed over for the next at once, instead of being counted on until
-  // the download gives it up; every node that tries it finds it dead.
+  // the download gives it up; every node that tries it finds it dead. Any other failure (a reset
+  // on a loaded peer) is no proof: a node that passed over a live fetcher for it chose other
+  // fetchers than the rest of the fleet.
   const ranked = rankByDistance(digest, [opts.selfId, ...candidates.keys()])
   const want = `${locator.registry}/${locator.name}`
   const ask = async (id: string): Promise<PeerChunkSource | 'self' | 'unreachable'> => {
@@ -77,7 +79,7 @@ export async function planFanout(
     const peer = candidates.get(id) as PeerRef
     const info = await opts.client
       .info(peer, digest, { signal: timeoutSignal(opts.infoTimeoutMs, opts.signal), want })
-      .catch((err: unknown) => (err instanceof PeerUnreachableError ? ('unreachable' as const) : undefined))
+      .catch((err: unknown) => (err instanceof PeerUnreachableError && err.refused ? ('unreachable' as const) : undefined))
     if (info === 'unreachable') return info
     const fits = info !== undefined && info.size === plan.size && info.chunkSize === plan.chunkSize && info.have.length === plan.count
     return new PeerChunkSource(peer, fits ? info : unknownHoldings(plan), opts.client, digest, opts.signal, want)

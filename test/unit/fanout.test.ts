@@ -96,14 +96,17 @@ describe('fetcher ranking', () => {
     }
   })
 
-  test('a candidate that cannot be dialled is passed over for the next at once', async () => {
+  test('a candidate that cannot be dialled is passed over for the next at once; one that is merely failing is not', async () => {
     const ids = (await peerIds(5)) as string[]
     const [self, ...others] = ids as [string, ...string[]]
     const ranked = rankByDistance(DIGEST, ids).filter((id) => id !== self)
     const dead = ranked[0] as string
+    // a loaded peer whose stream was reset: still counted on
+    const loaded = ranked[1] as string
     const client: PeerChunkClient = {
       info: async (peer) => {
-        if (peer.id === dead) throw new PeerUnreachableError('connection refused')
+        if (peer.id === dead) throw new PeerUnreachableError('connection refused', { refused: true })
+        if (peer.id === loaded) throw new PeerUnreachableError('stream reset')
         return undefined
       },
       fetchChunk: async () => {
@@ -125,7 +128,8 @@ describe('fetcher ranking', () => {
       })
       assert.ok(plan)
       const expected = rankByDistance(DIGEST, ids).filter((id) => id !== dead).slice(0, 2)
-      assert.deepEqual([0, 1].map((i) => plan.stripes.owner(i)), expected, 'the two closest that answer, in rank order')
+      assert.ok(expected.includes(loaded), 'the loaded peer ranks among the fetchers')
+      assert.deepEqual([0, 1].map((i) => plan.stripes.owner(i)), expected, 'the two closest that can be reached, in rank order')
       assert.ok(!plan.sources.some((src) => src.id === dead))
     } finally {
       stop.abort()
