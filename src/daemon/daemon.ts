@@ -5,6 +5,7 @@ import { OriginBlobSource } from '../origin/blob-source.js'
 import { OriginClient } from '../origin/client.js'
 import { buildServer } from '../registry/server.js'
 import { BlobStore } from '../store/blob-store.js'
+import { BlobSizes } from '../transfer/blob-sizes.js'
 import { BlobService } from '../transfer/blob-service.js'
 import { ManifestService } from '../transfer/manifest-service.js'
 import { isDigest, parseDigest } from '../oci/digest.js'
@@ -100,8 +101,10 @@ export async function startDaemon(config: Config, options: DaemonOptions = {}): 
       throw err
     }
   }
+  const sizes = new BlobSizes()
   blobs = new BlobService({
     store,
+    sizes,
     source: throttled(new OriginBlobSource(origin), downloadBucket),
     logger: logger.child({ component: 'transfer' }),
     resumeAttempts: RESUME_ATTEMPTS,
@@ -117,6 +120,7 @@ export async function startDaemon(config: Config, options: DaemonOptions = {}): 
   })
   const manifests = new ManifestService({
     store,
+    sizes,
     origin,
     logger: logger.child({ component: 'manifests' }),
     tagTtlMs: config.manifests.tagTtlMs,

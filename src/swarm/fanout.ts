@@ -57,10 +57,12 @@ export async function planFanout(
     return []
   })
   const plan = await planned
+  const plannedMs = Date.now() - started
   const floor = started + opts.lookupTimeoutMs - Date.now()
   if (plan !== undefined && floor > 0) await sleep(floor, undefined, { ref: false })
   enough.abort()
   const closest = await query
+  const queryMs = Date.now() - started
   if (plan === undefined) return undefined
   for (const peer of closest) if (!opts.penalties.isPenalised(peer.id)) candidates.set(peer.id, peer)
   if (candidates.size === 0) {
@@ -96,7 +98,11 @@ export async function planFanout(
       if (answer !== 'self') sources.push(answer)
     })
   }
-  opts.logger.info({ digest, fetchers: ranking, self: ranking.includes(opts.selfId), candidates: candidates.size, ms: Date.now() - started }, 'origin fetchers chosen')
+  // ms: from the request to the fetchers' answers; plannedMs: the blob's size known; queryMs: the candidates known
+  opts.logger.info(
+    { digest, fetchers: ranking, self: ranking.includes(opts.selfId), candidates: candidates.size, ms: Date.now() - started, plannedMs, queryMs },
+    'origin fetchers chosen',
+  )
   return { stripes: new OriginStripes(ranking, opts.selfId), sources }
 }
 

@@ -6,6 +6,7 @@ import { blobUnknown } from '../oci/errors.js'
 import type { BlobStore, BlobWriter } from '../store/blob-store.js'
 import { DigestMismatchError, SizeMismatchError } from '../store/errors.js'
 import { abortable } from '../util/abort.js'
+import type { BlobSizes } from './blob-sizes.js'
 import { ChunkBuffers } from './chunks/buffers.js'
 import { planChunks } from './chunks/plan.js'
 import { RequestSlots, TableMismatchError } from './chunks/scheduler.js'
@@ -45,6 +46,8 @@ export interface BlobServiceOptions {
   events?: BlobServiceEvents
   /** peers: where blobs are looked for before origin, and told about what this node holds */
   swarm?: SwarmHooks
+  /** blob sizes named by the manifests served: a swarm download plans its chunks without asking origin */
+  sizes?: BlobSizes
 }
 
 /**
@@ -216,7 +219,7 @@ export class BlobService {
     const planned = discovered.then(async (found) => {
       if (found?.sources.some((s) => s.complete)) return undefined
       if (found !== undefined) return found.plan
-      const size = await source.stat(locator, { signal }).catch(quiet('origin stat failed'))
+      const size = this.opts.sizes?.get(digest) ?? (await source.stat(locator, { signal }).catch(quiet('origin stat failed')))
       return size === undefined ? undefined : planChunks(size, swarm.chunkSize)
     })
     const [found, plan, fanout] = await Promise.all([discovered, planned, swarm.fanout(locator, planned, signal).catch(quiet('choosing origin fetchers failed'))])

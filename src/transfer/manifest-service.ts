@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto'
+import type { BlobSizes } from './blob-sizes.js'
 import type { Logger } from 'pino'
 import { type Digest, isDigest, parseDigest } from '../oci/digest.js'
 import { manifestUnknown, OciError } from '../oci/errors.js'
@@ -32,6 +33,8 @@ export interface ManifestServiceOptions {
   staleIfError: boolean
   /** the daemon's lifetime */
   signal: AbortSignal
+  /** told the blob sizes of every image manifest served */
+  sizes?: BlobSizes
 }
 
 /**
@@ -59,7 +62,12 @@ export class ManifestService {
     method: 'GET' | 'HEAD',
     signal: AbortSignal,
   ): Promise<ResolvedManifest> {
-    const acceptSet = normalizeAccept(accept)
+    const resolved = await this.lookup(target, reference, normalizeAccept(accept), method, signal)
+    this.opts.sizes?.noteManifest(resolved.digest, resolved.bytes)
+    return resolved
+  }
+
+  private async lookup(target: ManifestTarget, reference: string, acceptSet: string, method: 'GET' | 'HEAD', signal: AbortSignal): Promise<ResolvedManifest> {
     if (isDigest(reference)) {
       const { record, source } = await this.byDigest(target, parseDigest(reference), acceptSet, signal)
       return { ...fromRecord(record), source }
