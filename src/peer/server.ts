@@ -86,7 +86,7 @@ class DataServer implements PeerDataServer {
   /** the ticket identity each TLS socket authenticated with */
   private readonly tlsIdentity = new WeakMap<Socket, string>()
   private readonly closing = new AbortController()
-  private readonly counters = { uploads: 0, bytesSent: 0, uploadsTotal: 0, rejectedBusy: 0, rejectedUnauthorized: 0, ticketsIssued: 0 }
+  private readonly counters = { uploads: 0, bytesSent: 0, uploadsTotal: 0, rejectedBusy: 0, rejectedUnauthorized: 0, ticketsIssued: 0, infoAnswered: 0 }
   private boundPort = 0
   private closed: Promise<void> | undefined
 
@@ -283,6 +283,7 @@ class DataServer implements PeerDataServer {
     }
     checkInfo(info) // a provider bug answers 500, it does not reach the peer
     const body = encodeInfo(info)
+    this.counters.infoAnswered++
     log.trace('served info')
     if (res.destroyed) return
     res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) })

@@ -60,6 +60,8 @@ export interface PeerDataServerStats {
   /** requests without a valid ticket (HTTP 401 or a failed TLS handshake) */
   rejectedUnauthorized: number
   ticketsIssued: number
+  /** blob info answers (holdings asks and long polls) */
+  infoAnswered: number
   /** tickets currently valid */
   tickets: number
 }
