@@ -119,10 +119,6 @@ export class RequestSlots {
     this.max = max
   }
 
-  get free(): boolean {
-    return this.used < this.max
-  }
-
   /** whether a download with `mine` requests in flight may start another */
   mayStart(mine: number): boolean {
     return this.used < this.max || mine < Math.max(1, Math.floor(this.max / Math.max(1, this.downloads)))
