@@ -16,6 +16,8 @@ import { timeoutSignal } from '../util/abort.js'
 
 /** the longest a closest-peers query for choosing origin fetchers runs */
 const FANOUT_QUERY_MAX_MS = 10_000
+/** a fetcher candidate that refused a connection is tried once more after this */
+const UNREACHABLE_RETRY_MS = 300
 
 export interface FanoutOptions {
   selfId: string
@@ -76,12 +78,17 @@ export async function planFanout(
   // fetchers than the rest of the fleet.
   const ranked = rankByDistance(digest, [opts.selfId, ...candidates.keys()])
   const want = `${locator.registry}/${locator.name}`
+  const askOnce = (peer: PeerRef) =>
+    opts.client
+      .info(peer, digest, { signal: timeoutSignal(opts.infoTimeoutMs, opts.signal), want })
+      .catch((err: unknown) => (err instanceof PeerUnreachableError && err.refused ? ('unreachable' as const) : undefined))
   const ask = async (id: string): Promise<PeerChunkSource | 'self' | 'unreachable'> => {
     if (id === opts.selfId) return 'self'
     const peer = candidates.get(id) as PeerRef
-    const info = await opts.client
-      .info(peer, digest, { signal: timeoutSignal(opts.infoTimeoutMs, opts.signal), want })
-      .catch((err: unknown) => (err instanceof PeerUnreachableError && err.refused ? ('unreachable' as const) : undefined))
+    const first = await askOnce(peer)
+    // a loaded node may turn a dial away now and then (its pending-connection limits): dead is
+    // what refuses twice
+    const info = first === 'unreachable' ? await sleep(UNREACHABLE_RETRY_MS, undefined, { ref: false }).then(() => askOnce(peer)) : first
     if (info === 'unreachable') return info
     const fits = info !== undefined && info.size === plan.size && info.chunkSize === plan.chunkSize && info.have.length === plan.count
     return new PeerChunkSource(peer, fits ? info : unknownHoldings(plan), opts.client, digest, opts.signal, want)

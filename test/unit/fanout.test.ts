@@ -136,6 +136,41 @@ describe('fetcher ranking', () => {
     }
   })
 
+  test('a candidate that refuses once and answers when asked again is a fetcher', async () => {
+    const ids = (await peerIds(4)) as string[]
+    const [self, ...others] = ids as [string, ...string[]]
+    const flaky = rankByDistance(DIGEST, others)[0] as string
+    let refusals = 0
+    const client: PeerChunkClient = {
+      info: async (peer) => {
+        if (peer.id === flaky && refusals++ === 0) throw new PeerUnreachableError('dial refused', { refused: true })
+        return undefined
+      },
+      fetchChunk: async () => {
+        throw new Error('not in this test')
+      },
+    }
+    const stop = new AbortController()
+    try {
+      const plan = await planFanout({ registry: 'r.test', name: 'a/b', digest: parseDigest(DIGEST) }, Promise.resolve(planChunks(10, 4)), {
+        selfId: self,
+        closest: async () => others.map((id, i) => ({ id, addrs: [`/ip4/127.0.0.1/tcp/${i + 1}`] })),
+        client,
+        penalties: new PeerPenalties(60_000),
+        fetchers: 2,
+        lookupTimeoutMs: 0,
+        infoTimeoutMs: 100,
+        logger: log,
+        signal: stop.signal,
+      })
+      assert.ok(plan)
+      assert.equal(refusals, 2, 'asked twice')
+      assert.ok(plan.sources.some((src) => src.id === flaky))
+    } finally {
+      stop.abort()
+    }
+  })
+
   test('every node ranks the same ids the same way, whatever order it learnt them in', async () => {
     const ids = await peerIds(8)
     const a = rankByDistance(DIGEST, ids)
