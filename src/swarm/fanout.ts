@@ -88,7 +88,7 @@ export async function planFanout(
     const first = await askOnce(peer)
     // a loaded node may turn a dial away now and then (its pending-connection limits): dead is
     // what refuses twice
-    const info = first === 'unreachable' ? await sleep(UNREACHABLE_RETRY_MS, undefined, { ref: false }).then(() => askOnce(peer)) : first
+    const info = first === 'unreachable' ? await sleep(UNREACHABLE_RETRY_MS).then(() => askOnce(peer)) : first
     if (info === 'unreachable') return info
     const fits = info !== undefined && info.size === plan.size && info.chunkSize === plan.chunkSize && info.have.length === plan.count
     return new PeerChunkSource(peer, fits ? info : unknownHoldings(plan), opts.client, digest, opts.signal, want)
