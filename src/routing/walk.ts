@@ -1,7 +1,7 @@
 import type { QueryEvent } from '@libp2p/kad-dht'
 import type { PeerRef } from './types.js'
 
-/** a provider as kad-dht reports it */
+/** a peer as kad-dht's query events name it (a provider, or a closer peer) */
 interface PeerInfoLike {
   id: { toString(): string }
   multiaddrs: ReadonlyArray<{ toString(): string }>
@@ -35,7 +35,7 @@ export class SharedWalk {
   readonly heard = new Map<string, string[]>()
   /** resolves when the walk is over, however it ended (never rejects) */
   readonly done: Promise<void>
-  /** why the walk failed, when kad-dht threw before any user left */
+  /** why the walk failed, when kad-dht threw before the walk's signal aborted */
   error: unknown
   private readonly waiters = new Set<() => void>()
   private readonly providerIds = new Set<string>()
@@ -43,10 +43,13 @@ export class SharedWalk {
   private over = false
   private stopped = false
 
-  private readonly stop: () => void
-
-  constructor(walk: AsyncIterable<QueryEvent>, signal: AbortSignal, stop: () => void, private readonly selfId: string) {
-    this.stop = stop
+  /** `stop` aborts `signal` (the last user left) */
+  constructor(
+    walk: AsyncIterable<QueryEvent>,
+    signal: AbortSignal,
+    private readonly stop: () => void,
+    private readonly selfId: string,
+  ) {
     // the walk ends when its signal aborts even if kad-dht is stuck dialling a dead peer
     const aborted = new Promise<never>((_, reject) => {
       if (signal.aborted) reject(signal.reason)
