@@ -16,8 +16,6 @@ import { timeoutSignal } from '../util/abort.js'
 
 /** the longest a closest-peers query for choosing origin fetchers runs */
 const FANOUT_QUERY_MAX_MS = 10_000
-/** how much longer than the plan the query may take to end on its own */
-const FANOUT_QUERY_SETTLE_MS = 3_000
 /** a fetcher candidate that refused a connection is tried once more after this */
 const UNREACHABLE_RETRY_MS = 300
 
@@ -51,12 +49,10 @@ export async function planFanout(
   const digest = locator.digest.value
   const candidates = new Map<string, PeerRef>()
   const started = Date.now()
-  // The query runs while the plan is worked out, then until it ends on its own, but at least the
-  // lookup deadline and at most FANOUT_QUERY_SETTLE_MS more (FANOUT_QUERY_MAX_MS in all): every
-  // node must see the same closest peers, and under load a query cut at the lookup deadline
-  // (1 s) left nodes 9-14 of 15 candidates, so they chose other fetchers than the rest (origin
-  // sent 1.8x the image); cut once the plan was known (1.5 s, the size taken from the manifest)
-  // it left some nodes 12-14 of 15, and three nodes chose other fetchers for one blob.
+  // The query runs while the plan is worked out (at least the lookup deadline, at most
+  // FANOUT_QUERY_MAX_MS), then yields what it found: every node must see the same closest
+  // peers, and under load a query cut at the lookup deadline (1 s) left nodes 9-14 of 15
+  // candidates, so they chose other fetchers than the rest (origin sent 1.8x the image).
   const enough = new AbortController()
   const query = opts.closest(digest, { signal: AbortSignal.any([opts.signal, enough.signal]), timeoutMs: FANOUT_QUERY_MAX_MS }).catch((err: Error) => {
     opts.logger.debug({ digest, err: err.message }, 'closest-peers query failed')
@@ -64,13 +60,8 @@ export async function planFanout(
   })
   const plan = await planned
   const plannedMs = Date.now() - started
-  if (plan !== undefined) {
-    const floor = started + opts.lookupTimeoutMs - Date.now()
-    if (floor > 0) await sleep(floor, undefined, { ref: false })
-    const settle = new AbortController()
-    await Promise.race([query, sleep(FANOUT_QUERY_SETTLE_MS, undefined, { signal: settle.signal }).catch(() => {})])
-    settle.abort()
-  }
+  const floor = started + opts.lookupTimeoutMs - Date.now()
+  if (plan !== undefined && floor > 0) await sleep(floor, undefined, { ref: false })
   enough.abort()
   const closest = await query
   const queryMs = Date.now() - started
