@@ -1,12 +1,13 @@
 /**
  * Where the CPU went in a set of V8 CPU profiles (the fan-out bench's `--profile DIR`): the
  * samples of every profile, optionally only those taken `--after-ms` after each profile began
- * (the bench's JSON has `joinSeconds`: pass it ×1000 to leave joining out), grouped three ways:
- * by the owner of the stack (any libp2p frame on it, else the outermost Shoal module, else
- * Node), by the package of the running function, and by function. V8's sampler counts wall
+ * (the bench's JSON has `joinSeconds`: pass it ×1000 to leave joining out) and before
+ * `--before-ms`, grouped four ways: by the owner of the stack (any libp2p frame on it, else the
+ * outermost Shoal module, else Node), by the package of the running function, by function, and
+ * (libp2p stacks only) by the outermost libp2p frame. V8's sampler counts wall
  * time while JS runs, so on an oversubscribed machine read the shares loosely.
  *
- *   npm run build && node dist/scripts/bench/profile-summary.js DIR [--after-ms N] [--top 20]
+ *   npm run build && node dist/scripts/bench/profile-summary.js DIR [--after-ms N] [--before-ms M] [--top 20]
  */
 import { readdirSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
@@ -45,14 +46,19 @@ function add(m: Map<string, number>, key: string, ms: number): void {
 }
 
 function main(): void {
-  const { values, positionals } = parseArgs({ options: { 'after-ms': { type: 'string' }, top: { type: 'string' } }, allowPositionals: true })
+  const { values, positionals } = parseArgs({
+    options: { 'after-ms': { type: 'string' }, 'before-ms': { type: 'string' }, top: { type: 'string' } },
+    allowPositionals: true,
+  })
   const dir = positionals[0]
-  if (dir === undefined) throw new Error('usage: profile-summary DIR [--after-ms N] [--top 20]')
+  if (dir === undefined) throw new Error('usage: profile-summary DIR [--after-ms N] [--before-ms M] [--top 20]')
   const afterMs = Number(values['after-ms'] ?? 0)
+  const beforeMs = Number(values['before-ms'] ?? Number.POSITIVE_INFINITY)
   const top = Number(values.top ?? 20)
   const byStack = new Map<string, number>()
   const byPackage = new Map<string, number>()
   const byFunction = new Map<string, number>()
+  const byLibp2pEntry = new Map<string, number>()
   let total = 0
   const files = readdirSync(dir).filter((f) => f.endsWith('.cpuprofile'))
   for (const file of files) {
@@ -65,16 +71,23 @@ function main(): void {
       t += profile.timeDeltas[i] as number
       const ms = (profile.timeDeltas[i + 1] ?? 0) / 1000
       const node = nodes.get(profile.samples[i] as number)
-      if (node === undefined || node.callFrame.functionName === '(idle)' || (t - profile.startTime) / 1000 < afterMs) continue
+      const at = (t - profile.startTime) / 1000
+      if (node === undefined || node.callFrame.functionName === '(idle)' || at < afterMs || at >= beforeMs) continue
       total += ms
       const pkg = node.callFrame.url === '' ? node.callFrame.functionName : owner(node.callFrame.url)
       add(byPackage, pkg, ms)
       add(byFunction, `${pkg} ${node.callFrame.functionName || '(anonymous)'}`, ms)
       const owners: string[] = []
+      // the outermost libp2p frame: what libp2p was doing (a handshake, identify, a DHT query…)
+      let libp2pEntry: string | undefined
       for (let id: number | undefined = node.id; id !== undefined; id = parent.get(id)) {
-        const o = owner(nodes.get(id)?.callFrame.url ?? '')
-        if (o !== '') owners.push(o)
+        const frame = nodes.get(id)?.callFrame
+        const o = owner(frame?.url ?? '')
+        if (o === '') continue
+        owners.push(o)
+        if (LIBP2P.test(o)) libp2pEntry = `${o} ${frame?.functionName || '(anonymous)'}`
       }
+      if (libp2pEntry !== undefined) add(byLibp2pEntry, libp2pEntry, ms)
       const shoal = owners.filter((o) => o.startsWith('shoal:'))
       const stack = owners.some((o) => LIBP2P.test(o))
         ? 'libp2p'
@@ -92,10 +105,12 @@ function main(): void {
       console.log(`${(ms / 1000).toFixed(1).padStart(9)} s ${((100 * ms) / total).toFixed(1).padStart(5)}%  ${key}`)
     }
   }
-  console.log(`${files.length} profiles, ${(total / 1000).toFixed(1)} s of samples${afterMs > 0 ? ` (after ${afterMs} ms)` : ''}`)
+  const window = `${afterMs > 0 ? ` after ${afterMs} ms` : ''}${Number.isFinite(beforeMs) ? ` before ${beforeMs} ms` : ''}`
+  console.log(`${files.length} profiles, ${(total / 1000).toFixed(1)} s of samples${window}`)
   show('by stack owner (libp2p anywhere on the stack, else the outermost Shoal module)', byStack)
   show('by package of the running function', byPackage)
   show('by function', byFunction)
+  show('libp2p stacks by their outermost libp2p frame', byLibp2pEntry)
 }
 
 main()

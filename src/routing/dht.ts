@@ -34,6 +34,7 @@ import {
   DEFAULT_LOOKUP_LIMIT,
   LookupFailedError,
   type LookupOptions,
+  MAX_WALK_MS,
   NoPeersError,
   type PeerRef,
   RouterStoppedError
@@ -45,8 +46,6 @@ export const DEFAULT_REANNOUNCE_INTERVAL_MS = 10 * 60_000
 export const DEFAULT_REANNOUNCE_CONCURRENCY = 4
 /** closest peers taken from the local routing table as origin-fetcher candidates */
 const LOCAL_CLOSEST = 20
-/** the longest a shared providers walk runs (the longest any of its users waits: choosing origin fetchers, 10 s) */
-const WALK_MAX_MS = 10_000
 /** wait this long after the routing table gains a peer before announcing pending digests */
 const PENDING_DEBOUNCE_MS = 1_000
 
@@ -217,13 +216,13 @@ export class DhtContentRouter implements ContentRouter {
 
   /**
    * The running providers walk for a digest, or a new one: a lookup and a closest-peers query
-   * for the same blob share it (see SharedWalk). It runs WALK_MAX_MS at most.
+   * for the same blob share it (see SharedWalk). It runs MAX_WALK_MS at most.
    */
   private walkFor(digest: string): SharedWalk {
     const running = this.walks.get(digest)
     if (running?.joinable === true) return running
     const stop = new AbortController()
-    const deadline = withDeadline(WALK_MAX_MS, [this.shutdown.signal, stop.signal])
+    const deadline = withDeadline(MAX_WALK_MS, [this.shutdown.signal, stop.signal])
     const walk = new SharedWalk(this.backend.findProviders(digestToCid(digest), { signal: deadline.signal }), deadline.signal, () => stop.abort(), this.backend.selfId)
     this.walks.set(digest, walk)
     void walk.done.then(() => {

@@ -51,6 +51,9 @@ export interface ContentRouter {
 
 export const DEFAULT_LOOKUP_LIMIT = 8
 
+/** the longest one DHT walk for a blob runs, whoever waits on it (a longer deadline is cut to this) */
+export const MAX_WALK_MS = 10_000
+
 /** Base class of routing errors: a stable `code`, built with `{ cause }` where there is one. */
 export class RoutingError extends Error {
   readonly code: string

@@ -3,19 +3,17 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { peerIdFromString } from '@libp2p/peer-id'
 import type { Logger } from 'pino'
 import { digestToCid } from '../routing/key.js'
-import type { PeerRef } from '../routing/types.js'
+import { MAX_WALK_MS, type PeerRef } from '../routing/types.js'
 import type { ChunkPlan } from '../transfer/chunks/plan.js'
 import { OriginStripes } from '../transfer/chunks/stripes.js'
 import type { FanoutPlan } from '../transfer/swarm-download.js'
 import type { BlobLocator } from '../transfer/types.js'
-import type { PeerPenalties } from './penalties.js'
 import { PeerUnreachableError } from '../peer/errors.js'
+import type { PeerPenalties } from './penalties.js'
 import { PeerChunkSource, unknownHoldings } from './peer-source.js'
 import type { PeerChunkClient } from './types.js'
 import { timeoutSignal } from '../util/abort.js'
 
-/** the longest a closest-peers query for choosing origin fetchers runs */
-const FANOUT_QUERY_MAX_MS = 10_000
 /** a fetcher candidate that refused a connection is tried once more after this */
 const UNREACHABLE_RETRY_MS = 300
 
@@ -50,11 +48,11 @@ export async function planFanout(
   const candidates = new Map<string, PeerRef>()
   const started = Date.now()
   // The query runs while the plan is worked out (at least the lookup deadline, at most
-  // FANOUT_QUERY_MAX_MS), then yields what it found: every node must see the same closest
+  // MAX_WALK_MS), then yields what it found: every node must see the same closest
   // peers, and under load a query cut at the lookup deadline (1 s) left nodes 9-14 of 15
   // candidates, so they chose other fetchers than the rest (origin sent 1.8x the image).
   const enough = new AbortController()
-  const query = opts.closest(digest, { signal: AbortSignal.any([opts.signal, enough.signal]), timeoutMs: FANOUT_QUERY_MAX_MS }).catch((err: Error) => {
+  const query = opts.closest(digest, { signal: AbortSignal.any([opts.signal, enough.signal]), timeoutMs: MAX_WALK_MS }).catch((err: Error) => {
     opts.logger.debug({ digest, err: err.message }, 'closest-peers query failed')
     return []
   })

@@ -21,7 +21,8 @@ export class BlobSizes {
   /** records the config and layer sizes of an image manifest (anything else is ignored) */
   noteManifest(digest: string, bytes: Uint8Array | undefined): void {
     if (bytes === undefined || this.manifests.has(digest)) return
-    remember(this.manifests, digest)
+    this.manifests.add(digest)
+    dropOldest(this.manifests)
     let doc: { config?: unknown; layers?: unknown }
     try {
       doc = JSON.parse(Buffer.from(bytes).toString('utf8')) as typeof doc
@@ -33,12 +34,12 @@ export class BlobSizes {
       if (typeof d?.digest !== 'string' || !isDigest(d.digest) || typeof d.size !== 'number' || !Number.isSafeInteger(d.size) || d.size < 0) continue
       this.sizes.delete(d.digest)
       this.sizes.set(d.digest, d.size)
-      if (this.sizes.size > MAX_ENTRIES) this.sizes.delete(this.sizes.keys().next().value as string)
+      dropOldest(this.sizes)
     }
   }
 }
 
-function remember(set: Set<string>, key: string): void {
-  set.add(key)
-  if (set.size > MAX_ENTRIES) set.delete(set.values().next().value as string)
+/** keeps a set or map (insertion-ordered) at MAX_ENTRIES */
+function dropOldest(entries: Set<string> | Map<string, unknown>): void {
+  if (entries.size > MAX_ENTRIES) entries.delete(entries.keys().next().value as string)
 }

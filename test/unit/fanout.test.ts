@@ -30,6 +30,31 @@ async function peerIds(n: number): Promise<string[]> {
   return Promise.all(Array.from({ length: n }, async () => peerIdFromPrivateKey(await generateKeyPair('Ed25519')).toString()))
 }
 
+/** a data client that only answers info asks */
+function infoOnly(info: PeerChunkClient['info']): PeerChunkClient {
+  return {
+    info,
+    fetchChunk: async () => {
+      throw new Error('not in this test')
+    },
+  }
+}
+
+/** two origin fetchers chosen by `self` for DIGEST among `others` (the query names them all at once) */
+function twoFetchersAmong(self: string, others: readonly string[], client: PeerChunkClient, signal: AbortSignal) {
+  return planFanout({ registry: 'r.test', name: 'a/b', digest: parseDigest(DIGEST) }, Promise.resolve(planChunks(10, 4)), {
+    selfId: self,
+    closest: async () => others.map((id, i) => ({ id, addrs: [`/ip4/127.0.0.1/tcp/${i + 1}`] })),
+    client,
+    penalties: new PeerPenalties(60_000),
+    fetchers: 2,
+    lookupTimeoutMs: 0,
+    infoTimeoutMs: 100,
+    logger: log,
+    signal,
+  })
+}
+
 describe('origin stripes', () => {
   test('chunks are striped over the fetchers in rank order; a dropped fetcher hands its chunks on', () => {
     const s = new OriginStripes(['a', 'self', 'c'], 'self')
@@ -59,12 +84,7 @@ describe('fetcher ranking', () => {
     const [self, early, late] = await peerIds(3)
     const heard: PeerRef[] = [{ id: early as string, addrs: ['/ip4/127.0.0.1/tcp/1'] }]
     setTimeout(() => heard.push({ id: late as string, addrs: ['/ip4/127.0.0.1/tcp/2'] }), 150).unref()
-    const client: PeerChunkClient = {
-      info: async () => undefined,
-      fetchChunk: async () => {
-        throw new Error('not in this test')
-      },
-    }
+    const client = infoOnly(async () => undefined)
     const stop = new AbortController()
     try {
       const plan = await planFanout(
@@ -103,29 +123,14 @@ describe('fetcher ranking', () => {
     const dead = ranked[0] as string
     // a loaded peer whose stream was reset: still counted on
     const loaded = ranked[1] as string
-    const client: PeerChunkClient = {
-      info: async (peer) => {
-        if (peer.id === dead) throw new PeerUnreachableError('connection refused', { refused: true })
-        if (peer.id === loaded) throw new PeerUnreachableError('stream reset')
-        return undefined
-      },
-      fetchChunk: async () => {
-        throw new Error('not in this test')
-      },
-    }
+    const client = infoOnly(async (peer) => {
+      if (peer.id === dead) throw new PeerUnreachableError('connection refused', { refused: true })
+      if (peer.id === loaded) throw new PeerUnreachableError('stream reset')
+      return undefined
+    })
     const stop = new AbortController()
     try {
-      const plan = await planFanout({ registry: 'r.test', name: 'a/b', digest: parseDigest(DIGEST) }, Promise.resolve(planChunks(10, 4)), {
-        selfId: self,
-        closest: async () => others.map((id, i) => ({ id, addrs: [`/ip4/127.0.0.1/tcp/${i + 1}`] })),
-        client,
-        penalties: new PeerPenalties(60_000),
-        fetchers: 2,
-        lookupTimeoutMs: 0,
-        infoTimeoutMs: 100,
-        logger: log,
-        signal: stop.signal,
-      })
+      const plan = await twoFetchersAmong(self, others, client, stop.signal)
       assert.ok(plan)
       const expected = rankByDistance(DIGEST, ids).filter((id) => id !== dead).slice(0, 2)
       assert.ok(expected.includes(loaded), 'the loaded peer ranks among the fetchers')
@@ -141,28 +146,13 @@ describe('fetcher ranking', () => {
     const [self, ...others] = ids as [string, ...string[]]
     const flaky = rankByDistance(DIGEST, others)[0] as string
     let refusals = 0
-    const client: PeerChunkClient = {
-      info: async (peer) => {
-        if (peer.id === flaky && refusals++ === 0) throw new PeerUnreachableError('dial refused', { refused: true })
-        return undefined
-      },
-      fetchChunk: async () => {
-        throw new Error('not in this test')
-      },
-    }
+    const client = infoOnly(async (peer) => {
+      if (peer.id === flaky && refusals++ === 0) throw new PeerUnreachableError('dial refused', { refused: true })
+      return undefined
+    })
     const stop = new AbortController()
     try {
-      const plan = await planFanout({ registry: 'r.test', name: 'a/b', digest: parseDigest(DIGEST) }, Promise.resolve(planChunks(10, 4)), {
-        selfId: self,
-        closest: async () => others.map((id, i) => ({ id, addrs: [`/ip4/127.0.0.1/tcp/${i + 1}`] })),
-        client,
-        penalties: new PeerPenalties(60_000),
-        fetchers: 2,
-        lookupTimeoutMs: 0,
-        infoTimeoutMs: 100,
-        logger: log,
-        signal: stop.signal,
-      })
+      const plan = await twoFetchersAmong(self, others, client, stop.signal)
       assert.ok(plan)
       assert.equal(refusals, 2, 'asked twice')
       assert.ok(plan.sources.some((src) => src.id === flaky))

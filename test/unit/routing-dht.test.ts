@@ -30,43 +30,38 @@ function backend(table: string[], events: object[], hang = false, connected: str
   }
 }
 
+/** runs `use` with a router over `dht`, stopped afterwards */
+async function withRouter(dht: DhtBackend, use: (router: DhtContentRouter) => Promise<void>): Promise<void> {
+  const router = new DhtContentRouter(dht, { logger })
+  try {
+    await use(router)
+  } finally {
+    await router.stop()
+  }
+}
+
 describe('DHT closest peers (origin-fetcher candidates)', () => {
   it('asks the network even with a small table: a peer the table lacks is a candidate', async () => {
-    const router = new DhtContentRouter(
-      backend(['a'], [{ name: 'PEER_RESPONSE', from: { toString: () => 'a' }, closer: [peer('bb')], providers: [] }]),
-      { logger },
-    )
-    try {
+    await withRouter(backend(['a'], [{ name: 'PEER_RESPONSE', from: { toString: () => 'a' }, closer: [peer('bb')], providers: [] }]), async (router) => {
       const found = await router.closest(DIGEST)
       assert.deepEqual(found.map((p) => p.id).sort(), ['a', 'bb'])
       assert.deepEqual(found.find((p) => p.id === 'bb')?.addrs, ['/ip4/127.0.0.2/tcp/4001'])
-    } finally {
-      await router.stop()
-    }
+    })
   })
 
   it('a query cut by its deadline yields at once every peer it heard of (answered or not), and never self', { timeout: 5_000 }, async () => {
-    const router = new DhtContentRouter(
-      backend(['a'], [{ name: 'PEER_RESPONSE', from: { toString: () => 'a' }, closer: [peer('bb'), peer('self'), peer('ccc')], providers: [] }], true),
-      { logger },
-    )
-    try {
+    await withRouter(backend(['a'], [{ name: 'PEER_RESPONSE', from: { toString: () => 'a' }, closer: [peer('bb'), peer('self'), peer('ccc')], providers: [] }], true), async (router) => {
       const found = await router.closest(DIGEST, { timeoutMs: 50 })
       assert.deepEqual(found.map((p) => p.id).sort(), ['a', 'bb', 'ccc'])
-    } finally {
-      await router.stop()
-    }
+    })
   })
 
   it('a connected DHT peer that neither the table nor the query named is a candidate, with its known addresses', async () => {
-    const router = new DhtContentRouter(backend(['a'], [], false, ['a', 'dddd']), { logger })
-    try {
+    await withRouter(backend(['a'], [], false, ['a', 'dddd']), async (router) => {
       const found = await router.closest(DIGEST)
       assert.deepEqual(found.map((p) => p.id).sort(), ['a', 'dddd'])
       assert.deepEqual(found.find((p) => p.id === 'dddd')?.addrs, ['/ip4/127.0.0.9/tcp/4001'])
-    } finally {
-      await router.stop()
-    }
+    })
   })
 
   it('a lookup and a closest-peers query for the same blob share one walk', async () => {
@@ -76,8 +71,7 @@ describe('DHT closest peers (origin-fetcher candidates)', () => {
       { name: 'PEER_RESPONSE', from: { toString: () => 'bb' }, closer: [peer('ccc')], providers: [] },
     ]
     const dht = backend(['a'], events)
-    const router = new DhtContentRouter(dht, { logger })
-    try {
+    await withRouter(dht, async (router) => {
       const providers = (async () => {
         const out: string[] = []
         for await (const p of router.lookup(DIGEST, { timeoutMs: 1_000 })) out.push(p.id)
@@ -90,8 +84,6 @@ describe('DHT closest peers (origin-fetcher candidates)', () => {
       // a walk that ended is not reused: a later lookup asks the network again
       for await (const _ of router.lookup(DIGEST, { timeoutMs: 1_000 })) break
       assert.equal(dht.walks, 2)
-    } finally {
-      await router.stop()
-    }
+    })
   })
 })

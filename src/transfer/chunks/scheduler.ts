@@ -314,11 +314,11 @@ export class ChunkScheduler {
     // Each pump starts one source further, so that with few request slots the same peers are
     // not asked first every time.
     this.turn = (this.turn + 1) % Math.max(1, sources.length)
-    const order = [...sources.slice(this.turn), ...sources.slice(0, this.turn)]
     let progress = true
     while (progress) {
       progress = false
-      for (const source of order) {
+      for (let k = 0; k < sources.length; k++) {
+        const source = sources[(this.turn + k) % sources.length] as ChunkSource
         if ((this.load.get(source) ?? 0) >= this.capacity(source)) continue
         if ((this.busyUntil.get(source) ?? 0) > now) continue
         if (source.kind === 'peer' && this.opts.slots?.mayStart(this.peerRequests) === false) continue
