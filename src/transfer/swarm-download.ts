@@ -272,6 +272,8 @@ export async function runSwarmDownload(opts: SwarmDownloadOptions): Promise<void
   const readmitted = new Set<string>()
   const watchdog = (): void => {
     if (stripes === undefined) return
+    // on a loaded fleet every chunk takes long: a fetcher is stalled only past a few chunk times
+    const stallMs = Math.max(swarm.fetcherStallMs, STALL_CHUNK_TIMES * scheduler.medianChunkMs())
     for (const id of stripes.others()) {
       const src = sources.get(id)
       // a fetcher that holds the whole blob but that this download no longer takes chunks from
@@ -299,8 +301,6 @@ export async function runSwarmDownload(opts: SwarmDownloadOptions): Promise<void
         }
         return false
       }
-      // on a loaded fleet every chunk takes long: a fetcher is stalled only past a few chunk times
-      const stallMs = Math.max(swarm.fetcherStallMs, STALL_CHUNK_TIMES * scheduler.medianChunkMs())
       const why = src === undefined ? 'unknown' : fetcherTrouble(src, stallMs, waitedOn)
       if (why !== undefined) {
         stripes.drop(id)
