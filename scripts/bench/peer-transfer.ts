@@ -306,15 +306,10 @@ async function peerClient(fixture: BlobFixture, peers: PeerRef[], encrypt: boole
   const worker = async (): Promise<void> => {
     for (let index = next++; index < count; index = next++) {
       const peer = peers[index % peers.length]!
-      const body = await client.fetchChunk(peer, fixture.digest, index, { signal })
-      const hash = createHash('sha256')
-      let n = 0
-      for await (const part of body as AsyncIterable<Buffer>) {
-        hash.update(part)
-        n += part.length
-      }
-      if (n !== chunkLength(info, index) || hash.digest('hex') !== table[index]) throw new Error(`chunk ${index} failed verification`)
-      bytes += n
+      const into = Buffer.allocUnsafe(chunkLength(info, index))
+      await client.fetchChunk(peer, fixture.digest, index, { signal, into })
+      if (createHash('sha256').update(into).digest('hex') !== table[index]) throw new Error(`chunk ${index} failed verification`)
+      bytes += into.length
     }
   }
   await Promise.all(Array.from({ length: Math.min(concurrency, count) }, worker))

@@ -11,7 +11,6 @@
 import { setMaxListeners } from 'node:events'
 import { Agent as HttpAgent, type IncomingMessage, request as httpRequest } from 'node:http'
 import { Agent as HttpsAgent, request as httpsRequest } from 'node:https'
-import { type Readable, pipeline } from 'node:stream'
 import { peerIdFromString } from '@libp2p/peer-id'
 import { multiaddr } from '@multiformats/multiaddr'
 import type { Libp2p } from 'libp2p'
@@ -31,6 +30,7 @@ import {
   PeerTimeoutError,
   PeerUnreachableError
 } from './errors.js'
+import { ChunkChannel } from './chunk-channel.js'
 import { type Libp2pConnection, connectionHost, readMessage, writeMessage } from './libp2p-io.js'
 import {
   MAX_INFO_BYTES,
@@ -47,7 +47,7 @@ import {
   decodeTicket,
   encodeTicketRequest
 } from './protocol.js'
-import { ThrottleStream, type TokenBucket } from './rate-limit.js'
+import type { TokenBucket } from './rate-limit.js'
 import type { BlobInfo, PeerDataClientStats } from './types.js'
 
 export const DEFAULT_MAX_SOCKETS_PER_PEER = 8
@@ -90,12 +90,13 @@ export interface PeerDataClient {
    */
   info(peer: PeerRef, digest: string, options: { signal: AbortSignal } & InfoQuery): Promise<BlobInfo | undefined>
   /**
-   * The raw bytes of chunk `index` (unverified: the caller checks them). Rejects with
-   * `ChunkUnavailableError` (not held), `PeerBusyError` (upload cap), `PeerTimeoutError`,
-   * `PeerUnreachableError`, `PeerProtocolError`, `PeerPolicyError`, or the signal's reason. The
-   * stream errors if the peer stops mid-chunk, idles past `timeoutMs`, or `signal` aborts.
+   * Receives the raw bytes of chunk `index` into `into`, whose length is the chunk's (unverified:
+   * the caller checks them). Rejects with `ChunkUnavailableError` (not held), `PeerBusyError`
+   * (upload cap), `PeerTimeoutError` (no answer, or the connection idled past `timeoutMs`),
+   * `PeerUnreachableError`, `PeerProtocolError` (a length other than `into`'s among others),
+   * `PeerPolicyError`, an Error when the connection fails mid-chunk, or the signal's reason.
    */
-  fetchChunk(peer: PeerRef, digest: string, index: number, options: { signal: AbortSignal }): Promise<Readable>
+  fetchChunk(peer: PeerRef, digest: string, index: number, options: { signal: AbortSignal; into: Buffer }): Promise<void>
   stats(): PeerDataClientStats
   close(): Promise<void>
 }
@@ -106,7 +107,7 @@ interface Session {
   readonly host: string
   readonly port: number
   /** chunk requests: at most maxSocketsPerPeer at once */
-  readonly agent: HttpAgent
+  readonly chunks: ChunkChannel
   /**
    * info requests (long polls) on sockets of their own: behind chunks on a congested link they
    * would wait for a socket as long as a chunk takes, and the peer would look silent
@@ -154,7 +155,7 @@ class DataClient implements PeerDataClient {
 
   async info(peer: PeerRef, digest: string, options: { signal: AbortSignal } & InfoQuery): Promise<BlobInfo | undefined> {
     if (!isDigest(digest)) throw new PeerDataArgumentError(`invalid digest ${JSON.stringify(digest.slice(0, 100))}`)
-    const res = await this.get(peer, blobPath(digest, options), options.signal, 'info')
+    const res = await this.get(peer, blobPath(digest, options), options.signal)
     if (res.statusCode === 404) {
       res.resume()
       return undefined
@@ -173,36 +174,31 @@ class DataClient implements PeerDataClient {
     }
   }
 
-  async fetchChunk(peer: PeerRef, digest: string, index: number, options: { signal: AbortSignal }): Promise<Readable> {
+  async fetchChunk(peer: PeerRef, digest: string, index: number, options: { signal: AbortSignal; into: Buffer }): Promise<void> {
     if (!isDigest(digest)) throw new PeerDataArgumentError(`invalid digest ${JSON.stringify(digest.slice(0, 100))}`)
     if (!Number.isSafeInteger(index) || index < 0) throw new PeerDataArgumentError(`invalid chunk index ${index}`)
-    const res = await this.get(peer, chunkPath(digest, index), options.signal)
-    switch (res.statusCode) {
+    const path = chunkPath(digest, index)
+    const { signal, into } = options
+    const res = await this.retrying(
+      peer,
+      signal,
+      (session) => session.chunks.request({ path, into, signal, waitMs: this.timeoutMs, bucket: this.bucket }),
+      (res) => res.status === 401
+    )
+    switch (res.status) {
       case 200:
-        break
+        this.counters.chunksFetched++
+        this.counters.bytesReceived += into.length
+        return
       case 404:
-        res.resume()
         throw new ChunkUnavailableError(peer.id, digest, index)
       case 503: {
-        res.resume()
-        const seconds = Number(res.headers['retry-after'])
+        const seconds = Number(res.headers.get('retry-after'))
         throw new PeerBusyError(peer.id, Number.isFinite(seconds) && seconds >= 0 ? seconds * 1000 : DEFAULT_BUSY_RETRY_MS)
       }
       default:
-        throw await statusError(peer.id, res)
+        throw new PeerHttpError(peer.id, res.status, errorDetail(res.body?.toString('utf8') ?? ''))
     }
-    const length = Number(res.headers['content-length'])
-    if (!Number.isSafeInteger(length) || length < 0) {
-      res.destroy()
-      throw new PeerProtocolError(`peer ${peer.id} sent chunk ${index} without a content-length`)
-    }
-    this.counters.chunksFetched++
-    res.once('end', () => {
-      this.counters.bytesReceived += length
-    })
-    if (this.bucket === undefined) return res
-    // destroying the throttle (the caller stops) destroys the response too
-    return pipeline(res, new ThrottleStream(this.bucket), () => {})
   }
 
   stats(): PeerDataClientStats {
@@ -211,7 +207,7 @@ class DataClient implements PeerDataClient {
 
   async close(): Promise<void> {
     this.shutdown.abort(new PeerDataClosedError('peer data client'))
-    for (const state of this.peers.values()) if (state.session !== undefined) destroy(state.session)
+    for (const state of this.peers.values()) if (state.session !== undefined) destroy(state.session, this.shutdown.signal.reason as Error)
     this.peers.clear()
   }
 
@@ -232,7 +228,7 @@ class DataClient implements PeerDataClient {
         (session) => {
           if (current.pending === pending) current.pending = undefined
           if (this.shutdown.signal.aborted) {
-            destroy(session)
+            destroy(session, this.shutdown.signal.reason as Error)
             throw this.shutdown.signal.reason
           }
           if (current.session !== undefined) retire(current.session)
@@ -285,34 +281,33 @@ class DataClient implements PeerDataClient {
     if (host === undefined) throw new PeerUnreachableError(`peer ${peer.id} is connected over a non-IP address; no data port to reach`)
     if (this.encrypt && !ticket.tls) throw new PeerPolicyError(`peer ${peer.id} serves plaintext only and this node requires encryption`)
     this.counters.ticketsFetched++
-    const agentOptions = { keepAlive: true, maxSockets: this.maxSockets, timeout: CLIENT_FREE_SOCKET_TIMEOUT_MS, scheduling: 'lifo' as const }
     const key = Buffer.from(ticket.key, 'hex')
-    const newAgent = (maxSockets: number): HttpAgent =>
-      ticket.tls
-        ? new HttpsAgent({
-            ...agentOptions,
-            maxSockets,
-            ciphers: PSK_CIPHERS,
-            minVersion: TLS_VERSION,
-            maxVersion: TLS_VERSION,
-            maxCachedSessions: 0, // the server does not resume sessions (see server.ts)
-            servername: '', // no SNI: the peer is reached by IP and authenticated by the PSK
-            pskCallback: () => ({ psk: key, identity: ticket.identity }),
-            checkServerIdentity: () => undefined // no certificate: the PSK handshake is the authentication
-          })
-        : new HttpAgent({ ...agentOptions, maxSockets })
-    const refreshAt = started + ticket.ttlMs - Math.min(TICKET_REFRESH_MARGIN_MS, ticket.ttlMs / 5)
-    this.log.debug({ peerId: peer.id, host, port: ticket.port, tls: ticket.tls }, 'got data ticket')
-    return {
+    const headers: Record<string, string> = ticket.tls ? {} : { authorization: bearerToken(ticket.identity, ticket.key) }
+    const infoAgentOptions = { keepAlive: true, maxSockets: INFO_SOCKETS_PER_PEER, timeout: CLIENT_FREE_SOCKET_TIMEOUT_MS, scheduling: 'lifo' as const }
+    const infoAgent = ticket.tls
+      ? new HttpsAgent({
+          ...infoAgentOptions,
+          ciphers: PSK_CIPHERS,
+          minVersion: TLS_VERSION,
+          maxVersion: TLS_VERSION,
+          maxCachedSessions: 0, // the server does not resume sessions (see server.ts)
+          servername: '', // no SNI: the peer is reached by IP and authenticated by the PSK
+          pskCallback: () => ({ psk: key, identity: ticket.identity }),
+          checkServerIdentity: () => undefined // no certificate: the PSK handshake is the authentication
+        })
+      : new HttpAgent(infoAgentOptions)
+    const chunks = new ChunkChannel({
       peerId: peer.id,
-      tls: ticket.tls,
       host,
       port: ticket.port,
-      agent: newAgent(this.maxSockets),
-      infoAgent: newAgent(INFO_SOCKETS_PER_PEER),
-      headers: ticket.tls ? {} : { authorization: bearerToken(ticket.identity, ticket.key) },
-      refreshAt
-    }
+      psk: ticket.tls ? { key, identity: ticket.identity } : undefined,
+      headers,
+      maxSockets: this.maxSockets,
+      idleMs: CLIENT_FREE_SOCKET_TIMEOUT_MS
+    })
+    const refreshAt = started + ticket.ttlMs - Math.min(TICKET_REFRESH_MARGIN_MS, ticket.ttlMs / 5)
+    this.log.debug({ peerId: peer.id, host, port: ticket.port, tls: ticket.tls }, 'got data ticket')
+    return { peerId: peer.id, tls: ticket.tls, host, port: ticket.port, chunks, infoAgent, headers, refreshAt }
   }
 
   /** an open libp2p connection to the peer, authenticated as peer.id */
@@ -337,21 +332,38 @@ class DataClient implements PeerDataClient {
 
   // ------------------------------------------------------------ HTTP
 
-  /** GET on the peer's data port; one retry with a fresh ticket on 401 or a failed connection */
-  private async get(peer: PeerRef, path: string, signal: AbortSignal, kind: 'chunk' | 'info' = 'chunk'): Promise<IncomingMessage> {
+  /** GET on the peer's data port for an info (node:http, on sockets apart from the chunks') */
+  private get(peer: PeerRef, path: string, signal: AbortSignal): Promise<IncomingMessage> {
+    return this.retrying(
+      peer,
+      signal,
+      (session) => this.request(session, session.infoAgent, path, signal, this.infoWaitMs),
+      (res) => {
+        if (res.statusCode !== 401) return false
+        res.resume()
+        return true
+      }
+    )
+  }
+
+  /**
+   * One request with the peer's session, retried once with a fresh ticket when the connection
+   * failed (the peer restarted and forgot its tickets, or a kept-alive socket went stale) or the
+   * peer answered 401 (`unauthorized` is asked of the first answer only, and discards it if so).
+   */
+  private async retrying<R>(peer: PeerRef, signal: AbortSignal, send: (session: Session) => Promise<R>, unauthorized: (res: R) => boolean): Promise<R> {
     for (let attempt = 0; ; attempt++) {
       const session = await this.session(peer, signal)
-      let res: IncomingMessage
+      let res: R
       try {
-        res = await this.request(session, kind === 'info' ? session.infoAgent : session.agent, path, signal, kind === 'info' ? this.infoWaitMs : this.timeoutMs)
+        res = await send(session)
       } catch (err) {
         if (attempt > 0 || !(err instanceof PeerUnreachableError)) throw err
         this.log.debug({ peerId: peer.id, err }, 'data connection failed; retrying with a new ticket')
         this.invalidate(peer.id, session)
         continue
       }
-      if (res.statusCode === 401 && attempt === 0) {
-        res.resume()
+      if (attempt === 0 && unauthorized(res)) {
         this.invalidate(peer.id, session)
         continue
       }
@@ -414,15 +426,14 @@ class DataClient implements PeerDataClient {
 
 /** stop reusing a session's sockets; requests in flight finish, then their sockets close */
 function retire(session: Session): void {
-  for (const agent of [session.agent, session.infoAgent]) {
-    // Node's Agent reads `keepAlive` when a socket frees up (not in @types/node)
-    ;(agent as HttpAgent & { keepAlive: boolean }).keepAlive = false
-    for (const sockets of Object.values(agent.freeSockets)) for (const socket of sockets ?? []) socket.destroy()
-  }
+  session.chunks.retire()
+  // Node's Agent reads `keepAlive` when a socket frees up (not in @types/node)
+  ;(session.infoAgent as HttpAgent & { keepAlive: boolean }).keepAlive = false
+  for (const sockets of Object.values(session.infoAgent.freeSockets)) for (const socket of sockets ?? []) socket.destroy()
 }
 
-function destroy(session: Session): void {
-  session.agent.destroy()
+function destroy(session: Session, reason: Error): void {
+  session.chunks.destroy(reason)
   session.infoAgent.destroy()
 }
 
@@ -441,14 +452,21 @@ async function readBody(res: IncomingMessage, max: number): Promise<string> {
 }
 
 async function statusError(peerId: string, res: IncomingMessage): Promise<PeerHttpError> {
-  const status = res.statusCode ?? 0
-  let detail = ''
+  let text = ''
   try {
-    const text = await readBody(res, MAX_ERROR_BODY_BYTES)
-    const parsed = JSON.parse(text) as { message?: unknown }
-    if (typeof parsed.message === 'string') detail = parsed.message.slice(0, 200)
+    text = await readBody(res, MAX_ERROR_BODY_BYTES)
   } catch {
     // the detail is optional
   }
-  return new PeerHttpError(peerId, status, detail)
+  return new PeerHttpError(peerId, res.statusCode ?? 0, errorDetail(text))
+}
+
+/** the `message` of an error answer's JSON body, if it has one */
+function errorDetail(text: string): string {
+  try {
+    const parsed = JSON.parse(text) as { message?: unknown }
+    return typeof parsed.message === 'string' ? parsed.message.slice(0, 200) : ''
+  } catch {
+    return ''
+  }
 }

@@ -82,34 +82,9 @@ export class PeerChunkSource implements PeerSource {
   }
 
   async fetch(index: number, signal: AbortSignal, into: Buffer): Promise<Uint8Array> {
-    const body = await this.client.fetchChunk(this.peer, this.digest, index, { signal })
-    // 'data' events rather than an async iterator: one promise per chunk, not one per TCP read
-    return new Promise<Uint8Array>((resolve, reject) => {
-      let filled = 0
-      let settled = false
-      const settle = (err?: Error): void => {
-        if (settled) return
-        settled = true
-        body.destroy()
-        if (err !== undefined) reject(err)
-        else if (filled !== into.length) reject(new Error(`peer ${this.id} sent ${filled} of the ${into.length} bytes of chunk ${index}`))
-        else {
-          this.lastAnswer = Date.now() // it is alive and serving, whatever its holdings answers do
-          resolve(into)
-        }
-      }
-      body.on('data', (piece: Buffer) => {
-        if (filled + piece.length > into.length) {
-          settle(new Error(`peer ${this.id} sent more than chunk ${index}`))
-          return
-        }
-        piece.copy(into, filled)
-        filled += piece.length
-      })
-      body.once('end', () => settle())
-      body.once('error', (err) => settle(err))
-      body.once('close', () => settle(new Error(`peer ${this.id} closed chunk ${index} after ${filled} bytes`)))
-    })
+    await this.client.fetchChunk(this.peer, this.digest, index, { signal, into })
+    this.lastAnswer = Date.now() // it is alive and serving, whatever its holdings answers do
+    return into
   }
 
   /** asks the peer for its holdings again, at most every REFRESH_INTERVAL_MS, until it is complete */

@@ -1,4 +1,3 @@
-import type { Readable } from 'node:stream'
 import type { PeerRef } from '../routing/types.js'
 
 /** What a peer says about a blob it holds (in part). */
@@ -22,5 +21,6 @@ export interface PeerChunkClient {
    * fetchers); `held`: answer once the peer holds more chunks than that (a long poll)
    */
   info(peer: PeerRef, digest: string, options: { signal: AbortSignal; want?: string | undefined; held?: number | undefined }): Promise<PeerBlobInfo | undefined>
-  fetchChunk(peer: PeerRef, digest: string, index: number, options: { signal: AbortSignal }): Promise<Readable>
+  /** fills `into` (the chunk's length) with the chunk's raw bytes */
+  fetchChunk(peer: PeerRef, digest: string, index: number, options: { signal: AbortSignal; into: Buffer }): Promise<void>
 }

@@ -7,7 +7,7 @@ import { join } from 'node:path'
 import { Readable } from 'node:stream'
 import { pino } from 'pino'
 import { createPeerNode, type PeerNode } from '../../src/p2p/node.js'
-import { type BlobInfo, type ChunkProvider, createPeerDataClient, createPeerDataServer, type PeerDataClient, type PeerDataServer } from '../../src/peer/index.js'
+import { type BlobInfo, type ChunkProvider, chunkLength, createPeerDataClient, createPeerDataServer, type PeerDataClient, type PeerDataServer } from '../../src/peer/index.js'
 import type { PeerRef } from '../../src/routing/types.js'
 
 export interface BadPeer {
@@ -52,10 +52,9 @@ export async function startBadPeer(opts: StartBadPeerOptions): Promise<BadPeer> 
     if (pending === undefined) {
       const entry = held.get(digest)!
       pending = (async () => {
-        const body = await client!.fetchChunk(entry.from, digest, index, { signal })
-        const parts: Buffer[] = []
-        for await (const part of body) parts.push(part as Buffer)
-        return Buffer.concat(parts)
+        const into = Buffer.alloc(chunkLength(entry.info, index))
+        await client!.fetchChunk(entry.from, digest, index, { signal, into })
+        return into
       })()
       pending.catch(() => honestChunks.delete(key))
       honestChunks.set(key, pending)

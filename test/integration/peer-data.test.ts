@@ -79,6 +79,13 @@ class FakeProvider implements ChunkProvider {
   }
 }
 
+/** chunk `index` of DIGEST from `peer`, received into a buffer of its length */
+async function fetchChunk(c: PeerDataClient, peer: PeerRef, index: number, signal: AbortSignal, digest = DIGEST): Promise<Buffer> {
+  const into = Buffer.alloc(CHUNKS[index]?.length ?? CHUNK)
+  await c.fetchChunk(peer, digest, index, { signal, into })
+  return into
+}
+
 async function collect(stream: Readable): Promise<Buffer> {
   const parts: Buffer[] = []
   for await (const part of stream) parts.push(part as Buffer)
@@ -162,14 +169,14 @@ describe('peer data plane: tickets over libp2p, chunks over HTTP(S) on a data po
       assert.equal(await c.info(ref(a), `sha256:${'0'.repeat(64)}`, { signal }), undefined)
 
       const got = await Promise.all(
-        CHUNKS.map(async (_, i) => (i === NOT_HELD ? undefined : sha256(await collect(await c.fetchChunk(ref(a), DIGEST, i, { signal })))))
+        CHUNKS.map(async (_, i) => (i === NOT_HELD ? undefined : sha256(await fetchChunk(c, ref(a), i, signal))))
       )
       got.forEach((hash, i) => {
         if (i !== NOT_HELD) assert.equal(hash, TABLE[i], `chunk ${i}`)
       })
-      await assert.rejects(c.fetchChunk(ref(a), DIGEST, NOT_HELD, { signal }), ChunkUnavailableError)
-      await assert.rejects(c.fetchChunk(ref(a), DIGEST, 99, { signal }), (err: Error & { status?: number }) => err.status === 416)
-      await assert.rejects(c.fetchChunk(ref(a), 'sha256:nope', 0, { signal }), PeerDataArgumentError)
+      await assert.rejects(fetchChunk(c, ref(a), NOT_HELD, signal), ChunkUnavailableError)
+      await assert.rejects(fetchChunk(c, ref(a), 99, signal), (err: Error & { status?: number }) => err.status === 416)
+      await assert.rejects(fetchChunk(c, ref(a), 0, signal, 'sha256:nope'), PeerDataArgumentError)
 
       const stats = server.stats()
       assert.equal(stats.bytesSent, SIZE - CHUNKS[NOT_HELD]!.length)
@@ -283,16 +290,17 @@ describe('peer data plane: tickets over libp2p, chunks over HTTP(S) on a data po
     provider.gate = new Promise((resolve) => {
       release = resolve
     })
-    const held = await Promise.all([c.fetchChunk(ref(a), DIGEST, 0, { signal }), c.fetchChunk(ref(a), DIGEST, 1, { signal })])
-    assert.equal(server.stats().uploads, 2)
-    await assert.rejects(c.fetchChunk(ref(a), DIGEST, 2, { signal }), (err: Error) => err instanceof PeerBusyError && err.retryAfterMs === 1000)
+    const held = [fetchChunk(c, ref(a), 0, signal), fetchChunk(c, ref(a), 1, signal)]
+    await waitFor('two uploads in progress', () => server.stats().uploads === 2, { timeoutMs: 3_000 })
+    await assert.rejects(fetchChunk(c, ref(a), 2, signal), (err: Error) => err instanceof PeerBusyError && err.retryAfterMs === 1000)
     assert.equal(server.stats().rejectedBusy, 1)
     release()
-    const bodies = await Promise.all(held.map(collect))
+    const bodies = await Promise.all(held)
     assert.equal(sha256(bodies[0]!), TABLE[0])
+    assert.equal(sha256(bodies[1]!), TABLE[1])
     await new Promise((resolve) => setImmediate(resolve))
     assert.equal(server.stats().uploads, 0)
-    assert.equal(sha256(await collect(await c.fetchChunk(ref(a), DIGEST, 2, { signal }))), TABLE[2])
+    assert.equal(sha256(await fetchChunk(c, ref(a), 2, signal)), TABLE[2])
   })
 
   it('frees the slot and aborts the provider when the requester hangs up mid-chunk', async () => {
@@ -300,10 +308,11 @@ describe('peer data plane: tickets over libp2p, chunks over HTTP(S) on a data po
     const c = client(true)
     provider.gate = new Promise(() => {}) // never
     const controller = new AbortController()
-    const body = await c.fetchChunk(ref(a), DIGEST, 0, { signal: controller.signal })
+    const body = fetchChunk(c, ref(a), 0, controller.signal)
+    await waitFor('the upload in progress', () => server.stats().uploads === 1, { timeoutMs: 3_000 })
     const aborted = provider.aborted
     controller.abort()
-    await assert.rejects(collect(body))
+    await assert.rejects(body)
     const deadline = Date.now() + 2_000
     while (server.stats().uploads !== 0 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 10))
     assert.equal(server.stats().uploads, 0)
@@ -317,7 +326,7 @@ describe('peer data plane: tickets over libp2p, chunks over HTTP(S) on a data po
     const signal = AbortSignal.timeout(5_000)
     await c.info(ref(a), DIGEST, { signal }) // ticket and connection outside the timing
     const started = performance.now()
-    const bodies = await Promise.all([0, 1, 2, 4].map(async (i) => collect(await c.fetchChunk(ref(a), DIGEST, i, { signal }))))
+    const bodies = await Promise.all([0, 1, 2, 4].map((i) => fetchChunk(c, ref(a), i, signal)))
     const seconds = (performance.now() - started) / 1000
     const bytes = bodies.reduce((n, body) => n + body.length, 0)
     // 1 MiB at 2 MiB/s with a 204.8 KiB burst: at least ~0.4 s

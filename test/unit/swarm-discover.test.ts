@@ -1,6 +1,5 @@
 import assert from 'node:assert/strict'
 import { randomBytes } from 'node:crypto'
-import { Readable } from 'node:stream'
 import { describe, test } from 'node:test'
 import { pino } from 'pino'
 import { MemoryRoutingTable } from '../../src/routing/memory.js'
@@ -40,9 +39,9 @@ class FakeClient implements PeerChunkClient {
     if (v === 'error') throw new Error('refused')
     return v
   }
-  async fetchChunk(_p: PeerRef, _d: string, i: number): Promise<Readable> {
+  async fetchChunk(_p: PeerRef, _d: string, i: number, o: { into: Buffer }): Promise<void> {
     const { start, end } = chunkBounds(planChunks(this.bytes.length, CHUNK), i)
-    return Readable.from([this.bytes.subarray(start, end)])
+    o.into.set(this.bytes.subarray(start, end))
   }
 }
 
