@@ -28,6 +28,7 @@ const READ_BUFFER_BYTES = 64 * 1024
 const MAX_HEAD_BYTES = 16 * 1024
 /** an error answer's body kept for its message (longer ones drop the socket) */
 const MAX_ERROR_BODY_BYTES = 1024
+const EMPTY = Buffer.alloc(0)
 
 export interface ChunkChannelOptions {
   peerId: string
@@ -66,8 +67,7 @@ interface Exchange {
   resolve(res: ChunkResponse): void
   reject(err: Error): void
   /** header bytes so far, until the blank line */
-  head: Buffer[]
-  headBytes: number
+  head: Buffer
   response: ChunkResponse | undefined
   /** body bytes expected and received */
   length: number
@@ -121,8 +121,7 @@ export class ChunkChannel {
         request,
         resolve,
         reject,
-        head: [],
-        headBytes: 0,
+        head: EMPTY,
         response: undefined,
         length: 0,
         filled: 0,
@@ -299,6 +298,7 @@ export class ChunkChannel {
     if (exchange.response === undefined) {
       offset = this.readHead(conn, exchange, buf, n)
       if (offset < 0) return false
+      if (exchange.response === undefined) return true // the head goes on in the next read
     }
     let take = n - offset
     if (take > 0) {
@@ -325,26 +325,23 @@ export class ChunkChannel {
     return true
   }
 
-  /** takes header bytes from `buf`; returns where the body begins in it, or -1 when the socket was failed */
+  /** takes header bytes from `buf`; returns where the body begins in it (the head is over once `exchange.response` is set), or -1 when the socket was failed */
   private readHead(conn: Conn, exchange: Exchange, buf: Uint8Array, n: number): number {
-    const piece = Buffer.from(buf.buffer, buf.byteOffset, n)
-    // the blank line may straddle two reads: search from a little before this piece
-    const carry = Math.min(3, exchange.headBytes)
-    const previous = exchange.head.length > 0 ? (exchange.head[exchange.head.length - 1] as Buffer) : undefined
-    const joined = carry > 0 && previous !== undefined ? Buffer.concat([previous.subarray(previous.length - carry), piece]) : piece
-    const blank = joined.indexOf('\r\n\r\n')
+    const before = exchange.head.length
+    // a copy: the socket's buffer is reused (heads are small and mostly come in one read)
+    const head = Buffer.concat([exchange.head, buf.subarray(0, n)])
+    // the blank line may straddle two reads: search from a little before this one
+    const blank = head.indexOf('\r\n\r\n', Math.max(0, before - 3))
     if (blank < 0) {
-      exchange.head.push(Buffer.from(piece)) // a copy: the socket's buffer is reused
-      exchange.headBytes += n
-      if (exchange.headBytes > MAX_HEAD_BYTES) {
+      exchange.head = head
+      if (head.length > MAX_HEAD_BYTES) {
         this.fail(conn, new PeerProtocolError(`${this.options.peerId} sent a response head over ${MAX_HEAD_BYTES} bytes`))
         return -1
       }
-      return 0
+      return n
     }
-    const endInPiece = blank + 4 - (joined.length - n)
-    const text = Buffer.concat([...exchange.head, piece.subarray(0, endInPiece)]).toString('latin1')
-    exchange.head = []
+    const text = head.toString('latin1', 0, blank + 4)
+    exchange.head = EMPTY
     const response = parseHead(text)
     if (response === undefined) {
       this.fail(conn, new PeerProtocolError(`${this.options.peerId} sent a malformed response head`))
@@ -372,7 +369,7 @@ export class ChunkChannel {
     exchange.length = Math.min(length, exchange.target.length)
     exchange.response = response
     clearTimeout(exchange.timer)
-    return endInPiece
+    return blank + 4 - before
   }
 
   private complete(conn: Conn, exchange: Exchange): void {
