@@ -173,6 +173,7 @@ export class ChunkChannel {
     const conn = this.idle.pop()
     if (conn !== undefined) {
       clearTimeout(conn.idleTimer)
+      conn.socket.ref()
       this.busy.add(conn)
       return Promise.resolve(conn)
     }
@@ -257,6 +258,7 @@ export class ChunkChannel {
     this.busy.delete(conn)
     conn.idleTimer = setTimeout(() => conn.socket.destroy(), this.options.idleMs)
     conn.idleTimer.unref()
+    conn.socket.unref() // an idle socket does not keep the process alive (as node:http's agent does with its free sockets)
     this.idle.push(conn)
   }
 
