@@ -304,9 +304,11 @@ async function peerClient(fixture: BlobFixture, peers: PeerRef[], encrypt: boole
   let next = 0
   let bytes = 0
   const worker = async (): Promise<void> => {
+    // one receive buffer per worker, reused (as the daemon's scheduler reuses its chunk buffers)
+    const buffer = Buffer.allocUnsafeSlow(info.chunkSize)
     for (let index = next++; index < count; index = next++) {
       const peer = peers[index % peers.length]!
-      const into = Buffer.allocUnsafe(chunkLength(info, index))
+      const into = buffer.subarray(0, chunkLength(info, index))
       await client.fetchChunk(peer, fixture.digest, index, { signal, into })
       if (createHash('sha256').update(into).digest('hex') !== table[index]) throw new Error(`chunk ${index} failed verification`)
       bytes += into.length

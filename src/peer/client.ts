@@ -1,16 +1,14 @@
 /**
  * The requesting side of the peer data plane. Per peer it holds one session: a ticket fetched
- * over libp2p (Noise-authenticated, so the ticket comes from the peer id we asked for) and a
- * keep-alive agent for the peer's data port. Sessions are reused until shortly before the
- * ticket expires, then replaced; a 401 or a failed handshake (the peer restarted and forgot its
- * tickets) fetches a new ticket and retries once.
+ * over libp2p (Noise-authenticated, so the ticket comes from the peer id we asked for) and
+ * kept-alive sockets to the peer's data port, some for chunks and some for infos (DataChannel).
+ * Sessions are reused until shortly before the ticket expires, then replaced; a 401 or a failed
+ * handshake (the peer restarted and forgot its tickets) fetches a new ticket and retries once.
  *
- * Bytes are never verified here: `fetchChunk` returns the raw body and the caller checks it
+ * Bytes are never verified here: `fetchChunk` hands over the raw body and the caller checks it
  * against the chunk table.
  */
 import { setMaxListeners } from 'node:events'
-import { Agent as HttpAgent, type IncomingMessage, request as httpRequest } from 'node:http'
-import { Agent as HttpsAgent, request as httpsRequest } from 'node:https'
 import { peerIdFromString } from '@libp2p/peer-id'
 import { multiaddr } from '@multiformats/multiaddr'
 import type { Libp2p } from 'libp2p'
@@ -30,14 +28,12 @@ import {
   PeerTimeoutError,
   PeerUnreachableError
 } from './errors.js'
-import { ChunkChannel } from './chunk-channel.js'
+import { DataChannel, type DataResponse } from './data-channel.js'
 import { type Libp2pConnection, connectionHost, readMessage, writeMessage } from './libp2p-io.js'
 import {
   MAX_INFO_BYTES,
   MAX_TICKET_MESSAGE_BYTES,
-  PSK_CIPHERS,
   TICKET_PROTOCOL,
-  TLS_VERSION,
   type InfoQuery,
   type TicketWire,
   bearerToken,
@@ -57,7 +53,6 @@ const INFO_SOCKETS_PER_PEER = 8
 export const CLIENT_FREE_SOCKET_TIMEOUT_MS = 20_000
 /** a ticket is replaced this long before it expires (at most a fifth of its lifetime) */
 export const TICKET_REFRESH_MARGIN_MS = 60_000
-const MAX_ERROR_BODY_BYTES = 1024
 /**
  * An info request's own bound on connecting and on the answer (callers bound it further with
  * their signal): a long poll waits on the peer, and on a congested link a new connection alone
@@ -86,9 +81,10 @@ export interface PeerDataClient {
   /**
    * The peer's view of a blob; undefined when it holds nothing of it. `want` (`registry/name`):
    * also ask the peer to fetch the blob, as one of its origin fetchers; `held`: a long poll, the
-   * peer answers once it holds more chunks than that (or after LONG_POLL_MS).
+   * peer answers once it holds more chunks than that (or after LONG_POLL_MS). `waitMs`: the
+   * most the answer may take (default the larger of 30 s and `timeoutMs`), bounded further by `signal`.
    */
-  info(peer: PeerRef, digest: string, options: { signal: AbortSignal } & InfoQuery): Promise<BlobInfo | undefined>
+  info(peer: PeerRef, digest: string, options: { signal: AbortSignal; waitMs?: number | undefined } & InfoQuery): Promise<BlobInfo | undefined>
   /**
    * Receives the raw bytes of chunk `index` into `into`, whose length is the chunk's (unverified:
    * the caller checks them). Rejects with `ChunkUnavailableError` (not held), `PeerBusyError`
@@ -103,17 +99,13 @@ export interface PeerDataClient {
 
 interface Session {
   readonly peerId: string
-  readonly tls: boolean
-  readonly host: string
-  readonly port: number
   /** chunk requests: at most maxSocketsPerPeer at once */
-  readonly chunks: ChunkChannel
+  readonly chunks: DataChannel
   /**
    * info requests (long polls) on sockets of their own: behind chunks on a congested link they
    * would wait for a socket as long as a chunk takes, and the peer would look silent
    */
-  readonly infoAgent: HttpAgent
-  readonly headers: Record<string, string>
+  readonly infos: DataChannel
   /** local ms after which a new ticket is fetched */
   readonly refreshAt: number
 }
@@ -153,22 +145,16 @@ class DataClient implements PeerDataClient {
     setMaxListeners(Number.POSITIVE_INFINITY, this.shutdown.signal)
   }
 
-  async info(peer: PeerRef, digest: string, options: { signal: AbortSignal } & InfoQuery): Promise<BlobInfo | undefined> {
+  async info(peer: PeerRef, digest: string, options: { signal: AbortSignal; waitMs?: number | undefined } & InfoQuery): Promise<BlobInfo | undefined> {
     if (!isDigest(digest)) throw new PeerDataArgumentError(`invalid digest ${JSON.stringify(digest.slice(0, 100))}`)
-    const res = await this.get(peer, blobPath(digest, options), options.signal)
-    if (res.statusCode === 404) {
-      res.resume()
-      return undefined
-    }
-    if (res.statusCode !== 200) throw await statusError(peer.id, res)
-    const length = Number(res.headers['content-length'])
-    if (!Number.isSafeInteger(length) || length > MAX_INFO_BYTES) {
-      res.destroy()
-      throw new PeerProtocolError(`peer ${peer.id} sent an info of ${res.headers['content-length']} bytes`)
-    }
-    const text = await readBody(res, length)
+    const path = blobPath(digest, options)
+    const { signal } = options
+    const waitMs = options.waitMs ?? this.infoWaitMs
+    const res = await this.send(peer, signal, (session) => session.infos.request({ path, signal, waitMs, maxBody: MAX_INFO_BYTES }))
+    if (res.status === 404) return undefined
+    if (res.status !== 200) throw httpError(peer.id, res)
     try {
-      return decodeInfo(text)
+      return decodeInfo((res.body as Buffer).toString('utf8'))
     } catch (err) {
       throw new PeerProtocolError(`peer ${peer.id} sent an invalid info for ${digest}`, { cause: err })
     }
@@ -179,12 +165,7 @@ class DataClient implements PeerDataClient {
     if (!Number.isSafeInteger(index) || index < 0) throw new PeerDataArgumentError(`invalid chunk index ${index}`)
     const path = chunkPath(digest, index)
     const { signal, into } = options
-    const res = await this.retrying(
-      peer,
-      signal,
-      (session) => session.chunks.request({ path, into, signal, waitMs: this.timeoutMs, bucket: this.bucket }),
-      (res) => res.status === 401
-    )
+    const res = await this.send(peer, signal, (session) => session.chunks.request({ path, into, signal, waitMs: this.timeoutMs, bucket: this.bucket }))
     switch (res.status) {
       case 200:
         this.counters.chunksFetched++
@@ -197,7 +178,7 @@ class DataClient implements PeerDataClient {
         throw new PeerBusyError(peer.id, Number.isFinite(seconds) && seconds >= 0 ? seconds * 1000 : DEFAULT_BUSY_RETRY_MS)
       }
       default:
-        throw new PeerHttpError(peer.id, res.status, errorDetail(res.body?.toString('utf8') ?? ''))
+        throw httpError(peer.id, res)
     }
   }
 
@@ -281,33 +262,19 @@ class DataClient implements PeerDataClient {
     if (host === undefined) throw new PeerUnreachableError(`peer ${peer.id} is connected over a non-IP address; no data port to reach`)
     if (this.encrypt && !ticket.tls) throw new PeerPolicyError(`peer ${peer.id} serves plaintext only and this node requires encryption`)
     this.counters.ticketsFetched++
-    const key = Buffer.from(ticket.key, 'hex')
-    const headers: Record<string, string> = ticket.tls ? {} : { authorization: bearerToken(ticket.identity, ticket.key) }
-    const infoAgentOptions = { keepAlive: true, maxSockets: INFO_SOCKETS_PER_PEER, timeout: CLIENT_FREE_SOCKET_TIMEOUT_MS, scheduling: 'lifo' as const }
-    const infoAgent = ticket.tls
-      ? new HttpsAgent({
-          ...infoAgentOptions,
-          ciphers: PSK_CIPHERS,
-          minVersion: TLS_VERSION,
-          maxVersion: TLS_VERSION,
-          maxCachedSessions: 0, // the server does not resume sessions (see server.ts)
-          servername: '', // no SNI: the peer is reached by IP and authenticated by the PSK
-          pskCallback: () => ({ psk: key, identity: ticket.identity }),
-          checkServerIdentity: () => undefined // no certificate: the PSK handshake is the authentication
-        })
-      : new HttpAgent(infoAgentOptions)
-    const chunks = new ChunkChannel({
-      peerId: peer.id,
-      host,
-      port: ticket.port,
-      psk: ticket.tls ? { key, identity: ticket.identity } : undefined,
-      headers,
-      maxSockets: this.maxSockets,
-      idleMs: CLIENT_FREE_SOCKET_TIMEOUT_MS
-    })
+    const channel = (maxSockets: number): DataChannel =>
+      new DataChannel({
+        peerId: peer.id,
+        host,
+        port: ticket.port,
+        psk: ticket.tls ? { key: Buffer.from(ticket.key, 'hex'), identity: ticket.identity } : undefined,
+        headers: ticket.tls ? {} : { authorization: bearerToken(ticket.identity, ticket.key) },
+        maxSockets,
+        idleMs: CLIENT_FREE_SOCKET_TIMEOUT_MS
+      })
     const refreshAt = started + ticket.ttlMs - Math.min(TICKET_REFRESH_MARGIN_MS, ticket.ttlMs / 5)
     this.log.debug({ peerId: peer.id, host, port: ticket.port, tls: ticket.tls }, 'got data ticket')
-    return { peerId: peer.id, tls: ticket.tls, host, port: ticket.port, chunks, infoAgent, headers, refreshAt }
+    return { peerId: peer.id, chunks: channel(this.maxSockets), infos: channel(INFO_SOCKETS_PER_PEER), refreshAt }
   }
 
   /** an open libp2p connection to the peer, authenticated as peer.id */
@@ -332,141 +299,51 @@ class DataClient implements PeerDataClient {
 
   // ------------------------------------------------------------ HTTP
 
-  /** GET on the peer's data port for an info (node:http, on sockets apart from the chunks') */
-  private get(peer: PeerRef, path: string, signal: AbortSignal): Promise<IncomingMessage> {
-    return this.retrying(
-      peer,
-      signal,
-      (session) => this.request(session, session.infoAgent, path, signal, this.infoWaitMs),
-      (res) => {
-        if (res.statusCode !== 401) return false
-        res.resume()
-        return true
-      }
-    )
-  }
-
   /**
-   * One request with the peer's session, retried once with a fresh ticket when the connection
+   * One request with the peer's session, sent again once with a fresh ticket when the connection
    * failed (the peer restarted and forgot its tickets, or a kept-alive socket went stale) or the
-   * peer answered 401 (`unauthorized` is asked of the first answer only, and discards it if so).
+   * peer answered 401.
    */
-  private async retrying<R>(peer: PeerRef, signal: AbortSignal, send: (session: Session) => Promise<R>, unauthorized: (res: R) => boolean): Promise<R> {
+  private async send(peer: PeerRef, signal: AbortSignal, request: (session: Session) => Promise<DataResponse>): Promise<DataResponse> {
     for (let attempt = 0; ; attempt++) {
       const session = await this.session(peer, signal)
-      let res: R
+      let res: DataResponse
       try {
-        res = await send(session)
+        res = await request(session)
       } catch (err) {
         if (attempt > 0 || !(err instanceof PeerUnreachableError)) throw err
         this.log.debug({ peerId: peer.id, err }, 'data connection failed; retrying with a new ticket')
         this.invalidate(peer.id, session)
         continue
       }
-      if (attempt === 0 && unauthorized(res)) {
+      if (res.status === 401 && attempt === 0) {
         this.invalidate(peer.id, session)
         continue
       }
       return res
     }
   }
-
-  /** `waitMs`: the most the response headers may take, and the longest idle time of the connection */
-  private request(session: Session, agent: HttpAgent, path: string, signal: AbortSignal, waitMs: number): Promise<IncomingMessage> {
-    const { peerId } = session
-    return new Promise<IncomingMessage>((resolve, reject) => {
-      if (signal.aborted) {
-        reject(signal.reason)
-        return
-      }
-      if (this.shutdown.signal.aborted) {
-        reject(this.shutdown.signal.reason)
-        return
-      }
-      const send = session.tls ? httpsRequest : httpRequest
-      const req = send({ agent, host: session.host, port: session.port, path, method: 'GET', headers: session.headers })
-      let response: IncomingMessage | undefined
-      const destroy = (err: Error): void => {
-        if (response === undefined) req.destroy(err)
-        else response.destroy(err)
-      }
-      const onAbort = (): void => destroy(signal.reason instanceof Error ? signal.reason : new Error(String(signal.reason)))
-      const onShutdown = (): void => destroy(this.shutdown.signal.reason as Error)
-      signal.addEventListener('abort', onAbort, { once: true })
-      this.shutdown.signal.addEventListener('abort', onShutdown, { once: true })
-      const headersTimer = setTimeout(() => req.destroy(new PeerTimeoutError(`no response from ${peerId}'s data port within ${waitMs} ms`)), waitMs)
-      req.setTimeout(waitMs, () => destroy(new PeerTimeoutError(`${peerId}'s data connection idle for ${waitMs} ms`)))
-      const cleanup = (): void => {
-        clearTimeout(headersTimer)
-        signal.removeEventListener('abort', onAbort)
-        this.shutdown.signal.removeEventListener('abort', onShutdown)
-      }
-      req.on('response', (res) => {
-        clearTimeout(headersTimer)
-        response = res
-        res.once('close', cleanup)
-        resolve(res)
-      })
-      req.on('error', (err: NodeJS.ErrnoException) => {
-        if (response !== undefined) return // the response stream reports it
-        cleanup()
-        if (err instanceof PeerDataError || err === signal.reason || err === this.shutdown.signal.reason) reject(err)
-        else
-          reject(
-            new PeerUnreachableError(`data request to ${peerId} at ${session.host}:${session.port} failed: ${err.code ?? err.message}`, {
-              cause: err,
-              refused: err.code === 'ECONNREFUSED'
-            })
-          )
-      })
-      req.end()
-    })
-  }
 }
 
 /** stop reusing a session's sockets; requests in flight finish, then their sockets close */
 function retire(session: Session): void {
   session.chunks.retire()
-  // Node's Agent reads `keepAlive` when a socket frees up (not in @types/node)
-  ;(session.infoAgent as HttpAgent & { keepAlive: boolean }).keepAlive = false
-  for (const sockets of Object.values(session.infoAgent.freeSockets)) for (const socket of sockets ?? []) socket.destroy()
+  session.infos.retire()
 }
 
 function destroy(session: Session, reason: Error): void {
   session.chunks.destroy(reason)
-  session.infoAgent.destroy()
+  session.infos.destroy(reason)
 }
 
-async function readBody(res: IncomingMessage, max: number): Promise<string> {
-  const parts: Buffer[] = []
-  let total = 0
-  for await (const chunk of res as AsyncIterable<Buffer>) {
-    total += chunk.length
-    if (total > max) {
-      res.destroy()
-      throw new PeerProtocolError(`response body larger than ${max} bytes`)
-    }
-    parts.push(chunk)
-  }
-  return Buffer.concat(parts).toString('utf8')
-}
-
-async function statusError(peerId: string, res: IncomingMessage): Promise<PeerHttpError> {
-  let text = ''
+/** an answer other than those the caller expects, with the `message` of its JSON body if it has one */
+function httpError(peerId: string, res: DataResponse): PeerHttpError {
+  let detail = ''
   try {
-    text = await readBody(res, MAX_ERROR_BODY_BYTES)
+    const parsed = JSON.parse(res.body?.toString('utf8') ?? '') as { message?: unknown }
+    if (typeof parsed.message === 'string') detail = parsed.message.slice(0, 200)
   } catch {
     // the detail is optional
   }
-  return new PeerHttpError(peerId, res.statusCode ?? 0, errorDetail(text))
-}
-
-/** the `message` of an error answer's JSON body, if it has one */
-function errorDetail(text: string): string {
-  try {
-    const parsed = JSON.parse(text) as { message?: unknown }
-    return typeof parsed.message === 'string' ? parsed.message.slice(0, 200) : ''
-  } catch {
-    return ''
-  }
+  return new PeerHttpError(peerId, res.status, detail)
 }

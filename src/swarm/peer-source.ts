@@ -3,7 +3,6 @@ import type { PeerRef } from '../routing/types.js'
 import type { ChunkPlan } from '../transfer/chunks/plan.js'
 import type { PeerSource } from '../transfer/swarm-download.js'
 import type { PeerBlobInfo, PeerChunkClient } from './types.js'
-import { timeoutSignal } from '../util/abort.js'
 
 /** A peer as a source of a blob it has not been asked about yet: it holds nothing until it answers. */
 export function unknownHoldings(plan: ChunkPlan): PeerBlobInfo {
@@ -96,7 +95,7 @@ export class PeerChunkSource implements PeerSource {
     if (this.refreshing || Date.now() < this.nextRefresh || this.signal.aborted) return
     this.refreshing = true
     this.client
-      .info(this.peer, this.digest, { signal: timeoutSignal(REFRESH_TIMEOUT_MS, this.signal), want: this.want, held: this.held })
+      .info(this.peer, this.digest, { signal: this.signal, waitMs: REFRESH_TIMEOUT_MS, want: this.want, held: this.held })
       .then(
         (info) => {
           this.refreshFailures = 0

@@ -1,5 +1,5 @@
 /**
- * The chunk channel's HTTP/1.1 response side against raw servers on loopback: heads split
+ * The data channel's HTTP/1.1 response side against raw servers on loopback: heads split
  * anywhere, kept-alive reuse, error answers, and peers that break the protocol (each a clear
  * error, never a crash, a hang or a short buffer taken as a chunk).
  */
@@ -7,7 +7,7 @@ import assert from 'node:assert/strict'
 import { randomBytes } from 'node:crypto'
 import { type AddressInfo, type Server, type Socket, createServer } from 'node:net'
 import { afterEach, describe, it } from 'node:test'
-import { ChunkChannel, parseHead } from '../../src/peer/chunk-channel.js'
+import { DataChannel, parseHead } from '../../src/peer/data-channel.js'
 import { PeerProtocolError, PeerTimeoutError, PeerUnreachableError } from '../../src/peer/errors.js'
 
 const BODY = randomBytes(200_000)
@@ -40,10 +40,10 @@ async function rawServer(answer: (n: number) => Buffer, split: (bytes: Buffer) =
 }
 
 const servers: Server[] = []
-const channels: ChunkChannel[] = []
+const channels: DataChannel[] = []
 
-function channel(port: number, maxSockets = 2): ChunkChannel {
-  const c = new ChunkChannel({ peerId: 'peer', host: '127.0.0.1', port, psk: undefined, headers: { authorization: 'Bearer t' }, maxSockets, idleMs: 5_000 })
+function channel(port: number, maxSockets = 2): DataChannel {
+  const c = new DataChannel({ peerId: 'peer', host: '127.0.0.1', port, psk: undefined, headers: { authorization: 'Bearer t' }, maxSockets, idleMs: 5_000 })
   channels.push(c)
   return c
 }
@@ -62,7 +62,7 @@ function ok(body: Buffer, extra = ''): Buffer {
   return Buffer.concat([Buffer.from(`HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ncontent-length: ${body.length}\r\n${extra}\r\n`), body])
 }
 
-function get(c: ChunkChannel, into: Buffer, waitMs = 2_000) {
+function get(c: DataChannel, into: Buffer, waitMs = 2_000) {
   return c.request({ path: '/chunk', into, signal: AbortSignal.timeout(5_000), waitMs })
 }
 
@@ -71,7 +71,7 @@ afterEach(() => {
   for (const s of servers.splice(0)) s.close()
 })
 
-describe('chunk channel', () => {
+describe('data channel', () => {
   it('parses status lines and headers', () => {
     const head = parseHead('HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\ncontent-length: 0\r\n\r\n')
     assert.equal(head?.status, 503)
@@ -105,6 +105,17 @@ describe('chunk channel', () => {
     assert.equal((await get(c, into)).status, 200)
     assert.ok(into.equals(BODY))
     assert.equal(connections(), 1)
+  })
+
+  it('returns a body without a buffer given, up to maxBody', async () => {
+    const info = Buffer.from('{"size":1}')
+    const { port, connections } = await rawServer(() => ok(info))
+    const c = channel(port)
+    const res = await c.request({ path: '/info', maxBody: 100, signal: AbortSignal.timeout(5_000), waitMs: 2_000 })
+    assert.equal(res.status, 200)
+    assert.equal(res.body?.toString(), info.toString())
+    await assert.rejects(c.request({ path: '/info', maxBody: 5, signal: AbortSignal.timeout(5_000), waitMs: 2_000 }), PeerProtocolError)
+    assert.equal(connections(), 1, 'the socket was reused until the body too long dropped it')
   })
 
   it('takes a connection: close answer and then opens a new socket', async () => {

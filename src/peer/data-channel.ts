@@ -1,14 +1,14 @@
 /**
- * Chunk requests to one peer's data port, on kept-alive sockets of its own, without node:http's
- * client: each socket reads into one reused buffer (`onread`), and the body is copied once,
- * straight into the buffer the caller receives the chunk into.
+ * Requests to one peer's data port (chunks, and infos on a channel of their own), on kept-alive
+ * sockets, without node:http's client: each socket reads into one reused buffer (`onread`), and
+ * a chunk's body is copied once, straight into the buffer the caller receives the chunk into.
  *
  * Why not node:http: its parser hands every body piece over as a fresh Buffer (a copy of the
  * socket's read, allocated per read), which then had to be copied into the chunk buffer; the
  * 'data' events, the IncomingMessage stream and those short-lived buffers cost more CPU than the
  * bytes themselves. Measured on loopback (4 MiB responses from a node:http server, one
  * keep-alive socket, client and server in one process): CPU per GB 2.4 s → 0.95 s in plaintext
- * and 4.5 s → 2.8 s inside TLS-PSK. Info requests (small long polls) stay on node:http.
+ * and 4.5 s → 2.8 s inside TLS-PSK.
  *
  * The server is node:http (server.ts) and always answers with a content-length, so the client
  * side of HTTP/1.1 needed here is small: one request at a time per socket, a status line and
@@ -30,7 +30,7 @@ const MAX_HEAD_BYTES = 16 * 1024
 const MAX_ERROR_BODY_BYTES = 1024
 const EMPTY = Buffer.alloc(0)
 
-export interface ChunkChannelOptions {
+export interface DataChannelOptions {
   peerId: string
   host: string
   port: number
@@ -43,19 +43,21 @@ export interface ChunkChannelOptions {
   idleMs: number
 }
 
-export interface ChunkRequest {
+export interface DataRequest {
   path: string
-  /** a 200's body goes here and must fill it exactly */
-  into: Buffer
+  /** a 200's body goes here and must fill it exactly (a chunk); without it, see `maxBody` */
+  into?: Buffer
+  /** without `into`: a 200's body of at most this many bytes, returned in the response's `body` */
+  maxBody?: number
   signal: AbortSignal
-  /** the most the response headers may take, and the longest the socket may idle mid-response */
+  /** the most a free socket (at maxSockets) and then the response headers may each take, and the longest the socket may idle mid-response */
   waitMs: number
   /** body bytes are taken from it as they arrive (the socket pauses while it is in debt) */
   bucket?: TokenBucket | undefined
 }
 
-/** A response: for 200 the body is in the request's `into`; otherwise `body` holds the error answer's body. */
-export interface ChunkResponse {
+/** A response: a 200's body is in the request's `into` if it had one, else in `body`, as is an error answer's (its first MAX_ERROR_BODY_BYTES). */
+export interface DataResponse {
   status: number
   headers: Map<string, string>
   body: Buffer | undefined
@@ -63,16 +65,16 @@ export interface ChunkResponse {
 
 /** One request in progress on a socket. */
 interface Exchange {
-  readonly request: ChunkRequest
-  resolve(res: ChunkResponse): void
+  readonly request: DataRequest
+  resolve(res: DataResponse): void
   reject(err: Error): void
   /** header bytes so far, until the blank line */
   head: Buffer
-  response: ChunkResponse | undefined
+  response: DataResponse | undefined
   /** body bytes expected and received */
   length: number
   filled: number
-  /** where the body goes: the request's `into` (200) or a small buffer (any other status) */
+  /** where the body goes: the request's `into` (a chunk) or a buffer of its own */
   target: Buffer | undefined
   timer: NodeJS.Timeout | undefined
 }
@@ -89,17 +91,17 @@ class Conn {
   }
 }
 
-export class ChunkChannel {
-  private readonly options: ChunkChannelOptions
+export class DataChannel {
+  private readonly options: DataChannelOptions
   private readonly head: (path: string) => string
   private readonly idle: Conn[] = []
   /** sockets with a request on them (or being handed to one) */
   private readonly busy = new Set<Conn>()
-  private readonly waiting: { resolve(conn: Conn): void; reject(err: Error): void; signal: AbortSignal }[] = []
+  private readonly waiting: { resolve(conn: Conn): void; reject(err: Error): void }[] = []
   private open = 0
   private retired = false
 
-  constructor(options: ChunkChannelOptions) {
+  constructor(options: DataChannelOptions) {
     this.options = options
     const extra = Object.entries(options.headers)
       .map(([name, value]) => `${name}: ${value}\r\n`)
@@ -113,10 +115,10 @@ export class ChunkChannel {
    * PeerTimeoutError, PeerProtocolError, a plain Error when the connection fails mid-body, or
    * the signal's reason.
    */
-  async request(request: ChunkRequest): Promise<ChunkResponse> {
+  async request(request: DataRequest): Promise<DataResponse> {
     request.signal.throwIfAborted()
-    const conn = await this.acquire(request.signal)
-    return new Promise<ChunkResponse>((resolve, reject) => {
+    const conn = await this.acquire(request.signal, request.waitMs)
+    return new Promise<DataResponse>((resolve, reject) => {
       const exchange: Exchange = {
         request,
         resolve,
@@ -168,7 +170,8 @@ export class ChunkChannel {
 
   // ------------------------------------------------------------ sockets
 
-  private acquire(signal: AbortSignal): Promise<Conn> {
+  /** a socket for a request: an idle one, a new one, or (at maxSockets) the next one freed, within `waitMs` */
+  private acquire(signal: AbortSignal, waitMs: number): Promise<Conn> {
     if (this.retired) return Promise.reject(new PeerUnreachableError(`the session with ${this.options.peerId} was replaced`))
     const conn = this.idle.pop()
     if (conn !== undefined) {
@@ -179,22 +182,27 @@ export class ChunkChannel {
     }
     if (this.open < this.options.maxSockets) return Promise.resolve(this.connect())
     return new Promise<Conn>((resolve, reject) => {
+      const settle = (): void => {
+        clearTimeout(timer)
+        signal.removeEventListener('abort', onAbort)
+      }
       const waiter = {
         resolve: (c: Conn) => {
-          signal.removeEventListener('abort', onAbort)
+          settle()
           resolve(c)
         },
         reject: (err: Error) => {
-          signal.removeEventListener('abort', onAbort)
+          settle()
           reject(err)
         },
-        signal,
       }
-      const onAbort = (): void => {
+      const giveUp = (err: Error): void => {
         const at = this.waiting.indexOf(waiter)
         if (at >= 0) this.waiting.splice(at, 1)
-        reject(signal.reason)
+        waiter.reject(err)
       }
+      const onAbort = (): void => giveUp(signal.reason)
+      const timer = setTimeout(() => giveUp(new PeerTimeoutError(`no socket to ${this.options.peerId}'s data port free within ${waitMs} ms`)), waitMs)
       signal.addEventListener('abort', onAbort, { once: true })
       this.waiting.push(waiter)
     })
@@ -355,13 +363,20 @@ export class ChunkChannel {
       return -1
     }
     if (response.headers.get('connection')?.toLowerCase() === 'close') conn.reusable = false
-    const { into } = exchange.request
-    if (response.status === 200) {
+    const { into, maxBody = 0 } = exchange.request
+    if (response.status === 200 && into !== undefined) {
       if (length !== into.length) {
         this.fail(conn, new PeerProtocolError(`${this.options.peerId} announced ${length} bytes for a chunk of ${into.length}`))
         return -1
       }
       exchange.target = into
+    } else if (response.status === 200) {
+      if (length > maxBody) {
+        this.fail(conn, new PeerProtocolError(`${this.options.peerId} announced a body of ${length} bytes (at most ${maxBody} expected)`))
+        return -1
+      }
+      exchange.target = Buffer.allocUnsafe(length)
+      response.body = exchange.target
     } else {
       if (length > MAX_ERROR_BODY_BYTES) conn.reusable = false
       exchange.target = Buffer.allocUnsafe(Math.min(length, MAX_ERROR_BODY_BYTES))
@@ -375,7 +390,7 @@ export class ChunkChannel {
   }
 
   private complete(conn: Conn, exchange: Exchange): void {
-    const response = exchange.response as ChunkResponse
+    const response = exchange.response as DataResponse
     clearTimeout(exchange.timer)
     this.release(conn)
     exchange.resolve(response)
@@ -383,7 +398,7 @@ export class ChunkChannel {
 }
 
 /** `HTTP/1.1 200 OK\r\nname: value\r\n…\r\n\r\n` → status and headers (names lower-cased); undefined if malformed */
-export function parseHead(text: string): ChunkResponse | undefined {
+export function parseHead(text: string): DataResponse | undefined {
   const lines = text.split('\r\n')
   const status = /^HTTP\/1\.[01] (\d{3})(?: |$)/.exec(lines[0] ?? '')
   if (status === null) return undefined
