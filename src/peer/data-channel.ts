@@ -119,37 +119,39 @@ export class DataChannel {
     request.signal.throwIfAborted()
     const conn = await this.acquire(request.signal, request.waitMs)
     return new Promise<DataResponse>((resolve, reject) => {
-      const exchange: Exchange = {
-        request,
-        resolve,
-        reject,
-        head: EMPTY,
-        response: undefined,
-        length: 0,
-        filled: 0,
-        target: undefined,
-        timer: undefined,
-      }
-      const onAbort = (): void => this.fail(conn, request.signal.reason instanceof Error ? request.signal.reason : new Error(String(request.signal.reason)))
       if (request.signal.aborted) {
         this.release(conn)
         reject(request.signal.reason)
         return
       }
+      if (conn.socket.destroyed) {
+        // closed (the channel destroyed, the peer hung up) between its handing over and now
+        reject(new PeerUnreachableError(`data connection to ${this.options.peerId} closed before the request`))
+        return
+      }
+      const onAbort = (): void => this.fail(conn, request.signal.reason instanceof Error ? request.signal.reason : new Error(String(request.signal.reason)))
       request.signal.addEventListener('abort', onAbort, { once: true })
-      exchange.resolve = (res) => {
-        request.signal.removeEventListener('abort', onAbort)
-        resolve(res)
+      const settled = (): void => request.signal.removeEventListener('abort', onAbort)
+      conn.exchange = {
+        request,
+        resolve: (res) => {
+          settled()
+          resolve(res)
+        },
+        reject: (err) => {
+          settled()
+          reject(err)
+        },
+        head: EMPTY,
+        response: undefined,
+        length: 0,
+        filled: 0,
+        target: undefined,
+        timer: setTimeout(
+          () => this.fail(conn, new PeerTimeoutError(`no response from ${this.options.peerId}'s data port within ${request.waitMs} ms`)),
+          request.waitMs,
+        ),
       }
-      exchange.reject = (err) => {
-        request.signal.removeEventListener('abort', onAbort)
-        reject(err)
-      }
-      exchange.timer = setTimeout(
-        () => this.fail(conn, new PeerTimeoutError(`no response from ${this.options.peerId}'s data port within ${request.waitMs} ms`)),
-        request.waitMs,
-      )
-      conn.exchange = exchange
       conn.socket.setTimeout(request.waitMs)
       conn.socket.write(this.head(request.path))
     })
