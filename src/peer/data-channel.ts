@@ -83,7 +83,7 @@ class Conn {
   readonly socket: Socket
   exchange: Exchange | undefined
   idleTimer: NodeJS.Timeout | undefined
-  /** the server said `connection: close`, or the channel was retired */
+  /** false once the server said `connection: close`, a request on it failed, or an error body was cut short: closed after its request */
   reusable = true
 
   constructor(socket: Socket) {
