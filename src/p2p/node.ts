@@ -39,6 +39,7 @@ import { tcp } from '@libp2p/tcp'
 import { peerIdFromString } from '@libp2p/peer-id'
 import { type Multiaddr, multiaddr } from '@multiformats/multiaddr'
 import { type Libp2p, createLibp2p } from 'libp2p'
+import type { CID } from 'multiformats/cid'
 import type { Logger } from 'pino'
 import { timeoutSignal } from '../util/abort.js'
 import { DEFAULT_REANNOUNCE_INTERVAL_MS, type DhtBackend, DhtContentRouter, type DhtContentRouterOptions } from '../routing/dht.js'
@@ -343,7 +344,55 @@ function dhtBackend(node: PeerLibp2p, table: RoutingTableView): DhtBackend {
       return out
     },
     addressesOf: async (id) => (await node.peerStore.get(peerIdFromString(id))).addresses.map((a) => a.multiaddr.toString()),
-    cancelReprovide: (cid) => dht.cancelReprovide(cid)
+    cancelReprovide: (cid) => dht.cancelReprovide(cid),
+    ...recordStore(node)
+  }
+}
+
+/** the parts of kad-dht's KadDHT that storing a provider record uses (not part of its public typings) */
+interface KadInternals {
+  providers?: { addProvider?(cid: CID, provider: PeerLibp2p['peerId'], options?: { signal?: AbortSignal }): Promise<void> }
+  network?: {
+    sendMessage?(to: PeerLibp2p['peerId'], msg: object, options: { signal?: AbortSignal; path: object }): AsyncIterable<{ name: string }>
+  }
+}
+
+/**
+ * `DhtBackend.storeRecord`, done as kad-dht's own `provide` does once its walk is over: the
+ * record into kad-dht's provider store, then an ADD_PROVIDER message (our peer id and addresses)
+ * to each peer, all at once. It goes through kad-dht's internals, so it is only offered when they
+ * are there in the shape this was written against (@libp2p/kad-dht 16); otherwise the router
+ * walks with `provide`.
+ */
+function recordStore(node: PeerLibp2p): Pick<DhtBackend, 'storeRecord'> {
+  const { providers, network } = node.services.dht as unknown as KadInternals
+  const addProvider = providers?.addProvider?.bind(providers)
+  const sendMessage = network?.sendMessage?.bind(network)
+  if (addProvider === undefined || sendMessage === undefined) return {}
+  return {
+    storeRecord: async (cid, peerIds, options) => {
+      await addProvider(cid, node.peerId, options)
+      const message = {
+        type: 'ADD_PROVIDER',
+        key: cid.multihash.bytes,
+        providers: [{ id: node.peerId.toMultihash().bytes, multiaddrs: node.getMultiaddrs().map((ma) => ma.bytes) }]
+      }
+      const path = { index: 0, queued: 0, running: 0, total: 0 }
+      const sent = await Promise.all(
+        peerIds.map(async (id) => {
+          try {
+            for await (const event of sendMessage(peerIdFromString(id), message, { signal: options.signal, path })) {
+              if (event.name === 'PEER_RESPONSE') return true
+            }
+          } catch {
+            // a peer that is gone does not take it; the others may
+          }
+          return false
+        })
+      )
+      options.signal.throwIfAborted()
+      return sent.filter(Boolean).length
+    }
   }
 }
 
@@ -428,6 +477,7 @@ export async function createPeerNode(options: PeerNodeOptions): Promise<PeerNode
   }
   const router = new DhtContentRouter(dhtBackend(libp2p, routingTable), {
     logger: options.logger.child({ component: 'routing' }),
+    ...(routing.kBucketSize === undefined ? {} : { recordPeers: routing.kBucketSize }),
     advertiseTimeoutMs: routing.advertiseTimeoutMs,
     lookupTimeoutMs: routing.lookupTimeoutMs,
     reannounceIntervalMs,

@@ -22,9 +22,10 @@
  */
 import { setMaxListeners } from 'node:events'
 import type { QueryEvent } from '@libp2p/kad-dht'
+import { peerIdFromString } from '@libp2p/peer-id'
 import type { CID } from 'multiformats/cid'
 import type { Logger } from 'pino'
-import { digestToCid } from './key.js'
+import { digestToCid, rankByDistance } from './key.js'
 import { SharedWalk, transportAddrs } from './walk.js'
 import {
   AdvertiseFailedError,
@@ -48,6 +49,19 @@ export const DEFAULT_REANNOUNCE_CONCURRENCY = 4
 const LOCAL_CLOSEST = 20
 /** wait this long after the routing table gains a peer before announcing pending digests */
 const PENDING_DEBOUNCE_MS = 1_000
+/**
+ * An announce within this long of a providers walk for the same blob stores the record on the
+ * closest of the peers known to be near its key, instead of walking again as kad-dht's `provide`
+ * does: in a 16-node fan-out the announces' own walks were 43% of the DHT requests (628
+ * FIND_NODE of 1,462), right after the providers walks had gone the same way. Known to be near:
+ * what a walk that ran to its end heard of, or the candidates a closest-peers query returned
+ * (what it heard, the local table's closest, the connected DHT peers), from which the blob's
+ * origin fetchers are chosen: this trusts them no further than that choice does. Re-announces
+ * (every 10 min) walk.
+ */
+const RECENT_WALK_MS = 60_000
+/** recent walks remembered at most (the oldest are forgotten first) */
+const RECENT_WALKS = 256
 
 /** The slice of kad-dht the router needs. */
 export interface DhtBackend {
@@ -66,6 +80,12 @@ export interface DhtBackend {
   addressesOf(peerId: string): Promise<string[]>
   /** forget our own provider record locally (kad-dht `cancelReprovide`) */
   cancelReprovide(cid: CID): Promise<void>
+  /**
+   * Stores our provider record locally and on these peers, without walking to them first (they
+   * are the closest a providers walk just found); resolves to how many peers took it. Absent
+   * when the kad-dht at hand does not allow it: `provide` then walks.
+   */
+  storeRecord?(cid: CID, peerIds: readonly string[], options: { signal: AbortSignal }): Promise<number>
 }
 
 export interface DhtContentRouterOptions {
@@ -78,6 +98,8 @@ export interface DhtContentRouterOptions {
   reannounceIntervalMs?: number
   /** parallel provides during a re-announce pass (default 4) */
   reannounceConcurrency?: number
+  /** peers a provider record is stored on: kad-dht's K (default 20) */
+  recordPeers?: number
 }
 
 interface ScheduleEntry {
@@ -97,6 +119,9 @@ export class DhtContentRouter implements ContentRouter {
   private readonly inflight = new Map<string, Promise<void>>()
   /** providers walks running, by digest */
   private readonly walks = new Map<string, SharedWalk>()
+  /** peers known to be near a digest's key lately (see RECENT_WALK_MS), and since when */
+  private readonly recentWalks = new Map<string, { at: number; heard: string[] }>()
+  private readonly recordPeers: number
   private readonly shutdown = new AbortController()
   private readonly unsubscribe: () => void
   private passTimer: NodeJS.Timeout | undefined
@@ -110,6 +135,7 @@ export class DhtContentRouter implements ContentRouter {
     this.lookupTimeoutMs = options.lookupTimeoutMs ?? DEFAULT_LOOKUP_TIMEOUT_MS
     this.reannounceIntervalMs = options.reannounceIntervalMs ?? DEFAULT_REANNOUNCE_INTERVAL_MS
     this.reannounceConcurrency = Math.max(1, options.reannounceConcurrency ?? DEFAULT_REANNOUNCE_CONCURRENCY)
+    this.recordPeers = Math.max(1, options.recordPeers ?? 20)
     // kad-dht adds one abort listener per peer it contacts to the signal we pass
     setMaxListeners(Number.POSITIVE_INFINITY, this.shutdown.signal)
     this.unsubscribe = backend.onPeerAdded(() => this.onPeerAdded())
@@ -205,6 +231,7 @@ export class DhtContentRouter implements ContentRouter {
     const connected = await this.backend.connectedPeers().catch(() => [])
     const ids = new Set([...this.backend.localClosest(digestToCid(digest), LOCAL_CLOSEST), ...heard.keys(), ...connected])
     ids.delete(this.backend.selfId)
+    this.rememberNear(digest, [...ids])
     const out: PeerRef[] = []
     for (const id of ids) {
       const addrs = heard.get(id) ?? []
@@ -228,8 +255,26 @@ export class DhtContentRouter implements ContentRouter {
     void walk.done.then(() => {
       deadline.clear()
       if (this.walks.get(digest) === walk) this.walks.delete(digest)
+      if (walk.complete && walk.heard.size > 0) this.rememberNear(digest, [...walk.heard.keys()])
     })
     return walk
+  }
+
+  private rememberNear(digest: string, heard: string[]): void {
+    this.recentWalks.delete(digest) // re-inserted last: the map stays oldest first
+    this.recentWalks.set(digest, { at: Date.now(), heard })
+    for (const [old, entry] of this.recentWalks) {
+      if (this.recentWalks.size <= RECENT_WALKS && Date.now() - entry.at <= RECENT_WALK_MS) break
+      this.recentWalks.delete(old)
+    }
+  }
+
+  /** the closest of the peers known lately to be near the digest's key, if any are */
+  private nearPeers(digest: string): string[] | undefined {
+    const recent = this.recentWalks.get(digest)
+    if (recent === undefined || Date.now() - recent.at > RECENT_WALK_MS) return undefined
+    const ids = recent.heard.filter(isPeerId)
+    return ids.length === 0 ? undefined : rankByDistance(digest, ids).slice(0, this.recordPeers)
   }
 
   /** digests in the re-announce schedule */
@@ -270,9 +315,16 @@ export class DhtContentRouter implements ContentRouter {
     const deadline = withDeadline(this.advertiseTimeoutMs, [this.shutdown.signal])
     let stored = 0
     let failure: unknown
+    const near = this.backend.storeRecord === undefined ? undefined : this.nearPeers(digest)
+    let walked = near === undefined
     try {
-      for await (const event of this.backend.provide(entry.cid, { signal: deadline.signal })) {
-        if (event.name === 'PEER_RESPONSE' && event.messageName === 'ADD_PROVIDER') stored++
+      if (near !== undefined && this.backend.storeRecord !== undefined) stored = await this.backend.storeRecord(entry.cid, near, { signal: deadline.signal })
+      // (none of the peers near the key took it: walk to the closest, as kad-dht's provide does)
+      if (stored === 0) {
+        walked = true
+        for await (const event of this.backend.provide(entry.cid, { signal: deadline.signal })) {
+          if (event.name === 'PEER_RESPONSE' && event.messageName === 'ADD_PROVIDER') stored++
+        }
       }
     } catch (err) {
       failure = err
@@ -290,7 +342,7 @@ export class DhtContentRouter implements ContentRouter {
     }
     const ms = Math.round(performance.now() - started)
     if (stored > 0) {
-      this.log.debug({ digest, peers: stored, ms }, 'advertised')
+      this.log.debug({ digest, peers: stored, ms, walked }, 'advertised')
       return
     }
     if (this.shutdown.signal.aborted) throw new RouterStoppedError({ cause: failure })
@@ -434,5 +486,14 @@ async function raceSignal<T>(promise: Promise<T>, signal: AbortSignal | undefine
     ])
   } finally {
     if (onAbort !== undefined) signal.removeEventListener('abort', onAbort)
+  }
+}
+
+function isPeerId(id: string): boolean {
+  try {
+    peerIdFromString(id)
+    return true
+  } catch {
+    return false
   }
 }

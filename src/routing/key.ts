@@ -11,6 +11,8 @@
  * sha512 digests (the other algorithm the OCI spec registers) map to
  * multihash 0x13 the same way.
  */
+import { createHash } from 'node:crypto'
+import { peerIdFromString } from '@libp2p/peer-id'
 import { CID } from 'multiformats/cid'
 import * as raw from 'multiformats/codecs/raw'
 import * as Digest from 'multiformats/hashes/digest'
@@ -40,4 +42,21 @@ export function cidToDigest(cid: CID): string {
   if (code === SHA2_256 && digest.byteLength === 32) return `sha256:${hex}`
   if (code === SHA2_512 && digest.byteLength === 64) return `sha512:${hex}`
   throw new InvalidDigestError(cid.toString())
+}
+
+/** Peer ids sorted by kad-dht's XOR distance (sha256 of the key, sha256 of the peer id's multihash) to the blob's key. */
+export function rankByDistance(digest: string, ids: readonly string[]): string[] {
+  const key = sha256(digestToCid(digest).multihash.bytes)
+  const distance = new Map(ids.map((id) => [id, xor(key, sha256(peerIdFromString(id).toMultihash().bytes))]))
+  return [...new Set(ids)].sort((a, b) => Buffer.compare(distance.get(a) as Buffer, distance.get(b) as Buffer))
+}
+
+function sha256(bytes: Uint8Array): Buffer {
+  return createHash('sha256').update(bytes).digest()
+}
+
+function xor(a: Buffer, b: Buffer): Buffer {
+  const out = Buffer.allocUnsafe(a.length)
+  for (let i = 0; i < a.length; i++) out[i] = (a[i] as number) ^ (b[i] as number)
+  return out
 }

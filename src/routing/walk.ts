@@ -42,6 +42,7 @@ export class SharedWalk {
   private users = 0
   private over = false
   private stopped = false
+  private ranToEnd = false
 
   /** `stop` aborts `signal` (the last user left) */
   constructor(
@@ -69,6 +70,7 @@ export class SharedWalk {
         events.return?.().catch(() => {})
       } finally {
         this.over = true
+        this.ranToEnd = !this.stopped && !signal.aborted && this.error === undefined
         this.wake()
       }
     })()
@@ -76,6 +78,11 @@ export class SharedWalk {
 
   get ended(): boolean {
     return this.over
+  }
+
+  /** over, and by kad-dht's own end (not cut by its deadline, stopped, or failed): its `heard` is what a whole walk finds */
+  get complete(): boolean {
+    return this.ranToEnd
   }
 
   /** still running and not being stopped: a new user may join */

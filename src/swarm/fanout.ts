@@ -1,8 +1,6 @@
-import { createHash } from 'node:crypto'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { peerIdFromString } from '@libp2p/peer-id'
 import type { Logger } from 'pino'
-import { digestToCid } from '../routing/key.js'
+import { rankByDistance } from '../routing/key.js'
 import { MAX_WALK_MS, type PeerRef } from '../routing/types.js'
 import type { ChunkPlan } from '../transfer/chunks/plan.js'
 import { OriginStripes } from '../transfer/chunks/stripes.js'
@@ -109,21 +107,4 @@ export async function planFanout(
     'origin fetchers chosen',
   )
   return { stripes: new OriginStripes(ranking, opts.selfId), sources }
-}
-
-/** Peer ids sorted by kad-dht's XOR distance (sha256 of the key, sha256 of the peer id's multihash) to the blob's key. */
-export function rankByDistance(digest: string, ids: readonly string[]): string[] {
-  const key = sha256(digestToCid(digest).multihash.bytes)
-  const distance = new Map(ids.map((id) => [id, xor(key, sha256(peerIdFromString(id).toMultihash().bytes))]))
-  return [...new Set(ids)].sort((a, b) => Buffer.compare(distance.get(a) as Buffer, distance.get(b) as Buffer))
-}
-
-function sha256(bytes: Uint8Array): Buffer {
-  return createHash('sha256').update(bytes).digest()
-}
-
-function xor(a: Buffer, b: Buffer): Buffer {
-  const out = Buffer.allocUnsafe(a.length)
-  for (let i = 0; i < a.length; i++) out[i] = (a[i] as number) ^ (b[i] as number)
-  return out
 }

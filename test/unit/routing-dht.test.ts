@@ -3,7 +3,10 @@ import { createHash } from 'node:crypto'
 import { describe, it } from 'node:test'
 import type { QueryEvent } from '@libp2p/kad-dht'
 import { pino } from 'pino'
+import { generateKeyPair } from '@libp2p/crypto/keys'
+import { peerIdFromPrivateKey } from '@libp2p/peer-id'
 import { type DhtBackend, DhtContentRouter } from '../../src/routing/dht.js'
+import { rankByDistance } from '../../src/routing/key.js'
 
 const logger = pino({ level: 'silent' })
 const DIGEST = `sha256:${createHash('sha256').update('blob').digest('hex')}`
@@ -84,6 +87,90 @@ describe('DHT closest peers (origin-fetcher candidates)', () => {
       // a walk that ended is not reused: a later lookup asks the network again
       for await (const _ of router.lookup(DIGEST, { timeoutMs: 1_000 })) break
       assert.equal(dht.walks, 2)
+    })
+  })
+})
+
+describe('DHT announce after a providers walk', () => {
+  /** a backend whose walk hears of `heard` (then ends, or hangs), counting provides and the peers records were stored on */
+  function announcing(heard: string[], options: { stores?: number; hang?: boolean } = {}) {
+    const dht = backend(['x'], [{ name: 'PEER_RESPONSE', from: { toString: () => heard[0] }, closer: heard.map(peer), providers: [] }], options.hang === true)
+    const calls = { provides: 0, storedOn: [] as string[][] }
+    return {
+      calls,
+      dht: {
+        ...dht,
+        provide: async function* () {
+          calls.provides++
+          yield { name: 'PEER_RESPONSE', messageName: 'ADD_PROVIDER' } as unknown as QueryEvent
+        },
+        storeRecord: async (_cid: unknown, ids: readonly string[]) => {
+          calls.storedOn.push([...ids])
+          return options.stores ?? ids.length
+        },
+      } satisfies DhtBackend,
+    }
+  }
+
+  const ids = (n: number) => Promise.all(Array.from({ length: n }, async () => peerIdFromPrivateKey(await generateKeyPair('Ed25519')).toString()))
+
+  it('stores the record on the closest peers a closest-peers query returned, without walking again (its walk cut or not)', async () => {
+    for (const hang of [false, true]) {
+      const heard = await ids(10)
+      const { dht, calls } = announcing(heard, { hang })
+      const router = new DhtContentRouter(dht, { logger, recordPeers: 3 })
+      try {
+        await router.closest(DIGEST, { timeoutMs: hang ? 50 : 1_000 })
+        await router.advertise(DIGEST)
+        // the query's candidates: what the walk heard and the local table ('x' is not a peer id: left out of the ranking)
+        assert.deepEqual(calls.storedOn, [rankByDistance(DIGEST, heard).slice(0, 3)])
+        assert.equal(calls.provides, 0)
+      } finally {
+        await router.stop()
+      }
+    }
+  })
+
+  it('stores the record on the closest peers a whole walk heard of', async () => {
+    const heard = await ids(10)
+    const { dht, calls } = announcing(heard)
+    const router = new DhtContentRouter(dht, { logger, recordPeers: 3 })
+    try {
+      for await (const _ of router.lookup(DIGEST, { timeoutMs: 1_000 })) {
+        // the whole walk: every provider it finds
+      }
+      await new Promise((resolve) => setImmediate(resolve)) // the walk's end is noted after it
+      await router.advertise(DIGEST)
+      assert.deepEqual(calls.storedOn, [rankByDistance(DIGEST, heard).slice(0, 3)])
+      assert.equal(calls.provides, 0)
+    } finally {
+      await router.stop()
+    }
+  })
+
+  it('walks (provide) with no whole walk behind it, or when no near peer took the record', async () => {
+    const heard = await ids(4)
+    const fresh = announcing(heard)
+    await withRouter(fresh.dht, async (router) => {
+      await router.advertise(DIGEST)
+      assert.equal(fresh.calls.provides, 1)
+      assert.equal(fresh.calls.storedOn.length, 0)
+    })
+    // a lookup's walk cut by its deadline (no closest-peers query behind it) does not count
+    const cut = announcing(heard, { hang: true })
+    await withRouter(cut.dht, async (router) => {
+      for await (const _ of router.lookup(DIGEST, { timeoutMs: 50 })) break
+      await new Promise((resolve) => setImmediate(resolve))
+      await router.advertise(DIGEST)
+      assert.equal(cut.calls.provides, 1)
+      assert.equal(cut.calls.storedOn.length, 0)
+    })
+    const refused = announcing(heard, { stores: 0 })
+    await withRouter(refused.dht, async (router) => {
+      await router.closest(DIGEST, { timeoutMs: 1_000 })
+      await router.advertise(DIGEST)
+      assert.equal(refused.calls.storedOn.length, 1)
+      assert.equal(refused.calls.provides, 1)
     })
   })
 })
