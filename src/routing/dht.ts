@@ -59,9 +59,9 @@ const PENDING_DEBOUNCE_MS = 1_000
  * origin fetchers are chosen: this trusts them no further than that choice does. Re-announces
  * (every 10 min) walk.
  */
-const RECENT_WALK_MS = 60_000
-/** recent walks remembered at most (the oldest are forgotten first) */
-const RECENT_WALKS = 256
+const NEAR_KNOWN_MS = 60_000
+/** digests whose near peers are remembered at most (the oldest are forgotten first) */
+const NEAR_KNOWN_DIGESTS = 256
 
 /** The slice of kad-dht the router needs. */
 export interface DhtBackend {
@@ -119,8 +119,8 @@ export class DhtContentRouter implements ContentRouter {
   private readonly inflight = new Map<string, Promise<void>>()
   /** providers walks running, by digest */
   private readonly walks = new Map<string, SharedWalk>()
-  /** peers known to be near a digest's key lately (see RECENT_WALK_MS), and since when */
-  private readonly recentWalks = new Map<string, { at: number; heard: string[] }>()
+  /** peers known to be near a digest's key lately (see NEAR_KNOWN_MS), and since when */
+  private readonly nearKey = new Map<string, { at: number; peers: string[] }>()
   private readonly recordPeers: number
   private readonly shutdown = new AbortController()
   private readonly unsubscribe: () => void
@@ -260,20 +260,20 @@ export class DhtContentRouter implements ContentRouter {
     return walk
   }
 
-  private rememberNear(digest: string, heard: string[]): void {
-    this.recentWalks.delete(digest) // re-inserted last: the map stays oldest first
-    this.recentWalks.set(digest, { at: Date.now(), heard })
-    for (const [old, entry] of this.recentWalks) {
-      if (this.recentWalks.size <= RECENT_WALKS && Date.now() - entry.at <= RECENT_WALK_MS) break
-      this.recentWalks.delete(old)
+  private rememberNear(digest: string, peers: string[]): void {
+    this.nearKey.delete(digest) // re-inserted last: the map stays oldest first
+    this.nearKey.set(digest, { at: Date.now(), peers })
+    for (const [old, entry] of this.nearKey) {
+      if (this.nearKey.size <= NEAR_KNOWN_DIGESTS && Date.now() - entry.at <= NEAR_KNOWN_MS) break
+      this.nearKey.delete(old)
     }
   }
 
   /** the closest of the peers known lately to be near the digest's key, if any are */
   private nearPeers(digest: string): string[] | undefined {
-    const recent = this.recentWalks.get(digest)
-    if (recent === undefined || Date.now() - recent.at > RECENT_WALK_MS) return undefined
-    const ids = recent.heard.filter(isPeerId)
+    const recent = this.nearKey.get(digest)
+    if (recent === undefined || Date.now() - recent.at > NEAR_KNOWN_MS) return undefined
+    const ids = recent.peers.filter(isPeerId)
     return ids.length === 0 ? undefined : rankByDistance(digest, ids).slice(0, this.recordPeers)
   }
 

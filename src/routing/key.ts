@@ -10,6 +10,9 @@
  *
  * sha512 digests (the other algorithm the OCI spec registers) map to
  * multihash 0x13 the same way.
+ *
+ * `rankByDistance` orders peers the way kad-dht does around such a key (XOR of sha256 hashes):
+ * the origin fetchers and the peers an announce stores its record on are the first of them.
  */
 import { createHash } from 'node:crypto'
 import { peerIdFromString } from '@libp2p/peer-id'
