@@ -6,7 +6,9 @@
  *   a caller that aborts stops waiting, the shared provide runs on under the
  *   router's deadline). Every advertised digest joins a re-announce schedule
  *   (every 10 min by default); digests whose last attempt stored nothing are
- *   re-announced as soon as the routing table gains a peer.
+ *   re-announced as soon as the routing table gains a peer. Right after a walk
+ *   or a closest-peers query for the digest, the record goes straight to the
+ *   closest peers those found, without a walk of its own (see NEAR_KNOWN_MS).
  * - withdraw: leaves the schedule and drops our own record from the local
  *   provider store (so kad-dht's own reprovider leaves it alone). Records
  *   already stored on other peers stay until they expire there.
@@ -22,7 +24,6 @@
  */
 import { setMaxListeners } from 'node:events'
 import type { QueryEvent } from '@libp2p/kad-dht'
-import { peerIdFromString } from '@libp2p/peer-id'
 import type { CID } from 'multiformats/cid'
 import type { Logger } from 'pino'
 import { digestToCid, rankByDistance } from './key.js'
@@ -273,8 +274,11 @@ export class DhtContentRouter implements ContentRouter {
   private nearPeers(digest: string): string[] | undefined {
     const recent = this.nearKey.get(digest)
     if (recent === undefined || Date.now() - recent.at > NEAR_KNOWN_MS) return undefined
-    const ids = recent.peers.filter(isPeerId)
-    return ids.length === 0 ? undefined : rankByDistance(digest, ids).slice(0, this.recordPeers)
+    try {
+      return rankByDistance(digest, recent.peers).slice(0, this.recordPeers)
+    } catch {
+      return undefined // not a peer id among them (never from kad-dht): walk as usual
+    }
   }
 
   /** digests in the re-announce schedule */
@@ -315,10 +319,11 @@ export class DhtContentRouter implements ContentRouter {
     const deadline = withDeadline(this.advertiseTimeoutMs, [this.shutdown.signal])
     let stored = 0
     let failure: unknown
-    const near = this.backend.storeRecord === undefined ? undefined : this.nearPeers(digest)
+    const storeRecord = this.backend.storeRecord?.bind(this.backend)
+    const near = storeRecord === undefined ? undefined : this.nearPeers(digest)
     let walked = near === undefined
     try {
-      if (near !== undefined && this.backend.storeRecord !== undefined) stored = await this.backend.storeRecord(entry.cid, near, { signal: deadline.signal })
+      if (storeRecord !== undefined && near !== undefined) stored = await storeRecord(entry.cid, near, { signal: deadline.signal })
       // (none of the peers near the key took it: walk to the closest, as kad-dht's provide does)
       if (stored === 0) {
         walked = true
@@ -486,14 +491,5 @@ async function raceSignal<T>(promise: Promise<T>, signal: AbortSignal | undefine
     ])
   } finally {
     if (onAbort !== undefined) signal.removeEventListener('abort', onAbort)
-  }
-}
-
-function isPeerId(id: string): boolean {
-  try {
-    peerIdFromString(id)
-    return true
-  } catch {
-    return false
   }
 }

@@ -33,9 +33,9 @@ function backend(table: string[], events: object[], hang = false, connected: str
   }
 }
 
-/** runs `use` with a router over `dht`, stopped afterwards */
-async function withRouter(dht: DhtBackend, use: (router: DhtContentRouter) => Promise<void>): Promise<void> {
-  const router = new DhtContentRouter(dht, { logger })
+/** runs `use` with a router over `dht` (with `options`), stopped afterwards */
+async function withRouter(dht: DhtBackend, use: (router: DhtContentRouter) => Promise<void>, options: { recordPeers?: number } = {}): Promise<void> {
+  const router = new DhtContentRouter(dht, { logger, ...options })
   try {
     await use(router)
   } finally {
@@ -94,7 +94,7 @@ describe('DHT closest peers (origin-fetcher candidates)', () => {
 describe('DHT announce after a providers walk', () => {
   /** a backend whose walk hears of `heard` (then ends, or hangs), counting provides and the peers records were stored on */
   function announcing(heard: string[], options: { stores?: number; hang?: boolean } = {}) {
-    const dht = backend(['x'], [{ name: 'PEER_RESPONSE', from: { toString: () => heard[0] }, closer: heard.map(peer), providers: [] }], options.hang === true)
+    const dht = backend(heard.slice(0, 1), [{ name: 'PEER_RESPONSE', from: { toString: () => heard[0] }, closer: heard.map(peer), providers: [] }], options.hang === true)
     const calls = { provides: 0, storedOn: [] as string[][] }
     return {
       calls,
@@ -118,34 +118,36 @@ describe('DHT announce after a providers walk', () => {
     for (const hang of [false, true]) {
       const heard = await ids(10)
       const { dht, calls } = announcing(heard, { hang })
-      const router = new DhtContentRouter(dht, { logger, recordPeers: 3 })
-      try {
-        await router.closest(DIGEST, { timeoutMs: hang ? 50 : 1_000 })
-        await router.advertise(DIGEST)
-        // the query's candidates: what the walk heard and the local table ('x' is not a peer id: left out of the ranking)
-        assert.deepEqual(calls.storedOn, [rankByDistance(DIGEST, heard).slice(0, 3)])
-        assert.equal(calls.provides, 0)
-      } finally {
-        await router.stop()
-      }
+      await withRouter(
+        dht,
+        async (router) => {
+          await router.closest(DIGEST, { timeoutMs: hang ? 50 : 1_000 })
+          await router.advertise(DIGEST)
+          // the query's candidates: what the walk heard and the local table
+          assert.deepEqual(calls.storedOn, [rankByDistance(DIGEST, heard).slice(0, 3)])
+          assert.equal(calls.provides, 0)
+        },
+        { recordPeers: 3 },
+      )
     }
   })
 
   it('stores the record on the closest peers a whole walk heard of', async () => {
     const heard = await ids(10)
     const { dht, calls } = announcing(heard)
-    const router = new DhtContentRouter(dht, { logger, recordPeers: 3 })
-    try {
-      for await (const _ of router.lookup(DIGEST, { timeoutMs: 1_000 })) {
-        // the whole walk: every provider it finds
-      }
-      await new Promise((resolve) => setImmediate(resolve)) // the walk's end is noted after it
-      await router.advertise(DIGEST)
-      assert.deepEqual(calls.storedOn, [rankByDistance(DIGEST, heard).slice(0, 3)])
-      assert.equal(calls.provides, 0)
-    } finally {
-      await router.stop()
-    }
+    await withRouter(
+      dht,
+      async (router) => {
+        for await (const _ of router.lookup(DIGEST, { timeoutMs: 1_000 })) {
+          // the whole walk: every provider it finds
+        }
+        await new Promise((resolve) => setImmediate(resolve)) // the walk's end is noted after it
+        await router.advertise(DIGEST)
+        assert.deepEqual(calls.storedOn, [rankByDistance(DIGEST, heard).slice(0, 3)])
+        assert.equal(calls.provides, 0)
+      },
+      { recordPeers: 3 },
+    )
   })
 
   it('walks (provide) with no whole walk behind it, or when no near peer took the record', async () => {
