@@ -108,7 +108,7 @@ function parseOptions(argv: string[]): Options {
         '                            [--origin-rate-mbit R (default: --rate-mbit)] [--spread SECONDS (0: all at once)]',
         '                            [--mode both|shoal|baseline] [--client light|ctr] [--unpack]',
         '                            [--json FILE] [--svg FILE] [--check] [--log-level info]',
-        '                            [--shoal-env SHOAL_KEY=VALUE]... [--daemon PATH/TO/dist/src/cli/main.js] [--keep DIR] [--profile DIR]',
+        '                            [--shoal-env SHOAL_KEY=VALUE | DEBUG=NAMESPACES]... [--daemon PATH/TO/dist/src/cli/main.js] [--keep DIR] [--profile DIR]',
         '  --client light  a verifying puller (manifest + blobs, sha256 while streaming) per node; ctr: containerd\'s ctr',
         '  --unpack        with --client ctr: `ctr images pull` (fetch and unpack) instead of `ctr content fetch`',
         '  --check         exit 3 when a target of the fan-out issue is missed (shoal mode)',
@@ -132,7 +132,8 @@ function parseOptions(argv: string[]): Options {
   const shoalEnv: Record<string, string> = {}
   for (const kv of values['shoal-env'] ?? []) {
     const eq = kv.indexOf('=')
-    if (eq < 1 || !kv.startsWith('SHOAL_')) throw new Error(`bad --shoal-env "${kv}" (SHOAL_KEY=VALUE)`)
+    // SHOAL_ settings, and DEBUG for libp2p's own debug log (into the daemons' logs that --keep keeps)
+    if (eq < 1 || !(kv.startsWith('SHOAL_') || kv.startsWith('DEBUG='))) throw new Error(`bad --shoal-env "${kv}" (SHOAL_KEY=VALUE or DEBUG=…)`)
     shoalEnv[kv.slice(0, eq)] = kv.slice(eq + 1)
   }
   if (values.profile !== undefined) {

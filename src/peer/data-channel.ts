@@ -6,9 +6,8 @@
  * Why not node:http: its parser hands every body piece over as a fresh Buffer (a copy of the
  * socket's read, allocated per read), which then had to be copied into the chunk buffer; the
  * 'data' events, the IncomingMessage stream and those short-lived buffers cost more CPU than the
- * bytes themselves. Measured on loopback (4 MiB responses from a node:http server, one
- * keep-alive socket, client and server in one process): CPU per GB 2.4 s → 0.95 s in plaintext
- * and 4.5 s → 2.8 s inside TLS-PSK.
+ * bytes themselves: `scripts/bench/peer-transfer --daemon-only` put the pulling daemon at 8.2–9.3
+ * CPU-s per GB before this and 6.3–6.9 after (see the README).
  *
  * The server is node:http (server.ts) and always answers with a content-length, so the client
  * side of HTTP/1.1 needed here is small: one request at a time per socket, a status line and

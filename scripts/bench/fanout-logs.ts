@@ -1,0 +1,83 @@
+/**
+ * Counts from the daemon logs a fan-out run kept (`scripts/bench/fanout --mode shoal --keep DIR
+ * --json F`), split at the round's start (the first client's `startedAt` in F):
+ * - `infoAnswered`: holdings answers, summed over the `peer data server closed` lines;
+ * - origin fetchers: for each blob, how many nodes chose each pair (`origin fetchers chosen`);
+ * - announces (`advertised`, a debug line: run with `--log-level debug`): how many walked;
+ * - kad-dht requests received, by type (`--shoal-env DEBUG=libp2p:kad-dht:rpc`);
+ * - protocol streams negotiated and connections closed with a GoAway before the last node
+ *   finished (`--shoal-env 'DEBUG=libp2p:*,-libp2p:kad-dht:*'`; each side logs a stream once).
+ *
+ *   npm run build && node dist/scripts/bench/fanout-logs.js DIR F
+ */
+import { readdirSync, readFileSync } from 'node:fs'
+import { join } from 'node:path'
+
+interface RunJson {
+  modes: { shoal?: { nodes: { startedAt: number; seconds: number }[] } }
+}
+
+function increment(m: Map<string, number>, key: string, by = 1): void {
+  m.set(key, (m.get(key) ?? 0) + by)
+}
+
+function print(title: string, m: Map<string, number>): void {
+  const total = [...m.values()].reduce((a, b) => a + b, 0)
+  console.log(`${title}: ${total}`)
+  for (const [key, n] of [...m].sort((a, b) => b[1] - a[1])) console.log(`  ${String(n).padStart(7)}  ${key}`)
+}
+
+function main(): void {
+  const [dir, jsonFile] = process.argv.slice(2)
+  if (dir === undefined || jsonFile === undefined) throw new Error('usage: fanout-logs DIR F')
+  const nodes = (JSON.parse(readFileSync(jsonFile, 'utf8')) as RunJson).modes.shoal?.nodes ?? []
+  if (nodes.length === 0) throw new Error(`${jsonFile} has no shoal-mode nodes`)
+  const start = Math.min(...nodes.map((n) => n.startedAt))
+  const end = Math.max(...nodes.map((n) => n.startedAt + n.seconds * 1000))
+  let infoAnswered = 0
+  const fetchers = new Map<string, Map<string, number>>()
+  const announces = new Map<string, number>()
+  const kadBefore = new Map<string, number>()
+  const kadDuring = new Map<string, number>()
+  const streams = new Map<string, number>()
+  let goAways = 0
+  for (const file of readdirSync(dir).filter((f) => /^shoal-.*\.log$/.test(f))) {
+    for (const line of readFileSync(join(dir, file), 'utf8').split('\n')) {
+      if (line.startsWith('{')) {
+        let entry: { msg?: string; infoAnswered?: number; digest?: string; fetchers?: string[]; walked?: boolean; peers?: number }
+        try {
+          entry = JSON.parse(line) as typeof entry
+        } catch {
+          continue
+        }
+        if (entry.msg === 'peer data server closed') infoAnswered += entry.infoAnswered ?? 0
+        else if (entry.msg === 'origin fetchers chosen' && entry.digest !== undefined) {
+          const byPair = fetchers.get(entry.digest) ?? new Map<string, number>()
+          increment(byPair, (entry.fetchers ?? []).map((id) => id.slice(-6)).join('+'))
+          fetchers.set(entry.digest, byPair)
+        } else if (entry.msg === 'advertised') increment(announces, `${entry.walked === true ? 'walked' : 'to the near peers, no walk'}, stored on ${entry.peers} peers`)
+        continue
+      }
+      // libp2p's debug lines: `<ISO time> <namespace> <message>`
+      const debug = /^(\d{4}-\d\d-\d\dT\S+Z) (\S+) (.*)$/.exec(line)
+      if (debug === null) continue
+      const at = Date.parse(debug[1] as string)
+      const text = debug[3] as string
+      const kad = /^incoming (\S+) from/.exec(text)
+      if (kad !== null && (debug[2] as string).endsWith('kad-dht:rpc')) increment(at < start ? kadBefore : kadDuring, kad[1] as string)
+      const negotiated = /negotiated protocol (\S+)/.exec(text)
+      if (negotiated !== null && at >= start) increment(streams, negotiated[1] as string)
+      if (text.startsWith('sending GoAway') && at >= start && at < end) goAways++
+    }
+  }
+  console.log(`info answers: ${infoAnswered}`)
+  console.log('origin fetchers chosen, nodes per pair (last 6 characters of each peer id):')
+  for (const [digest, byPair] of fetchers) console.log(`  ${digest.slice(0, 19)}  ${[...byPair.values()].sort((a, b) => b - a).join('/')}`)
+  print('announces', announces)
+  print('kad-dht requests received before the round', kadBefore)
+  print('kad-dht requests received during the round', kadDuring)
+  print('protocol streams negotiated during the round (both sides log one)', streams)
+  console.log(`connections closed (GoAway) before the last node finished: ${goAways}`)
+}
+
+main()
