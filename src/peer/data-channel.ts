@@ -321,7 +321,8 @@ export class DataChannel {
         }
         take = exchange.length - exchange.filled
       }
-      ;(exchange.target as Buffer).set(buf.subarray(offset, offset + take), exchange.filled)
+      // (buf is the Buffer given to `onread`: copied from without a view of it per read)
+      ;(buf as Buffer).copy(exchange.target as Buffer, exchange.filled, offset, offset + take)
       exchange.filled += take
       const bucket = exchange.request.bucket
       if (bucket !== undefined && exchange.response?.status === 200) {
