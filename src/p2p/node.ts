@@ -42,6 +42,7 @@ import { type Libp2p, createLibp2p } from 'libp2p'
 import type { CID } from 'multiformats/cid'
 import type { Logger } from 'pino'
 import { timeoutSignal } from '../util/abort.js'
+import { cachePeerStore } from './peer-store-cache.js'
 import { DEFAULT_REANNOUNCE_INTERVAL_MS, type DhtBackend, DhtContentRouter, type DhtContentRouterOptions } from '../routing/dht.js'
 
 export const DHT_PROTOCOL = '/shoal/kad/1.0.0'
@@ -424,6 +425,8 @@ export async function createPeerNode(options: PeerNodeOptions): Promise<PeerNode
   }
 
   const libp2p = await createLibp2p<PeerServices>({
+    // started below, once the peer store has its cache
+    start: false,
     privateKey,
     addresses: {
       listen: options.listen ?? DEFAULT_LISTEN,
@@ -467,6 +470,9 @@ export async function createPeerNode(options: PeerNodeOptions): Promise<PeerNode
       })
     }
   })
+
+  cachePeerStore(libp2p.peerStore)
+  await libp2p.start()
 
   let routingTable: RoutingTableView
   try {
