@@ -20,6 +20,13 @@ const MAX_EXCHANGE_DIGESTS = 256
  * garbage collections (tens per gigabyte served, measured).
  */
 const IDLE_UPLOAD_BUFFERS = 4
+/**
+ * A chunk goes out in pieces of this size. A TLS socket encrypts each write whole into buffers
+ * it allocates (OpenSSL's output BIO): one 4 MiB write per chunk made every chunk served fault
+ * in and zero 4 MiB of fresh pages, the largest source of page faults in a 16-node fan-out
+ * (profiled with perf). Written piece by piece, with backpressure, the buffers stay few and reused.
+ */
+const UPLOAD_PIECE_BYTES = 256 * 1024
 
 export interface StoreChunkProviderOptions {
   store: BlobStore
@@ -114,7 +121,7 @@ export class StoreChunkProvider implements ChunkProvider {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined
       throw err
     }
-    return { length: bytes.byteLength, body: Readable.from([bytes]), release }
+    return { length: bytes.byteLength, body: Readable.from(pieces(bytes)), release }
   }
 
   /** Where chunk `index` of a blob is read from: the stored blob, or a verified chunk of its download in flight. */
@@ -175,4 +182,8 @@ export class StoreChunkProvider implements ChunkProvider {
     await store.putChunkTable(digest, { chunkSize, hashes })
     return hashes
   }
+}
+
+function* pieces(bytes: Buffer): Generator<Buffer> {
+  for (let at = 0; at < bytes.byteLength; at += UPLOAD_PIECE_BYTES) yield bytes.subarray(at, at + UPLOAD_PIECE_BYTES)
 }
