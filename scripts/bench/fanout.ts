@@ -57,6 +57,7 @@ interface Options {
   shoalEnv: Record<string, string>
   daemon: string
   keep: string | undefined
+  cold: boolean
 }
 
 function parseSize(text: string): number {
@@ -91,6 +92,7 @@ function parseOptions(argv: string[]): Options {
       svg: { type: 'string' },
       check: { type: 'boolean', default: false },
       unpack: { type: 'boolean', default: false },
+      cold: { type: 'boolean', default: false },
       'log-level': { type: 'string' },
       'shoal-env': { type: 'string', multiple: true },
       daemon: { type: 'string' },
@@ -107,11 +109,13 @@ function parseOptions(argv: string[]): Options {
         'Usage: scripts/bench/fanout [--nodes 16] [--image-size 128MiB] [--layers 3] [--rate-mbit 50]',
         '                            [--origin-rate-mbit R (default: --rate-mbit)] [--spread SECONDS (0: all at once)]',
         '                            [--mode both|shoal|baseline] [--client light|ctr] [--unpack]',
-        '                            [--json FILE] [--svg FILE] [--check] [--log-level info]',
-        '                            [--shoal-env SHOAL_KEY=VALUE | DEBUG=NAMESPACES]... [--daemon PATH/TO/dist/src/cli/main.js] [--keep DIR] [--profile DIR]',
+        '                            [--json FILE] [--svg FILE] [--check] [--log-level info] [--cold]',
+        '                            [--shoal-env SHOAL_KEY=VALUE | DEBUG=NAMESPACES | NODE_OPTIONS=…]... [--daemon PATH/TO/dist/src/cli/main.js] [--keep DIR] [--profile DIR]',
         '  --client light  a verifying puller (manifest + blobs, sha256 while streaming) per node; ctr: containerd\'s ctr',
         '  --unpack        with --client ctr: `ctr images pull` (fetch and unpack) instead of `ctr content fetch`',
         '  --check         exit 3 when a target of the fan-out issue is missed (shoal mode)',
+        '  --cold          start the Shoal round once every daemon joined, without waiting (up to 60 s) until',
+        '                  the routing tables settle (hold the whole fleet, or stop growing for 5 s)',
         '  --keep DIR      copy the logs (Shoal, origin, agents) to DIR at the end',
         '  --profile DIR   write a V8 CPU profile of every daemon to DIR (read it with scripts/bench/profile-summary)',
         '',
@@ -132,8 +136,11 @@ function parseOptions(argv: string[]): Options {
   const shoalEnv: Record<string, string> = {}
   for (const kv of values['shoal-env'] ?? []) {
     const eq = kv.indexOf('=')
-    // SHOAL_ settings, and DEBUG for libp2p's own debug log (into the daemons' logs that --keep keeps)
-    if (eq < 1 || !(kv.startsWith('SHOAL_') || kv.startsWith('DEBUG='))) throw new Error(`bad --shoal-env "${kv}" (SHOAL_KEY=VALUE or DEBUG=…)`)
+    // SHOAL_ settings, DEBUG for libp2p's own debug log and NODE_OPTIONS (e.g. --trace-gc) for
+    // Node's: both go into the daemons' logs that --keep keeps
+    if (eq < 1 || !(kv.startsWith('SHOAL_') || kv.startsWith('DEBUG=') || kv.startsWith('NODE_OPTIONS='))) {
+      throw new Error(`bad --shoal-env "${kv}" (SHOAL_KEY=VALUE, DEBUG=… or NODE_OPTIONS=…)`)
+    }
     shoalEnv[kv.slice(0, eq)] = kv.slice(eq + 1)
   }
   if (values.profile !== undefined) {
@@ -157,6 +164,7 @@ function parseOptions(argv: string[]): Options {
     shoalEnv,
     daemon: resolve(values.daemon ?? DEFAULT_SHOAL_MAIN),
     keep: values.keep,
+    cold: values.cold === true,
   }
 }
 
@@ -192,14 +200,16 @@ async function main(): Promise<void> {
       logLevel: opts.logLevel,
       shoalEnv: opts.shoalEnv,
       ctrUnpack: opts.unpack,
+      cold: opts.cold,
       log: say,
     })
     const image = ff.origin.images[0]!
     const tMin = tMinSeconds({ nodes: opts.nodes, imageBytes: image.bytes, originUpMbit: opts.originRateMbit, nodeDownMbit: opts.rateMbit, nodeUpMbit: opts.rateMbit })
     say(`image ${formatBytes(image.bytes)} in ${image.blobs.length} blobs (config + ${opts.layers} layers); T_min = ${tMin.toFixed(2)} s`)
     let joinSeconds: number | undefined
+    let settled: { seconds: number; smallest: number } | undefined
     for (const mode of opts.modes) {
-      if (mode === 'shoal') joinSeconds = (await ff.startShoal()).joinSeconds
+      if (mode === 'shoal') ({ joinSeconds, settled } = await ff.startShoal())
       say(`${mode}: ${opts.nodes} nodes pulling${opts.spread > 0 ? `, starts spread over ${opts.spread} s` : ' at once'}…`)
       const fleet = ff
       const r = await ff.round({
@@ -286,10 +296,13 @@ async function main(): Promise<void> {
         client: opts.client,
         unpack: opts.unpack,
         shoalEnv: opts.shoalEnv,
+        cold: opts.cold,
       },
       image: { bytes: image.bytes, digest: image.digest, blobs: image.blobs },
       tMinSeconds: round(tMin, 4),
       joinSeconds: joinSeconds === undefined ? undefined : round(joinSeconds, 3),
+      // the wait for full routing tables (part of joinSeconds), and the smallest table when the round began
+      settled: settled === undefined ? undefined : { seconds: round(settled.seconds, 3), smallestTable: settled.smallest },
       modes: Object.fromEntries(
         rounds.map((r, i) => {
           const s = summaries[i]!

@@ -29,6 +29,7 @@ import {
   snapshotShoal,
   startShoalNode,
   waitJoined,
+  waitTables,
   writeSwarmKey,
 } from './fleet-shoal.js'
 import { Fleet, type Host } from './netns.js'
@@ -59,6 +60,11 @@ export interface FanoutFleetOptions {
   shoalEnv?: Record<string, string>
   /** ctr: `images pull` (fetch and unpack) rather than `content fetch` (fetch only); default true */
   ctrUnpack?: boolean
+  /**
+   * start a round as soon as every daemon has joined, before their routing tables hold the whole
+   * fleet (default false: wait up to SETTLE_TIMEOUT_MS for the tables to settle, see waitTables)
+   */
+  cold?: boolean
   /** progress lines (default: none) */
   log?: (line: string) => void
 }
@@ -142,6 +148,8 @@ export interface RoundContext {
 
 const ORIGIN = 'origin'
 const JOIN_TIMEOUT_MS = 90_000
+/** the longest wait for the routing tables to settle (the round starts anyway after it) */
+const SETTLE_TIMEOUT_MS = 60_000
 const START_LEAD_MS = 300
 const SETTLE_MS = 1_000
 /** the User-Agent Shoal sends to origin (what tells its requests from a runtime's own) */
@@ -203,8 +211,12 @@ export class FanoutFleet {
     return join(this.opts.work, `hosts-${node.name}`, mode)
   }
 
-  /** Starts Shoal on every node (the first one is everyone's bootstrap) and waits until each has joined the swarm. */
-  async startShoal(): Promise<{ joinSeconds: number }> {
+  /**
+   * Starts Shoal on every node (the first one is everyone's bootstrap) and waits until each has
+   * joined the swarm, then (unless `cold`) until their routing tables settle.
+   * `joinSeconds`: until a round may start, both waits included.
+   */
+  async startShoal(): Promise<{ joinSeconds: number; settled?: { seconds: number; smallest: number } }> {
     const log = this.opts.log ?? (() => {})
     if (this.swarmKey === undefined) {
       this.swarmKey = join(this.opts.work, 'swarm.key')
@@ -231,7 +243,14 @@ export class FanoutFleet {
       this.nodes.length > 1,
     )
     log(`shoal: ${this.nodes.length} daemons joined in ${joinSeconds.toFixed(1)} s`)
-    return { joinSeconds }
+    if (this.opts.cold === true || this.nodes.length < 2) return { joinSeconds }
+    const settled = await waitTables(
+      this.nodes.map((n) => ({ shoal: n.shoal!, agent: n.agent })),
+      this.nodes.length - 1,
+      SETTLE_TIMEOUT_MS,
+    )
+    log(`shoal: the smallest routing table holds ${settled.smallest} of ${this.nodes.length - 1} peers after ${settled.seconds.toFixed(1)} s more`)
+    return { joinSeconds: joinSeconds + settled.seconds, settled }
   }
 
   async stopShoal(): Promise<void> {

@@ -186,6 +186,36 @@ export async function waitJoined(nodes: { shoal: ShoalNode; agent: FleetAgent }[
   return (Date.now() - t0) / 1000
 }
 
+/**
+ * Waits until the fleet's DHT routing tables have settled: every one holds `want` peers, or none
+ * has grown for STABLE_MS (kad-dht does not fill every table with every node), or `timeoutMs`
+ * passed. A fleet's daemons run long before an image is pulled; a round that starts the moment
+ * the last daemon joined measures a swarm still forming (dials, handshakes, half-empty tables).
+ * Returns how long it waited and the smallest table at the end.
+ */
+export async function waitTables(nodes: { shoal: ShoalNode; agent: FleetAgent }[], want: number, timeoutMs: number): Promise<{ seconds: number; smallest: number }> {
+  const STABLE_MS = 5_000
+  const t0 = Date.now()
+  let last = ''
+  let lastChange = t0
+  for (;;) {
+    const sizes = await Promise.all(
+      nodes.map(async (n) => {
+        const metrics = await n.agent.get(`${n.shoal.url}/metrics`, 3_000).catch(() => undefined)
+        return metrics === undefined ? 0 : metricValue(metrics.body, 'shoal_p2p_routing_table_peers')
+      }),
+    )
+    const smallest = Math.min(...sizes)
+    if (sizes.join() !== last) {
+      last = sizes.join()
+      lastChange = Date.now()
+    }
+    const now = Date.now()
+    if (smallest >= want || now - lastChange >= STABLE_MS || now - t0 > timeoutMs) return { seconds: (now - t0) / 1000, smallest }
+    await sleep(500)
+  }
+}
+
 /** The value of a Prometheus sample `name{labels}` (labels in any order), or 0 when absent. */
 export function metricValue(text: string, name: string, labels: Record<string, string> = {}): number {
   let total = 0
