@@ -17,6 +17,11 @@ export interface BlobInfo {
    * fetching it too, so the asker may take chunks from them (at most MAX_EXCHANGED_PEERS)
    */
   peers?: string[]
+  /**
+   * Peer ids this node knows nearest the blob's DHT key, its own included, nearest first (at
+   * most MAX_NEAR_PEERS): named only to an asker choosing its origin fetchers (a `want` ask)
+   */
+  near?: string[]
 }
 
 /** The serving side: what a node can hand out. Implemented by the store/transfer layer. */
