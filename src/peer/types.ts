@@ -44,6 +44,12 @@ export interface ChunkProvider {
    * fetchers. Untrusted input: the provider validates it and may ignore it.
    */
   want?(digest: string, source: string, peerId: string): void
+  /**
+   * The answer to a `want` ask that is no long poll (the asker is choosing its origin fetchers):
+   * `info`, naming `near`; for a blob this node has not begun on (its size unknown yet), no
+   * chunks (size 0) and `near`. Without it, a `want` ask is answered as any other.
+   */
+  wantInfo?(digest: string, asker: string): Promise<BlobInfo | undefined>
 }
 
 /** A chunk on its way to a peer (see ChunkProvider.read). */

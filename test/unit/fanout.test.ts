@@ -8,7 +8,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { generateKeyPair } from '@libp2p/crypto/keys'
 import { peerIdFromPrivateKey } from '@libp2p/peer-id'
 import { pino } from 'pino'
-import { decodeInfo, encodeInfo } from '../../src/peer/protocol.js'
+import { MAX_NEAR_PEERS, decodeInfo, encodeInfo } from '../../src/peer/protocol.js'
 import type { BlobInfo } from '../../src/peer/types.js'
 import { BlobStore } from '../../src/store/blob-store.js'
 import { parseDigest } from '../../src/oci/digest.js'
@@ -289,6 +289,46 @@ describe('chunk provider over the store', () => {
       assert.deepEqual((await provider.info(digest, undefined, p1))?.peers, [p3, p2])
       const wire = decodeInfo(encodeInfo((await provider.info(digest, undefined, p2)) as BlobInfo))
       assert.deepEqual(wire.peers, [p1, p3], 'names travel on the wire')
+    } finally {
+      await store.close()
+      await rm(dir, { recursive: true, force: true })
+    }
+  })
+
+  test('names the peers near a blob’s key only to a fetcher’s ask, even before it has begun on the blob', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'shoal-provider-'))
+    const store = await BlobStore.open(dir, log)
+    try {
+      const digest = await putBlob(store, randomBytes(5000))
+      const chunkSize = 4096
+      const [self, far, asker] = (await peerIds(3)) as [string, string, string]
+      const counts: number[] = []
+      const provider = new StoreChunkProvider({
+        store,
+        download: () => undefined,
+        chunkSize,
+        logger: log,
+        near: async (_digest, count) => {
+          counts.push(count)
+          return [self, far]
+        },
+      })
+      assert.equal((await provider.info(digest, undefined, asker))?.near, undefined, 'not on a holdings ask')
+      assert.equal((await provider.info(digest, { held: 0, signal: AbortSignal.timeout(1_000) }, asker))?.near, undefined, 'not on a long poll')
+      assert.deepEqual(counts, [], 'nobody else pays for the list')
+      const held = await provider.wantInfo(digest, asker)
+      assert.deepEqual(held?.have, [true, true], 'holdings as ever')
+      assert.deepEqual(held?.near, [self, far])
+      assert.deepEqual(counts, [MAX_NEAR_PEERS])
+      // asked before it has begun (its size unknown): no chunks, the near peers all the same
+      const unknown = `sha256:${'0'.repeat(64)}`
+      const notBegun = await provider.wantInfo(unknown, asker)
+      assert.deepEqual(notBegun, { size: 0, chunkSize, have: [], near: [self, far] })
+      assert.deepEqual(decodeInfo(encodeInfo(notBegun as BlobInfo)), notBegun, 'a valid answer on the wire')
+      // a node that cannot name any answers as before (404 for a blob it has not begun on)
+      const failing = new StoreChunkProvider({ store, download: () => undefined, chunkSize, logger: log, near: async () => Promise.reject(new Error('stopped')) })
+      assert.equal(await failing.wantInfo(unknown, asker), undefined)
+      assert.equal((await failing.wantInfo(digest, asker))?.near, undefined)
     } finally {
       await store.close()
       await rm(dir, { recursive: true, force: true })
