@@ -86,7 +86,14 @@ export async function startSwarm(opts: SwarmOptions): Promise<Swarm> {
   try {
     server = await createPeerDataServer({
       libp2p: node.libp2p,
-      provider: new StoreChunkProvider({ store, download: opts.download, want: opts.want, chunkSize: config.chunkSize, logger }),
+      provider: new StoreChunkProvider({
+        store,
+        download: opts.download,
+        want: opts.want,
+        near: (digest, count) => node.router.knownNearest(digest, count),
+        chunkSize: config.chunkSize,
+        logger,
+      }),
       encrypt: config.encrypt,
       listen: config.peerListen,
       maxUploads: config.maxUploads,

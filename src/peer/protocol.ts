@@ -21,6 +21,12 @@
  *                                                → 200 application/json (encodeInfo) | 404
  *        `held=n` (a long poll): the answer waits, up to a few seconds, until the node holds
  *        more than n chunks, so a peer learns of each chunk as it lands without polling
+ *        `want` without `held` (an asker choosing its origin fetchers): the answer also names
+ *        `near`, the peers the node knows nearest the blob's DHT key, itself included (at most
+ *        MAX_NEAR_PEERS), so that an asker whose DHT query missed some of them ranks the same
+ *        nodes first as the rest. A node that has not begun on the blob does not know its size
+ *        yet: it answers no chunks (size 0, an empty `have`) with `near`, where it answered 404
+ *        before; an asker tells that from holdings by the size it plans with.
  *      /shoal/v1/blobs/<digest>/chunks/<index>   → 200 application/octet-stream | 404 | 416 | 503
  */
 import type { BlobInfo } from './types.js'
@@ -35,10 +41,12 @@ export const TICKET_IDENTITY_BYTES = 16
 export const TICKET_KEY_BYTES = 32
 /** a blob with more chunks than this is refused (bounds what a peer can make us allocate) */
 export const MAX_CHUNKS = 1 << 20
-/** upper bound of an info response body */
 /** peer ids an info answer names at most (peer exchange) */
 export const MAX_EXCHANGED_PEERS = 16
-export const MAX_INFO_BYTES = 256 + MAX_CHUNKS * 67 + MAX_CHUNKS / 8 * 1.4 + MAX_EXCHANGED_PEERS * 70
+/** peer ids an info answer names at most as nearest the blob's key */
+export const MAX_NEAR_PEERS = 16
+/** upper bound of an info response body */
+export const MAX_INFO_BYTES = 256 + MAX_CHUNKS * 67 + MAX_CHUNKS / 8 * 1.4 + (MAX_EXCHANGED_PEERS + MAX_NEAR_PEERS) * 70
 
 const IDENTITY_RE = /^[0-9a-f]{32}$/
 const KEY_RE = /^[0-9a-f]{64}$/
@@ -170,6 +178,7 @@ interface InfoWire {
   have: string
   received?: number
   peers?: string[]
+  near?: string[]
 }
 
 /** checks a provider's (local, trusted but possibly buggy) info; throws with the reason */
@@ -199,6 +208,7 @@ export function encodeInfo(info: BlobInfo): string {
   if (info.table !== undefined) wire.table = info.table
   if (info.received !== undefined) wire.received = info.received
   if (info.peers !== undefined && info.peers.length > 0) wire.peers = info.peers.slice(0, MAX_EXCHANGED_PEERS)
+  if (info.near !== undefined && info.near.length > 0) wire.near = info.near.slice(0, MAX_NEAR_PEERS)
   return JSON.stringify(wire)
 }
 
@@ -211,10 +221,9 @@ export function decodeInfo(text: string): BlobInfo {
     throw new Error('info is not JSON', { cause: err })
   }
   if (!isRecord(value)) throw new Error('info is not an object')
-  const { size, chunkSize, table, have, received, peers } = value
-  if (peers !== undefined && !(Array.isArray(peers) && peers.length <= MAX_EXCHANGED_PEERS && peers.every((p) => typeof p === 'string' && PEER_ID_RE.test(p)))) {
-    throw new Error('info: bad peers')
-  }
+  const { size, chunkSize, table, have, received, peers, near } = value
+  if (peers !== undefined && !isPeerIdList(peers, MAX_EXCHANGED_PEERS)) throw new Error('info: bad peers')
+  if (near !== undefined && !isPeerIdList(near, MAX_NEAR_PEERS)) throw new Error('info: bad near')
   if (received !== undefined && (typeof received !== 'number' || !Number.isSafeInteger(received) || received < 0)) throw new Error('info: bad received')
   if (typeof size !== 'number' || typeof chunkSize !== 'number') throw new Error('info: size and chunkSize must be numbers')
   if (typeof have !== 'string' || !BASE64_RE.test(have)) throw new Error('info: have must be base64')
@@ -229,9 +238,14 @@ export function decodeInfo(text: string): BlobInfo {
   const info: BlobInfo = { size, chunkSize, have: held }
   if (table !== undefined) info.table = table as string[]
   if (received !== undefined) info.received = received
-  if (peers !== undefined) info.peers = peers as string[]
+  if (peers !== undefined) info.peers = peers
+  if (near !== undefined) info.near = near
   checkInfo(info)
   return info
+}
+
+function isPeerIdList(value: unknown, max: number): value is string[] {
+  return Array.isArray(value) && value.length <= max && value.every((id) => typeof id === 'string' && PEER_ID_RE.test(id))
 }
 
 function parseJson(bytes: Uint8Array): unknown {

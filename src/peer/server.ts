@@ -254,7 +254,7 @@ class DataServer implements PeerDataServer {
     const log = this.log.child({ peerId: ticket.peerId, digest: parsed.digest })
     if (parsed.kind === 'info') {
       if (parsed.want !== undefined) this.provider.want?.(parsed.digest, parsed.want, ticket.peerId)
-      this.serveInfo(parsed.digest, parsed.held, ticket.peerId, res, log).catch((err: unknown) => fail(res, log, err))
+      this.serveInfo(parsed.digest, parsed.held, parsed.want !== undefined, ticket.peerId, res, log).catch((err: unknown) => fail(res, log, err))
       return
     }
     if (this.counters.uploads >= this.maxUploads) {
@@ -265,10 +265,12 @@ class DataServer implements PeerDataServer {
     this.serveChunk(parsed.digest, parsed.index, res, log).catch((err: unknown) => fail(res, log, err))
   }
 
-  private async serveInfo(digest: string, held: number | undefined, asker: string, res: ServerResponse, log: Logger): Promise<void> {
+  private async serveInfo(digest: string, held: number | undefined, want: boolean, asker: string, res: ServerResponse, log: Logger): Promise<void> {
     let info: BlobInfo | undefined
-    if (held === undefined) info = await this.provider.info(digest, undefined, asker)
-    else {
+    if (held === undefined) {
+      // an asker choosing its origin fetchers (only it pays for the peers near the blob's key)
+      info = want && this.provider.wantInfo !== undefined ? await this.provider.wantInfo(digest, asker) : await this.provider.info(digest, undefined, asker)
+    } else {
       // a long poll: ends after LONG_POLL_MS, or early when the requester goes away (one
       // controller and a timer: a composite signal per poll showed in profiles of a fan-out)
       const over = new AbortController()

@@ -17,6 +17,11 @@ export interface BlobInfo {
    * fetching it too, so the asker may take chunks from them (at most MAX_EXCHANGED_PEERS)
    */
   peers?: string[]
+  /**
+   * Peer ids this node knows nearest the blob's DHT key, its own included, nearest first (at
+   * most MAX_NEAR_PEERS): named only to an asker choosing its origin fetchers (a `want` ask)
+   */
+  near?: string[]
 }
 
 /** The serving side: what a node can hand out. Implemented by the store/transfer layer. */
@@ -39,6 +44,12 @@ export interface ChunkProvider {
    * fetchers. Untrusted input: the provider validates it and may ignore it.
    */
   want?(digest: string, source: string, peerId: string): void
+  /**
+   * The answer to a `want` ask that is no long poll (the asker is choosing its origin fetchers):
+   * `info`, naming `near`; for a blob this node has not begun on (its size unknown yet), no
+   * chunks (size 0) and `near`. Without it, a `want` ask is answered as any other.
+   */
+  wantInfo?(digest: string, asker: string): Promise<BlobInfo | undefined>
 }
 
 /** A chunk on its way to a peer (see ChunkProvider.read). */

@@ -18,6 +18,9 @@
  *   wait for a first peer until the deadline).
  * - closest: the peers closest to a blob's key (origin-fetcher candidates),
  *   from the same walk as a lookup running for that blob (see SharedWalk).
+ * - knownNearest: the same neighbourhood from what the node knows already (its
+ *   table, a recent walk or query, its connected DHT peers), without a walk:
+ *   what an origin fetcher tells the nodes that ask it.
  *
  * The router talks to kad-dht through `DhtBackend`, a narrow view that
  * `src/p2p/node.ts` builds over the libp2p service.
@@ -240,6 +243,23 @@ export class DhtContentRouter implements ContentRouter {
       if (known.length > 0) out.push({ id, addrs: known })
     }
     return out
+  }
+
+  /**
+   * The nodes this one knows nearest the blob's key, itself included, with no network: the
+   * closest of the local routing table, the peers a recent walk or closest-peers query found
+   * (see NEAR_KNOWN_MS), and the connected DHT peers. An origin fetcher names them to the nodes
+   * that ask it: it is near the key, so its table knows that neighbourhood best, and a node whose
+   * query missed some of those nodes learns of them from it (see planFanout).
+   */
+  async knownNearest(digest: string, count: number): Promise<string[]> {
+    const cid = digestToCid(digest)
+    const recent = this.nearKey.get(digest)
+    const remembered = recent !== undefined && Date.now() - recent.at <= NEAR_KNOWN_MS ? recent.peers : []
+    const connected = await this.backend.connectedPeers().catch(() => [])
+    // the table's closest `count` are all it can add to the nearest `count`
+    const ids = [this.backend.selfId, ...this.backend.localClosest(cid, count), ...remembered, ...connected]
+    return rankByDistance(digest, ids).slice(0, count)
   }
 
   /**

@@ -15,9 +15,12 @@
  *   `{ forget: true }`: lookups can return peers that are gone;
  * - `lookup` ends quietly at its limit, deadline or abort, and at once on a
  *   node with no peers.
+ * - `knownNearest` ranks every attached node (one shared table: each node
+ *   knows them all) by distance to the key; ids that are not peer ids (plain
+ *   names in most tests) keep the order they attached in.
  */
 import { setTimeout as sleep } from 'node:timers/promises'
-import { digestToCid } from './key.js'
+import { digestToCid, rankByDistance } from './key.js'
 import {
   type AdvertiseOptions,
   type ContentRouter,
@@ -87,6 +90,11 @@ export class MemoryRoutingTable {
       }
       if (byPeer.size === 0) this.records.delete(d)
     }
+  }
+
+  /** @internal ids of the attached nodes, in attach order */
+  nodeIds(): string[] {
+    return [...this.nodes.keys()]
   }
 
   /** @internal */
@@ -186,6 +194,19 @@ export class MemoryContentRouter implements ContentRouter {
       yield copyRef(peer)
       if (++found >= limit) return
     }
+  }
+
+  async knownNearest(digest: string, count: number): Promise<string[]> {
+    digestToCid(digest)
+    if (!this.attached) return [this.peer.id].slice(0, count)
+    const ids = this.table.nodeIds()
+    let ranked: string[]
+    try {
+      ranked = rankByDistance(digest, ids)
+    } catch {
+      ranked = ids // not peer ids: no distance to rank by
+    }
+    return ranked.slice(0, count)
   }
 
   /** digests this node announces (the re-announce schedule) */

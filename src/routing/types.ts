@@ -47,6 +47,12 @@ export interface ContentRouter {
    * empty. Throws only for an invalid digest or an unexpected routing failure.
    */
   lookup(digest: string, options?: LookupOptions): AsyncIterable<PeerRef>
+  /**
+   * Up to `count` peer ids nearest the digest's DHT key, this node's own among them, nearest
+   * first, from what the node knows already (no network). Rejects only for an invalid digest;
+   * a node that knows no peer names itself.
+   */
+  knownNearest(digest: string, count: number): Promise<string[]>
 }
 
 export const DEFAULT_LOOKUP_LIMIT = 8

@@ -1,6 +1,6 @@
 import { Readable } from 'node:stream'
 import type { Logger } from 'pino'
-import { MAX_EXCHANGED_PEERS } from '../peer/protocol.js'
+import { MAX_EXCHANGED_PEERS, MAX_NEAR_PEERS } from '../peer/protocol.js'
 import type { BlobInfo, ChunkProvider, ChunkRead } from '../peer/types.js'
 import type { BlobStore } from '../store/blob-store.js'
 import { ChunkBuffers } from '../transfer/chunks/buffers.js'
@@ -33,6 +33,8 @@ export interface StoreChunkProviderOptions {
   /** the download in progress for a digest, if any (its verified chunks are served too) */
   download(digest: string): Download | undefined
   want?(digest: string, source: string, peerId: string): void
+  /** up to `count` peer ids this node knows nearest the blob's DHT key, its own included, nearest first (no network) */
+  near?(digest: string, count: number): Promise<string[]>
   chunkSize: number
   logger: Logger
 }
@@ -74,6 +76,24 @@ export class StoreChunkProvider implements ChunkProvider {
     const download = this.inflight(digest)
     if (download?.chunks === undefined) return undefined
     return this.withAskers({ ...download.chunks.info(), received: download.received }, digest, asker)
+  }
+
+  /**
+   * What a node choosing its origin fetchers learns from one it asks: its holdings, and the
+   * nodes it knows nearest the blob's key (it is near the key, so its routing table knows them
+   * best). Only these asks pay for the list, a few per blob and node; long polls do not.
+   */
+  async wantInfo(digest: string, asker: string): Promise<BlobInfo | undefined> {
+    const [info, near] = await Promise.all([
+      this.info(digest, undefined, asker),
+      this.opts.near?.(digest, MAX_NEAR_PEERS).catch((err: Error) => {
+        this.opts.logger.debug({ digest, err: err.message }, 'cannot name the peers near a blob')
+        return undefined
+      }),
+    ])
+    if (near === undefined || near.length === 0) return info
+    // not begun here (the size is not known yet): no chunks, so that the asker still hears `near`
+    return { ...(info ?? { size: 0, chunkSize: this.opts.chunkSize, have: [] }), near }
   }
 
   /**

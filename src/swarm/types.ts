@@ -12,6 +12,8 @@ export interface PeerBlobInfo {
   received?: number
   /** other nodes fetching the blob that the peer knows of (peer exchange) */
   peers?: string[]
+  /** the nodes the peer knows nearest the blob's DHT key, itself included (answers to `want` asks) */
+  near?: string[]
 }
 
 /** The part of the peer data plane the swarm needs. */

@@ -8,7 +8,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { generateKeyPair } from '@libp2p/crypto/keys'
 import { peerIdFromPrivateKey } from '@libp2p/peer-id'
 import { pino } from 'pino'
-import { decodeInfo, encodeInfo } from '../../src/peer/protocol.js'
+import { MAX_NEAR_PEERS, decodeInfo, encodeInfo } from '../../src/peer/protocol.js'
 import type { BlobInfo } from '../../src/peer/types.js'
 import { BlobStore } from '../../src/store/blob-store.js'
 import { parseDigest } from '../../src/oci/digest.js'
@@ -54,6 +54,23 @@ function twoFetchersAmong(self: string, others: readonly string[], client: PeerC
     logger: log,
     signal,
   })
+}
+
+/** what a fetcher that has not begun on the blob answers a `want` ask: no chunks, and the nodes it knows near the key */
+function notBegun(near: readonly string[]): Awaited<ReturnType<PeerChunkClient['info']>> {
+  return { size: 0, chunkSize: 4, have: [], near: [...near] }
+}
+
+/** a small seeded generator (mulberry32): the same draws on every run */
+function seeded(seed: number): () => number {
+  let a = seed >>> 0
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0
+    let t = a
+    t = Math.imul(t ^ (t >>> 15), t | 1)
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
+  }
 }
 
 describe('origin stripes', () => {
@@ -157,6 +174,83 @@ describe('fetcher ranking', () => {
       assert.ok(plan)
       assert.equal(refusals, 2, 'asked twice')
       assert.ok(plan.sources.some((src) => src.id === flaky))
+    } finally {
+      stop.abort()
+    }
+  })
+
+  test('a node whose query missed the nodes nearest the key adopts them from the fetcher it asked, asks them, and ranks them first instead of itself', async () => {
+    const ids = rankByDistance(DIGEST, await peerIds(6))
+    const [first, second, self, ...farther] = ids as [string, string, string, ...string[]]
+    const asked: { id: string; want: string | undefined }[] = []
+    const client = infoOnly(async (peer, _digest, { want }) => {
+      asked.push({ id: peer.id, want })
+      return notBegun(ids)
+    })
+    const stop = new AbortController()
+    try {
+      // the query found only nodes farther than this one: by itself, it would rank itself first
+      const plan = await twoFetchersAmong(self, farther, client, stop.signal)
+      assert.ok(plan)
+      assert.deepEqual([0, 1].map((i) => plan.stripes.owner(i)), [first, second], 'the two nearest the key, in rank order')
+      assert.equal(plan.stripes.mine(0) || plan.stripes.mine(1), false, 'this node fetches nothing from origin')
+      assert.deepEqual(asked.map((a) => a.id), [farther[0], first, second], 'the fetcher its view ranked, then the nodes that fetcher named')
+      assert.ok(asked.every((a) => a.want === 'r.test/a/b'), 'each was asked to start on the blob')
+      assert.deepEqual(plan.sources.map((src) => src.id), [first, second])
+    } finally {
+      stop.abort()
+    }
+  })
+
+  test('a fleet whose closest-peers queries each found part of it chooses the same fetchers', async () => {
+    const fleet = await peerIds(16)
+    const nearest = rankByDistance(DIGEST, fleet)
+    const random = seeded(0x5eed)
+    // each node's query found 9-15 of the other 15 (as in a loaded 16-node bench run), and a few
+    // missed both nodes nearest the key
+    const views = fleet.map((self, n) => {
+      const others = fleet.filter((id) => id !== self)
+      for (let i = others.length - 1; i > 0; i--) {
+        const j = Math.floor(random() * (i + 1))
+        ;[others[i], others[j]] = [others[j] as string, others[i] as string]
+      }
+      const view = others.slice(0, 9 + Math.floor(random() * 7))
+      return n % 4 === 1 ? view.filter((id) => id !== nearest[0] && id !== nearest[1]) : view
+    })
+    // a fetcher asked with `want` names the nodes nearest the key as its own (complete) table knows them
+    const client = infoOnly(async (_peer, _digest, { want }) => (want === undefined ? undefined : notBegun(nearest)))
+    const stop = new AbortController()
+    try {
+      const pairs = new Map<string, number>()
+      for (const [n, self] of fleet.entries()) {
+        const plan = await twoFetchersAmong(self, views[n] as string[], client, stop.signal)
+        assert.ok(plan)
+        const pair = [0, 1].map((i) => plan.stripes.owner(i)?.slice(-6)).join('+')
+        pairs.set(pair, (pairs.get(pair) ?? 0) + 1)
+      }
+      const expected = nearest.slice(0, 2).map((id) => id.slice(-6)).join('+')
+      assert.deepEqual([...pairs], [[expected, 16]], 'nodes per pair of fetchers chosen')
+    } finally {
+      stop.abort()
+    }
+  })
+
+  test('the rounds of asking the nodes named near the key are bounded', async () => {
+    const ids = rankByDistance(DIGEST, await peerIds(12))
+    const self = ids[11] as string
+    const asked: string[] = []
+    // every fetcher names two nodes nearer than itself: without a bound this would go on
+    const client = infoOnly(async (peer) => {
+      asked.push(peer.id)
+      const rank = ids.indexOf(peer.id)
+      return notBegun(ids.slice(Math.max(0, rank - 2), rank))
+    })
+    const stop = new AbortController()
+    try {
+      const plan = await twoFetchersAmong(self, [ids[9] as string, ids[10] as string], client, stop.signal)
+      assert.ok(plan)
+      assert.equal(asked.length, 6, 'the two the query found, then two more in each of two rounds')
+      assert.deepEqual([0, 1].map((i) => plan.stripes.owner(i)), [ids[5], ids[6]], 'the nearest of those asked')
     } finally {
       stop.abort()
     }
@@ -289,6 +383,46 @@ describe('chunk provider over the store', () => {
       assert.deepEqual((await provider.info(digest, undefined, p1))?.peers, [p3, p2])
       const wire = decodeInfo(encodeInfo((await provider.info(digest, undefined, p2)) as BlobInfo))
       assert.deepEqual(wire.peers, [p1, p3], 'names travel on the wire')
+    } finally {
+      await store.close()
+      await rm(dir, { recursive: true, force: true })
+    }
+  })
+
+  test('names the peers near a blob’s key only to a fetcher’s ask, even before it has begun on the blob', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'shoal-provider-'))
+    const store = await BlobStore.open(dir, log)
+    try {
+      const digest = await putBlob(store, randomBytes(5000))
+      const chunkSize = 4096
+      const [self, far, asker] = (await peerIds(3)) as [string, string, string]
+      const counts: number[] = []
+      const provider = new StoreChunkProvider({
+        store,
+        download: () => undefined,
+        chunkSize,
+        logger: log,
+        near: async (_digest, count) => {
+          counts.push(count)
+          return [self, far]
+        },
+      })
+      assert.equal((await provider.info(digest, undefined, asker))?.near, undefined, 'not on a holdings ask')
+      assert.equal((await provider.info(digest, { held: 0, signal: AbortSignal.timeout(1_000) }, asker))?.near, undefined, 'not on a long poll')
+      assert.deepEqual(counts, [], 'nobody else pays for the list')
+      const held = await provider.wantInfo(digest, asker)
+      assert.deepEqual(held?.have, [true, true], 'holdings as ever')
+      assert.deepEqual(held?.near, [self, far])
+      assert.deepEqual(counts, [MAX_NEAR_PEERS])
+      // asked before it has begun (its size unknown): no chunks, the near peers all the same
+      const unknown = `sha256:${'0'.repeat(64)}`
+      const notBegun = await provider.wantInfo(unknown, asker)
+      assert.deepEqual(notBegun, { size: 0, chunkSize, have: [], near: [self, far] })
+      assert.deepEqual(decodeInfo(encodeInfo(notBegun as BlobInfo)), notBegun, 'a valid answer on the wire')
+      // a node that cannot name any answers as before (404 for a blob it has not begun on)
+      const failing = new StoreChunkProvider({ store, download: () => undefined, chunkSize, logger: log, near: async () => Promise.reject(new Error('stopped')) })
+      assert.equal(await failing.wantInfo(unknown, asker), undefined)
+      assert.equal((await failing.wantInfo(digest, asker))?.near, undefined)
     } finally {
       await store.close()
       await rm(dir, { recursive: true, force: true })

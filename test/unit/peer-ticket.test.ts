@@ -7,6 +7,7 @@ import {
   encodeInfo,
   encodeTicket,
   encodeTicketError,
+  MAX_NEAR_PEERS,
   parseBearer,
   parsePath,
   blobPath
@@ -110,6 +111,22 @@ describe('peer data: wire formats', () => {
     }
     assert.throws(() => decodeInfo('not json'))
     assert.throws(() => decodeInfo('[]'))
+  })
+
+  it('round-trips the peers near a blob’s key, and rejects what is not a short list of peer ids', () => {
+    const ids = Array.from({ length: MAX_NEAR_PEERS + 1 }, (_, i) => `12D3KooW${'ABCDEFGHJKLMNPQRSTUVWXYZ'[i]!.repeat(44)}`)
+    const near = ids.slice(0, MAX_NEAR_PEERS)
+    const info = { size: 10, chunkSize: 4, have: [true, false, false], near }
+    assert.deepEqual(decodeInfo(encodeInfo(info)).near, near)
+    // a node that has not begun on the blob: no chunks, only the peers near its key
+    const notBegun = { size: 0, chunkSize: 4, have: [], near: near.slice(0, 2) }
+    assert.deepEqual(decodeInfo(encodeInfo(notBegun)), notBegun)
+    assert.equal(decodeInfo(encodeInfo({ ...info, near: [] })).near, undefined, 'an empty list is left out')
+    assert.equal((JSON.parse(encodeInfo({ ...info, near: ids })) as { near: string[] }).near.length, MAX_NEAR_PEERS, 'cut to the most a peer accepts')
+    const good = JSON.parse(encodeInfo(info)) as Record<string, unknown>
+    for (const near of [ids, ['not a peer id'], [42], 'nope', [`${ids[0]}0OIl`]]) {
+      assert.throws(() => decodeInfo(JSON.stringify({ ...good, near })), /bad near/, JSON.stringify(near))
+    }
   })
 
   it('parses data-port paths', () => {

@@ -11,6 +11,8 @@ import { rankByDistance } from '../../src/routing/key.js'
 const logger = pino({ level: 'silent' })
 const DIGEST = `sha256:${createHash('sha256').update('blob').digest('hex')}`
 
+const ids = (n: number) => Promise.all(Array.from({ length: n }, async () => peerIdFromPrivateKey(await generateKeyPair('Ed25519')).toString()))
+
 const peer = (id: string) => ({ id: { toString: () => id }, multiaddrs: [{ toString: () => `/ip4/127.0.0.${id.length}/tcp/4001/p2p/${id}` }] })
 
 /** a kad-dht stand-in: a local routing table of `table`, a providers walk that yields `events` (then, when `hang`, never ends, deaf to its signal like a dial to a dead peer), `connected` DHT peers; `walks` counts the walks started */
@@ -91,6 +93,23 @@ describe('DHT closest peers (origin-fetcher candidates)', () => {
   })
 })
 
+describe('DHT peers known near a key (what an origin fetcher names its askers)', () => {
+  it('names itself and the nearest of its table, a recent query and its connected peers, nearest first, without a walk', async () => {
+    const [self, ...others] = (await ids(12)) as [string, ...string[]]
+    const [table, heard, connected] = [others.slice(0, 3), others.slice(3, 6), others.slice(6, 9)]
+    const dht = { ...backend(table, [{ name: 'PEER_RESPONSE', from: { toString: () => table[0] }, closer: heard.map(peer), providers: [] }], false, connected), selfId: self }
+    await withRouter(dht, async (router) => {
+      const known = [self, ...table, ...connected]
+      assert.deepEqual(await router.knownNearest(DIGEST, 16), rankByDistance(DIGEST, known))
+      assert.equal(dht.walks, 0, 'no network')
+      await router.closest(DIGEST, { timeoutMs: 1_000 })
+      const all = [...known, ...heard]
+      assert.deepEqual(await router.knownNearest(DIGEST, 16), rankByDistance(DIGEST, all), 'with the peers the query heard of')
+      assert.deepEqual(await router.knownNearest(DIGEST, 4), rankByDistance(DIGEST, all).slice(0, 4))
+    })
+  })
+})
+
 describe('DHT announce after a providers walk', () => {
   /** a backend whose walk hears of `heard` (then ends, or hangs), counting provides and the peers records were stored on */
   function announcing(heard: string[], options: { stores?: number; hang?: boolean } = {}) {
@@ -111,8 +130,6 @@ describe('DHT announce after a providers walk', () => {
       } satisfies DhtBackend,
     }
   }
-
-  const ids = (n: number) => Promise.all(Array.from({ length: n }, async () => peerIdFromPrivateKey(await generateKeyPair('Ed25519')).toString()))
 
   it('stores the record on the closest peers a closest-peers query returned, without walking again (its walk cut or not)', async () => {
     for (const hang of [false, true]) {

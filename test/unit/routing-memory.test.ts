@@ -1,7 +1,10 @@
 import assert from 'node:assert/strict'
 import { createHash } from 'node:crypto'
 import { describe, it } from 'node:test'
-import { MemoryRoutingTable } from '../../src/routing/memory.js'
+import { generateKeyPair } from '@libp2p/crypto/keys'
+import { peerIdFromPrivateKey } from '@libp2p/peer-id'
+import { rankByDistance } from '../../src/routing/key.js'
+import { type MemoryContentRouter, MemoryRoutingTable } from '../../src/routing/memory.js'
 import { InvalidDigestError, NoPeersError, type PeerRef, RouterStoppedError } from '../../src/routing/types.js'
 import type { ContentRouter } from '../../src/routing/types.js'
 
@@ -127,5 +130,17 @@ describe('MemoryRoutingTable', () => {
     const [a] = [table.attach(peer(1)), table.attach(peer(2))]
     await assert.rejects(a.advertise('sha256:nope'), InvalidDigestError)
     await assert.rejects(collect(a, 'latest'), InvalidDigestError)
+    await assert.rejects(a.knownNearest('latest', 16), InvalidDigestError)
+  })
+
+  it('names every attached node, itself included, nearest the key first', async () => {
+    const table = new MemoryRoutingTable()
+    const ids = await Promise.all(Array.from({ length: 5 }, async () => peerIdFromPrivateKey(await generateKeyPair('Ed25519')).toString()))
+    const a = ids.map((id, n) => table.attach({ id, addrs: [`/ip4/10.0.0.${n + 1}/tcp/4001`] }))[0] as MemoryContentRouter
+    assert.deepEqual(await a.knownNearest(blob, 16), rankByDistance(blob, ids))
+    assert.deepEqual(await a.knownNearest(blob, 2), rankByDistance(blob, ids).slice(0, 2))
+    const named = new MemoryRoutingTable()
+    const [b] = [named.attach(peer(1)), named.attach(peer(2))]
+    assert.deepEqual(await b.knownNearest(blob, 16), ['peer-1', 'peer-2'], 'plain names keep their attach order')
   })
 })
