@@ -110,6 +110,7 @@ export async function startSwarm(opts: SwarmOptions): Promise<Swarm> {
     logger,
     timeoutMs: DATA_TIMEOUT_MS,
     downloadBucket: opts.downloadBucket,
+    warm: true,
   })
   const penalties = new PeerPenalties(config.penaltyMs)
   const fromPeer = new Map<string, number>()

@@ -60,6 +60,8 @@ export const TICKET_REFRESH_MARGIN_MS = 60_000
  * and a busy origin fetcher never answered at all.
  */
 const INFO_WAIT_MS = 30_000
+/** how often the tickets of connected peers are looked at, and fetched again when about to expire (`warm`) */
+const WARM_INTERVAL_MS = 120_000
 /** a busy peer (503) that did not say when to come back is asked again after this */
 const DEFAULT_BUSY_RETRY_MS = 1_000
 
@@ -73,6 +75,14 @@ export interface PeerDataClientOptions {
   maxSocketsPerPeer?: number
   /** a cap on chunk bytes received per second, shared with whatever else takes from this bucket */
   downloadBucket?: TokenBucket
+  /**
+   * Keep a ticket from every connected peer that serves the data plane (libp2p's identify names
+   * the ticket protocol), fetched when it connects and again before it expires: the first
+   * requests of a pull then go out at once. In a fan-out that starts on a fresh swarm, a node's
+   * first asks to the fetchers it chose waited for tickets, on loaded peers, past their 2 s bound,
+   * and their answers (naming the nodes near the blob's key) were lost. Default false.
+   */
+  warm?: boolean
   /** ms clock (default Date.now) */
   now?: () => number
 }
@@ -93,6 +103,11 @@ export interface PeerDataClient {
    * `PeerPolicyError`, an Error when the connection fails mid-chunk, or the signal's reason.
    */
   fetchChunk(peer: PeerRef, digest: string, index: number, options: { signal: AbortSignal; into: Buffer }): Promise<void>
+  /**
+   * Gets a ticket from a connected peer ahead of need (unless a fresh one is held), so that the
+   * first request to it does not wait for one; rejects as a request would.
+   */
+  prepare(peerId: string): Promise<void>
   stats(): PeerDataClientStats
   close(): Promise<void>
 }
@@ -131,6 +146,8 @@ class DataClient implements PeerDataClient {
   private readonly shutdown = new AbortController()
   private readonly peers = new Map<string, PeerState>()
   private readonly counters = { bytesReceived: 0, chunksFetched: 0, ticketsFetched: 0 }
+  /** connected peers whose tickets are kept (`warm`) */
+  private readonly serving = new Set<string>()
 
   constructor(options: PeerDataClientOptions) {
     this.libp2p = options.libp2p
@@ -143,6 +160,29 @@ class DataClient implements PeerDataClient {
     this.infoWaitMs = Math.max(INFO_WAIT_MS, this.timeoutMs)
     // one listener per request in flight
     setMaxListeners(Number.POSITIVE_INFINITY, this.shutdown.signal)
+    if (options.warm === true) this.keepWarm()
+  }
+
+  private keepWarm(): void {
+    const { signal } = this.shutdown
+    const warm = (peerId: string): void => {
+      this.prepare(peerId).catch((err: Error) => this.log.debug({ peerId, err: err.message }, 'no data ticket ahead of need'))
+    }
+    this.libp2p.addEventListener(
+      'peer:identify',
+      (evt) => {
+        if (!evt.detail.protocols.includes(TICKET_PROTOCOL)) return
+        const peerId = evt.detail.peerId.toString()
+        this.serving.add(peerId)
+        warm(peerId)
+      },
+      { signal },
+    )
+    this.libp2p.addEventListener('peer:disconnect', (evt) => this.serving.delete(evt.detail.toString()), { signal })
+    const timer = setInterval(() => {
+      for (const peerId of this.serving) warm(peerId)
+    }, WARM_INTERVAL_MS).unref()
+    signal.addEventListener('abort', () => clearInterval(timer), { once: true })
   }
 
   async info(peer: PeerRef, digest: string, options: { signal: AbortSignal; waitMs?: number | undefined } & InfoQuery): Promise<BlobInfo | undefined> {
@@ -180,6 +220,10 @@ class DataClient implements PeerDataClient {
       default:
         throw httpError(peer.id, res)
     }
+  }
+
+  async prepare(peerId: string): Promise<void> {
+    await this.session({ id: peerId, addrs: [] }, timeoutSignal(this.timeoutMs, this.shutdown.signal))
   }
 
   stats(): PeerDataClientStats {

@@ -7,6 +7,7 @@ import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { Readable } from 'node:stream'
 import { after, afterEach, before, describe, it } from 'node:test'
+import { setTimeout as sleep } from 'node:timers/promises'
 import { connect as tlsConnect } from 'node:tls'
 import { pino } from 'pino'
 import { type PeerNode, createPeerNode, generateSwarmKey } from '../../src/p2p/node.js'
@@ -131,8 +132,15 @@ describe('peer data plane: tickets over libp2p, chunks over HTTP(S) on a data po
     return server
   }
 
-  function client(encrypt: boolean, extra: { node?: PeerNode; timeoutMs?: number; now?: () => number } = {}): PeerDataClient {
-    const c = createPeerDataClient({ libp2p: (extra.node ?? b).libp2p, encrypt, logger, timeoutMs: extra.timeoutMs ?? 5_000, ...(extra.now ? { now: extra.now } : {}) })
+  function client(encrypt: boolean, extra: { node?: PeerNode; timeoutMs?: number; now?: () => number; warm?: boolean } = {}): PeerDataClient {
+    const c = createPeerDataClient({
+      libp2p: (extra.node ?? b).libp2p,
+      encrypt,
+      logger,
+      timeoutMs: extra.timeoutMs ?? 5_000,
+      ...(extra.now ? { now: extra.now } : {}),
+      ...(extra.warm ? { warm: true } : {})
+    })
     clients.push(c)
     return c
   }
@@ -186,6 +194,20 @@ describe('peer data plane: tickets over libp2p, chunks over HTTP(S) on a data po
       assert.equal(c.stats().bytesReceived, stats.bytesSent)
     })
   }
+
+  it('a warm client gets a ticket from a serving peer when it connects, before any request', async () => {
+    const server = await serve({ encrypt: true })
+    await b.libp2p.hangUp(a.libp2p.peerId)
+    const c = client(true, { warm: true })
+    assert.equal(c.stats().ticketsFetched, 0)
+    await b.libp2p.dial(a.libp2p.getMultiaddrs())
+    const deadline = Date.now() + 5_000
+    while (c.stats().ticketsFetched === 0 && Date.now() < deadline) await sleep(20)
+    assert.equal(c.stats().ticketsFetched, 1, 'a ticket once identify named the ticket protocol')
+    assert.equal(server.stats().ticketsIssued, 1)
+    assert.deepEqual(await c.info(ref(a), DIGEST, { signal: AbortSignal.timeout(5_000) }), await provider.info(DIGEST))
+    assert.equal(c.stats().ticketsFetched, 1, 'the request used the ticket fetched ahead')
+  })
 
   it('holds an info long poll (held=) until the provider answers', async () => {
     await serve({ encrypt: true })
