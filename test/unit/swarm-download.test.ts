@@ -93,7 +93,7 @@ describe('swarm download', () => {
     await rm(dir, { recursive: true, force: true })
   })
 
-  async function run(sources: PeerSource[], stripes: OriginStripes, noProgressMs?: number) {
+  async function run(sources: PeerSource[], stripes: OriginStripes | undefined, noProgressMs?: number, swarm: SwarmHooks = hooks()) {
     const writer = await store.createWriter(parseDigest(digest), bytes.length)
     const download = new Download(digest, log)
     download.begin(writer)
@@ -101,11 +101,11 @@ describe('swarm download', () => {
     try {
       await runSwarmDownload({
         locator,
-        plan: { plan, table: hashes, sources, stripes },
+        plan: { plan, table: hashes, sources, ...(stripes === undefined ? {} : { stripes }) },
         writer,
         download,
         origin: o,
-        swarm: hooks(),
+        swarm,
         signal: AbortSignal.timeout(20_000),
         logger: log,
         ...(noProgressMs === undefined ? {} : { noProgressMs }),
@@ -135,4 +135,16 @@ describe('swarm download', () => {
     assert.equal(o.sent, bytes.length, 'each chunk came from origin once: the held ones were not fetched again')
     assert.equal(store.stat(digest)?.size, bytes.length, 'committed')
   })
+
+  for (const fanout of [true, false]) {
+    test(`${fanout ? 'a fan-out download announces the blob once it is committed' : 'a download with no fan-out announces the blob at its first chunk'}`, async () => {
+      const committedAtAnnounce: boolean[] = []
+      const swarm: SwarmHooks = { ...hooks(), announce: () => committedAtAnnounce.push(store.stat(digest) !== undefined) }
+      // this node fetches every chunk from origin (as the only fetcher, or with no fan-out)
+      const o = await run([], fanout ? new OriginStripes(['self'], 'self') : undefined, undefined, swarm)
+      assert.equal(o.sent, bytes.length)
+      assert.equal(store.stat(digest)?.size, bytes.length, 'committed')
+      assert.deepEqual(committedAtAnnounce, [fanout], 'announced once')
+    })
+  }
 })
