@@ -2,7 +2,8 @@
  * Counts from the daemon logs a fan-out run kept (`scripts/bench/fanout --mode shoal --keep DIR
  * --json F`), split at the round's start (the first client's `startedAt` in F):
  * - `infoAnswered`: holdings answers, summed over the `peer data server closed` lines;
- * - origin fetchers: for each blob, how many nodes chose each pair (`origin fetchers chosen`);
+ * - origin fetchers: for each blob, how many nodes chose each pair (`origin fetchers chosen`),
+ *   and how many took candidates from the near nodes their fetchers named (`near` > 0);
  * - announces (`advertised`, a debug line: run with `--log-level debug`): how many walked;
  * - kad-dht requests received, by type (`--shoal-env DEBUG=libp2p:kad-dht:rpc`);
  * - protocol streams negotiated and connections closed with a GoAway before the last node
@@ -36,6 +37,8 @@ function main(): void {
   const end = Math.max(...nodes.map((n) => n.startedAt + n.seconds * 1000))
   let infoAnswered = 0
   const fetchers = new Map<string, Map<string, number>>()
+  /** per blob, the nodes that added candidates from the near nodes named by the fetchers they asked */
+  const tookNear = new Map<string, number>()
   const announces = new Map<string, number>()
   const kadBefore = new Map<string, number>()
   const kadDuring = new Map<string, number>()
@@ -44,7 +47,7 @@ function main(): void {
   for (const file of readdirSync(dir).filter((f) => /^shoal-.*\.log$/.test(f))) {
     for (const line of readFileSync(join(dir, file), 'utf8').split('\n')) {
       if (line.startsWith('{')) {
-        let entry: { msg?: string; infoAnswered?: number; digest?: string; fetchers?: string[]; walked?: boolean; peers?: number }
+        let entry: { msg?: string; infoAnswered?: number; digest?: string; fetchers?: string[]; near?: number; walked?: boolean; peers?: number }
         try {
           entry = JSON.parse(line) as typeof entry
         } catch {
@@ -55,6 +58,7 @@ function main(): void {
           const byPair = fetchers.get(entry.digest) ?? new Map<string, number>()
           increment(byPair, (entry.fetchers ?? []).map((id) => id.slice(-6)).join('+'))
           fetchers.set(entry.digest, byPair)
+          if ((entry.near ?? 0) > 0) increment(tookNear, entry.digest)
         } else if (entry.msg === 'advertised') increment(announces, `${entry.walked === true ? 'walked' : 'to the near peers, no walk'}, stored on ${entry.peers} peers`)
         continue
       }
@@ -71,8 +75,10 @@ function main(): void {
     }
   }
   console.log(`info answers: ${infoAnswered}`)
-  console.log('origin fetchers chosen, nodes per pair (last 6 characters of each peer id):')
-  for (const [digest, byPair] of fetchers) console.log(`  ${digest.slice(0, 19)}  ${[...byPair.values()].sort((a, b) => b - a).join('/')}`)
+  console.log('origin fetchers chosen, nodes per pair (last 6 characters of each peer id), and nodes that added near nodes to their candidates:')
+  for (const [digest, byPair] of fetchers) {
+    console.log(`  ${digest.slice(0, 19)}  ${[...byPair.values()].sort((a, b) => b - a).join('/')}  (${tookNear.get(digest) ?? 0} took near nodes)`)
+  }
   print('announces', announces)
   print('kad-dht requests received before the round', kadBefore)
   print('kad-dht requests received during the round', kadDuring)
