@@ -33,8 +33,13 @@ const ENOUGH_PEERS = 8
 const REDISCOVER_WITH_PEERS_MS = 15_000
 /** A swarm download that takes no chunk for this long leaves the peers: origin fetches the rest. */
 const NO_PROGRESS_MS = 60_000
-/** Peers one download takes chunks from at most (each is asked for its holdings as they grow). */
-const MAX_SOURCES = 16
+/**
+ * Peers one download takes chunks from at most (each is asked for its holdings as they grow:
+ * one long-poll answer per chunk it gains). In a 16-node fan-out (`scripts/bench/fanout`, two
+ * runs each), 16 sources made 9-10k holdings answers per round, 8 made 5.2-5.4k and took a tenth
+ * less CPU and time; 5 made 3.5k but took longer again (fewer holders to choose from).
+ */
+const MAX_SOURCES = 8
 /**
  * One chunk from a peer: a fetcher's uplink is shared by every node at the start of a fan-out,
  * so a chunk may take long (and three timeouts in a row drop the peer for the blob); a
