@@ -77,10 +77,10 @@ export interface PeerDataClientOptions {
   downloadBucket?: TokenBucket
   /**
    * Keep a ticket from every connected peer that serves the data plane (libp2p's identify names
-   * the ticket protocol), fetched when it connects and again before it expires: the first
-   * requests of a pull then go out at once. In a fan-out that starts on a fresh swarm, a node's
-   * first asks to the fetchers it chose waited for tickets, on loaded peers, past their 2 s bound,
-   * and their answers (naming the nodes near the blob's key) were lost. Default false.
+   * the ticket protocol), fetched when it connects and again before it expires, so that the
+   * first request of a pull to a peer does not wait for a ticket exchange over libp2p (in a
+   * fan-out on a fresh swarm, every node's first asks to its origin fetchers did, while every
+   * node was busiest). Default false.
    */
   warm?: boolean
   /** ms clock (default Date.now) */
