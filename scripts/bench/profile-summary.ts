@@ -5,7 +5,8 @@
  * `--before-ms`, grouped five ways: by the owner of the stack (any libp2p frame on it, else the
  * outermost Shoal module, else Node), by the package of the running function, by function,
  * (libp2p stacks only) by the outermost libp2p frame, and by every Shoal function on the stack
- * (inclusive: a function's time counts what it called). V8's sampler counts wall time while JS
+ * (inclusive: a function's time counts what it called), and by every package on the stack
+ * (inclusive too). V8's sampler counts wall time while JS
  * runs, so on an oversubscribed machine read the shares loosely; `--counts` weighs every sample
  * alike instead of by the time since the one before (a process that waited for a core long
  * gives its next sample a large weight). `--windows MS` adds libp2p's share of each MS-long
@@ -72,6 +73,7 @@ function main(): void {
   const byFunction = new Map<string, number>()
   const byLibp2pEntry = new Map<string, number>()
   const byShoalFunction = new Map<string, number>()
+  const byPackageOnStack = new Map<string, number>()
   /** window index → [all, libp2p] */
   const windows = new Map<number, [number, number]>()
   let total = 0
@@ -105,6 +107,7 @@ function main(): void {
         if (o.startsWith('shoal:')) shoalFunctions.add(`${o} ${frame?.functionName || '(anonymous)'}`)
       }
       if (libp2pEntry !== undefined) add(byLibp2pEntry, libp2pEntry, ms)
+      for (const o of new Set(owners)) add(byPackageOnStack, o, ms)
       for (const f of shoalFunctions) add(byShoalFunction, f, ms)
       if (windowMs > 0) {
         const w = Math.floor((at - afterMs) / windowMs)
@@ -135,6 +138,7 @@ function main(): void {
   console.log(`${files.length} profiles, ${counts ? `${total} samples` : `${(total / 1000).toFixed(1)} s of samples`}${window}`)
   show('by stack owner (libp2p anywhere on the stack, else the outermost Shoal module)', byStack)
   show('by package of the running function', byPackage)
+  show('by package anywhere on the stack (inclusive: a sample counts once for each package on it)', byPackageOnStack)
   show('by function', byFunction)
   show('libp2p stacks by their outermost libp2p frame', byLibp2pEntry)
   show('Shoal functions, inclusive (what they called counts)', byShoalFunction)
