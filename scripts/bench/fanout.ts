@@ -136,8 +136,9 @@ function parseOptions(argv: string[]): Options {
   const shoalEnv: Record<string, string> = {}
   for (const kv of values['shoal-env'] ?? []) {
     const eq = kv.indexOf('=')
-    // SHOAL_ settings, DEBUG for libp2p's own debug log and NODE_OPTIONS (e.g. --trace-gc) for
-    // Node's: both go into the daemons' logs that --keep keeps
+    // SHOAL_ settings, DEBUG for libp2p's own debug log (into the daemons' logs that --keep
+    // keeps), and NODE_OPTIONS for V8 flags Node allows there (e.g. --max-semi-space-size) or an
+    // --import preload
     if (eq < 1 || !(kv.startsWith('SHOAL_') || kv.startsWith('DEBUG=') || kv.startsWith('NODE_OPTIONS='))) {
       throw new Error(`bad --shoal-env "${kv}" (SHOAL_KEY=VALUE, DEBUG=… or NODE_OPTIONS=…)`)
     }
@@ -301,7 +302,7 @@ async function main(): Promise<void> {
       image: { bytes: image.bytes, digest: image.digest, blobs: image.blobs },
       tMinSeconds: round(tMin, 4),
       joinSeconds: joinSeconds === undefined ? undefined : round(joinSeconds, 3),
-      // the wait for full routing tables (part of joinSeconds), and the smallest table when the round began
+      // the wait for the routing tables to settle (part of joinSeconds), and the smallest table when the round began
       settled: settled === undefined ? undefined : { seconds: round(settled.seconds, 3), smallestTable: settled.smallest },
       modes: Object.fromEntries(
         rounds.map((r, i) => {

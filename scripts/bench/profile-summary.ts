@@ -2,9 +2,9 @@
  * Where the CPU went in a set of V8 CPU profiles (the fan-out bench's `--profile DIR`): the
  * samples of every profile, optionally only those taken `--after-ms` after each profile began
  * (the bench's JSON has `joinSeconds`: pass it ×1000 to leave joining out) and before
- * `--before-ms`, grouped five ways: by the owner of the stack (any libp2p frame on it, else the
+ * `--before-ms`, grouped six ways: by the owner of the stack (any libp2p frame on it, else the
  * outermost Shoal module, else Node), by the package of the running function, by function,
- * (libp2p stacks only) by the outermost libp2p frame, and by every Shoal function on the stack
+ * (libp2p stacks only) by the outermost libp2p frame, by every Shoal function on the stack
  * (inclusive: a function's time counts what it called), and by every package on the stack
  * (inclusive too). V8's sampler counts wall time while JS
  * runs, so on an oversubscribed machine read the shares loosely; `--counts` weighs every sample

@@ -340,12 +340,14 @@ export class DataChannel {
   /** takes header bytes from `buf`; returns where the body begins in it (the head is over once `exchange.response` is set), or -1 when the socket was failed */
   private readHead(conn: Conn, exchange: Exchange, buf: Uint8Array, n: number): number {
     const before = exchange.head.length
-    // a copy: the socket's buffer is reused (heads are small and mostly come in one read)
-    const head = Buffer.concat([exchange.head, buf.subarray(0, n)])
-    // the blank line may straddle two reads: search from a little before this one
+    // A head mostly comes whole in one read, with the body's first bytes after it: searched in
+    // the socket's own buffer then, without copying the read. Only a head split over reads is
+    // kept (a copy: the socket's buffer is reused), and the blank line may straddle two reads:
+    // searched from a little before this one.
+    const head = before === 0 ? (buf as Buffer).subarray(0, n) : Buffer.concat([exchange.head, buf.subarray(0, n)])
     const blank = head.indexOf('\r\n\r\n', Math.max(0, before - 3))
     if (blank < 0) {
-      exchange.head = head
+      exchange.head = before === 0 ? Buffer.from(head) : head
       if (head.length > MAX_HEAD_BYTES) {
         this.fail(conn, new PeerProtocolError(`${this.options.peerId} sent a response head over ${MAX_HEAD_BYTES} bytes`))
         return -1

@@ -232,8 +232,7 @@ export class DhtContentRouter implements ContentRouter {
     // every peer heard of, not only those that answered in time: under load some answers come
     // late, and a node that leaves them out chooses other fetchers than the rest
     const heard = new Map(walk.heard)
-    const connected = await this.backend.connectedPeers().catch(() => [])
-    const ids = new Set([...this.backend.localClosest(digestToCid(digest), LOCAL_CLOSEST), ...heard.keys(), ...connected])
+    const ids = new Set([...(await this.tableAndConnected(digest, LOCAL_CLOSEST)), ...heard.keys()])
     ids.delete(this.backend.selfId)
     this.rememberNear(digest, [...ids])
     const out: PeerRef[] = []
@@ -253,13 +252,15 @@ export class DhtContentRouter implements ContentRouter {
    * query missed some of those nodes learns of them from it (see planFanout).
    */
   async knownNearest(digest: string, count: number): Promise<string[]> {
-    const cid = digestToCid(digest)
-    const recent = this.nearKey.get(digest)
-    const remembered = recent !== undefined && Date.now() - recent.at <= NEAR_KNOWN_MS ? recent.peers : []
-    const connected = await this.backend.connectedPeers().catch(() => [])
     // the table's closest `count` are all it can add to the nearest `count`
-    const ids = [this.backend.selfId, ...this.backend.localClosest(cid, count), ...remembered, ...connected]
+    const ids = [this.backend.selfId, ...(await this.tableAndConnected(digest, count)), ...(this.recentNear(digest) ?? [])]
     return rankByDistance(digest, ids).slice(0, count)
+  }
+
+  /** the local routing table's `count` closest to the digest's key, and the connected DHT peers (no network) */
+  private async tableAndConnected(digest: string, count: number): Promise<string[]> {
+    const connected = await this.backend.connectedPeers().catch(() => [])
+    return [...this.backend.localClosest(digestToCid(digest), count), ...connected]
   }
 
   /**
@@ -290,12 +291,18 @@ export class DhtContentRouter implements ContentRouter {
     }
   }
 
+  /** the peers known to be near the digest's key, if learnt within NEAR_KNOWN_MS */
+  private recentNear(digest: string): string[] | undefined {
+    const recent = this.nearKey.get(digest)
+    return recent === undefined || Date.now() - recent.at > NEAR_KNOWN_MS ? undefined : recent.peers
+  }
+
   /** the closest of the peers known lately to be near the digest's key, if any are */
   private nearPeers(digest: string): string[] | undefined {
-    const recent = this.nearKey.get(digest)
-    if (recent === undefined || Date.now() - recent.at > NEAR_KNOWN_MS) return undefined
+    const recent = this.recentNear(digest)
+    if (recent === undefined) return undefined
     try {
-      return rankByDistance(digest, recent.peers).slice(0, this.recordPeers)
+      return rankByDistance(digest, recent).slice(0, this.recordPeers)
     } catch {
       return undefined // not a peer id among them (never from kad-dht): walk as usual
     }

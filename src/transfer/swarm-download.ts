@@ -36,7 +36,7 @@ const NO_PROGRESS_MS = 60_000
 /**
  * Peers one download takes chunks from at most (each is asked for its holdings as they grow:
  * one long-poll answer per chunk it gains). In a 16-node fan-out (`scripts/bench/fanout`, two
- * runs each), 16 sources made 9-10k holdings answers per round, 8 made 5.2-5.4k and took a tenth
+ * runs each), 16 sources made 9.5-9.9k holdings answers per round, 8 made 5.2-5.4k and took a tenth
  * less CPU and time; 5 made 3.5k but took longer again (fewer holders to choose from).
  */
 const MAX_SOURCES = 8

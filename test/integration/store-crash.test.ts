@@ -14,6 +14,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { after, before, test } from 'node:test'
 import { type BlobSpec, pushBlob } from '../helpers/images.js'
 import { type OriginRegistry, startOriginRegistry } from '../helpers/registry.js'
+import { prng } from '../helpers/random.js'
 import { type Shoal, startShoal } from '../helpers/shoal.js'
 import { startThrottleProxy, type ThrottleProxy } from '../helpers/throttle.js'
 
@@ -27,18 +28,6 @@ let proxy: ThrottleProxy
 let dataDir: string
 let blobs: BlobSpec[]
 const shoals: Shoal[] = []
-
-/** a small deterministic PRNG, so that a failing run can be replayed from its seed */
-function prng(seed: number): () => number {
-  let s = seed >>> 0
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0
-    let t = s
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
 
 before(async () => {
   origin = await startOriginRegistry()

@@ -22,6 +22,7 @@ import { StoreChunkProvider } from '../../src/swarm/provider.js'
 import { chunkBounds, chunkHash, planChunks } from '../../src/transfer/chunks/plan.js'
 import { ChunkScheduler, type ChunkSource, NoSourceError } from '../../src/transfer/chunks/scheduler.js'
 import { OriginStripes } from '../../src/transfer/chunks/stripes.js'
+import { prng } from '../helpers/random.js'
 import { putBlob } from '../helpers/store.js'
 
 const log = pino({ level: 'silent' })
@@ -59,18 +60,6 @@ function twoFetchersAmong(self: string, others: readonly string[], client: PeerC
 /** what a fetcher that has not begun on the blob answers a `want` ask: no chunks, and the nodes it knows near the key */
 function notBegun(near: readonly string[]): Awaited<ReturnType<PeerChunkClient['info']>> {
   return { size: 0, chunkSize: 4, have: [], near: [...near] }
-}
-
-/** a small seeded generator (mulberry32): the same draws on every run */
-function seeded(seed: number): () => number {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0
-    let t = a
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
 }
 
 describe('origin stripes', () => {
@@ -205,7 +194,7 @@ describe('fetcher ranking', () => {
   test('a fleet whose closest-peers queries each found part of it chooses the same fetchers', async () => {
     const fleet = await peerIds(16)
     const nearest = rankByDistance(DIGEST, fleet)
-    const random = seeded(0x5eed)
+    const random = prng(0x5eed)
     // each node's query found 9-15 of the other 15 (as in a loaded 16-node bench run), and a few
     // missed both nodes nearest the key
     const views = fleet.map((self, n) => {

@@ -131,41 +131,38 @@ describe('DHT announce after a providers walk', () => {
     }
   }
 
-  it('stores the record on the closest peers a closest-peers query returned, without walking again (its walk cut or not)', async () => {
-    for (const hang of [false, true]) {
+  // what a router learns the peers near a key from, before it announces: each stores the record
+  // on the closest of them, without walking again
+  const learnings: { title: string; hang?: boolean; learn(router: DhtContentRouter): Promise<unknown> }[] = [
+    { title: 'a closest-peers query returned', learn: (router) => router.closest(DIGEST, { timeoutMs: 1_000 }) },
+    { title: 'a closest-peers query returned, its walk cut', hang: true, learn: (router) => router.closest(DIGEST, { timeoutMs: 50 }) },
+    {
+      title: 'a whole walk heard of',
+      learn: async (router) => {
+        for await (const _ of router.lookup(DIGEST, { timeoutMs: 1_000 })) {
+          // the whole walk: every provider it finds
+        }
+        await new Promise((resolve) => setImmediate(resolve)) // the walk's end is noted after it
+      },
+    },
+  ]
+  for (const { title, hang, learn } of learnings) {
+    it(`stores the record on the closest peers ${title}, without walking again`, async () => {
       const heard = await ids(10)
       const { dht, calls } = announcing(heard, { hang })
       await withRouter(
         dht,
         async (router) => {
-          await router.closest(DIGEST, { timeoutMs: hang ? 50 : 1_000 })
+          await learn(router)
           await router.advertise(DIGEST)
-          // the query's candidates: what the walk heard and the local table
+          // the candidates: what the walk heard (and the local table)
           assert.deepEqual(calls.storedOn, [rankByDistance(DIGEST, heard).slice(0, 3)])
           assert.equal(calls.provides, 0)
         },
         { recordPeers: 3 },
       )
-    }
-  })
-
-  it('stores the record on the closest peers a whole walk heard of', async () => {
-    const heard = await ids(10)
-    const { dht, calls } = announcing(heard)
-    await withRouter(
-      dht,
-      async (router) => {
-        for await (const _ of router.lookup(DIGEST, { timeoutMs: 1_000 })) {
-          // the whole walk: every provider it finds
-        }
-        await new Promise((resolve) => setImmediate(resolve)) // the walk's end is noted after it
-        await router.advertise(DIGEST)
-        assert.deepEqual(calls.storedOn, [rankByDistance(DIGEST, heard).slice(0, 3)])
-        assert.equal(calls.provides, 0)
-      },
-      { recordPeers: 3 },
-    )
-  })
+    })
+  }
 
   it('walks (provide) with no whole walk behind it, or when no near peer took the record', async () => {
     const heard = await ids(4)

@@ -186,6 +186,9 @@ export async function waitJoined(nodes: { shoal: ShoalNode; agent: FleetAgent }[
   return (Date.now() - t0) / 1000
 }
 
+/** routing tables that none grew for this long count as settled (see waitTables) */
+const STABLE_MS = 5_000
+
 /**
  * Waits until the fleet's DHT routing tables have settled: every one holds `want` peers, or none
  * has grown for STABLE_MS (kad-dht does not fill every table with every node), or `timeoutMs`
@@ -194,7 +197,6 @@ export async function waitJoined(nodes: { shoal: ShoalNode; agent: FleetAgent }[
  * Returns how long it waited and the smallest table at the end.
  */
 export async function waitTables(nodes: { shoal: ShoalNode; agent: FleetAgent }[], want: number, timeoutMs: number): Promise<{ seconds: number; smallest: number }> {
-  const STABLE_MS = 5_000
   const t0 = Date.now()
   let last = ''
   let lastChange = t0
