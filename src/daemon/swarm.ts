@@ -25,6 +25,15 @@ const FETCHER_ASK_TIMEOUT_MS = 5_000
 const DATA_TIMEOUT_MS = 10_000
 /** Peers asked about one blob. */
 const MAX_PEERS_PER_BLOB = 8
+/**
+ * A fan-out's commit is announced after a random delay up to this. The fleet completes a fan-out
+ * within seconds, and nobody needs the records then (the origin fetchers name the nodes fetching
+ * a blob to each other); sent at once, N nodes x K records per blob went in one burst to the K
+ * nodes nearest each key, the origin fetchers among them, while the slowest nodes were still
+ * downloading: 512 ADD_PROVIDER requests in a 16-node round, and libp2p took 20-59% of the
+ * fleet's CPU in its last 25 s (profiled, `scripts/bench/fanout --profile`).
+ */
+const ANNOUNCE_SPREAD_MS = 60_000
 
 export interface SwarmStatus {
   peerId: string
@@ -121,6 +130,8 @@ export async function startSwarm(opts: SwarmOptions): Promise<Swarm> {
   })
   const penalties = new PeerPenalties(config.penaltyMs)
   const fromPeer = new Map<string, number>()
+  /** fan-out commits waiting for their announce (see ANNOUNCE_SPREAD_MS) */
+  const spreading = new Set<NodeJS.Timeout>()
 
   node.router.enqueue([...store.list()].map((meta) => meta.digest))
   const unsubscribe = store.onEvict((digest) => {
@@ -161,8 +172,16 @@ export async function startSwarm(opts: SwarmOptions): Promise<Swarm> {
       peerId === node.peerId || penalties.isPenalised(peerId)
         ? undefined
         : new PeerChunkSource({ id: peerId, addrs: [] }, unknownHoldings(plan), client, digest, signal),
-    announce: (digest) => {
-      node.router.advertise(digest).catch((err: Error) => logger.debug({ digest, err: err.message }, 'announce deferred'))
+    announce: (digest, options) => {
+      const advertise = (): void => {
+        node.router.advertise(digest).catch((err: Error) => logger.debug({ digest, err: err.message }, 'announce deferred'))
+      }
+      if (options?.spread !== true) return advertise()
+      const timer = setTimeout(() => {
+        spreading.delete(timer)
+        advertise()
+      }, Math.random() * ANNOUNCE_SPREAD_MS)
+      spreading.add(timer)
     },
     penalise: (peerId) => {
       penalties.penalise(peerId)
@@ -202,6 +221,7 @@ export async function startSwarm(opts: SwarmOptions): Promise<Swarm> {
     status,
     received: (peerId, bytes) => fromPeer.set(peerId, (fromPeer.get(peerId) ?? 0) + bytes),
     stop: async () => {
+      for (const timer of spreading) clearTimeout(timer)
       unsubscribe()
       await server.close()
       await client.close()

@@ -136,8 +136,11 @@ export interface SwarmHooks {
   readonly fetcherStallMs: number
   /** a peer named by another (peer exchange) as a source, holding nothing until it answers; undefined when it is not to be used */
   exchangedPeer(digest: string, peerId: string, plan: ChunkPlan, signal: AbortSignal): PeerSource | undefined
-  /** this node holds (part of) the blob now: announce it */
-  announce(digest: string): void
+  /**
+   * this node holds (part of) the blob now: announce it; `spread`: a fan-out's commit, which the
+   * whole fleet reaches at about the same time (the announce may wait a while)
+   */
+  announce(digest: string, options?: { spread: boolean }): void
   /** a peer sent bytes that failed verification */
   penalise(peerId: string): void
   /** the blob is complete and verified; its chunk table, for serving peers */
@@ -382,7 +385,7 @@ export async function runSwarmDownload(opts: SwarmDownloadOptions): Promise<void
   try {
     const result = await scheduler.run(signal)
     await writer.commit()
-    if (!announced) swarm.announce(digest)
+    if (!announced) swarm.announce(digest, { spread: plan.stripes !== undefined })
     opts.logger.info(
       { digest, size: plan.plan.size, bySource: Object.fromEntries(result.bySource), wasted: result.wasted, sources: sources.size, lookups },
       'blob fetched through the swarm',

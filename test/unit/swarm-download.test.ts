@@ -137,9 +137,15 @@ describe('swarm download', () => {
   })
 
   for (const fanout of [true, false]) {
-    test(`${fanout ? 'a fan-out download announces the blob once it is committed' : 'a download with no fan-out announces the blob at its first chunk'}`, async () => {
+    test(`${fanout ? 'a fan-out download announces the blob once it is committed, spread' : 'a download with no fan-out announces the blob at its first chunk, at once'}`, async () => {
       const committedAtAnnounce: boolean[] = []
-      const swarm: SwarmHooks = { ...hooks(), announce: () => committedAtAnnounce.push(store.stat(digest) !== undefined) }
+      const swarm: SwarmHooks = {
+        ...hooks(),
+        announce: (_, options) => {
+          committedAtAnnounce.push(store.stat(digest) !== undefined)
+          assert.equal(options?.spread === true, fanout, 'spread only after a fan-out')
+        },
+      }
       // this node fetches every chunk from origin (as the only fetcher, or with no fan-out)
       const o = await run([], fanout ? new OriginStripes(['self'], 'self') : undefined, undefined, swarm)
       assert.equal(o.sent, bytes.length)
