@@ -108,6 +108,7 @@ export async function startSwarm(opts: SwarmOptions): Promise<Swarm> {
         want: opts.want,
         near: (digest, count) => node.router.knownNearest(digest, count),
         chunkSize: config.chunkSize,
+        uploadBuffers: config.maxUploads,
         logger,
       }),
       encrypt: config.encrypt,

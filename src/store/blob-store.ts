@@ -854,6 +854,8 @@ export class BlobWriter {
   private settled = false
   private closed = false
   private sparse = false
+  /** advance()'s read buffer */
+  private readBack: Buffer | undefined
 
   constructor(store: BlobStore, digest: Digest, expectedSize: number, fh: FileHandle, hash: Hash, position: number) {
     this.store = store
@@ -926,7 +928,9 @@ export class BlobWriter {
   /** Extends the contiguous prefix over `length` bytes already in the file (from writeAt), hashing them. */
   async advance(length: number): Promise<void> {
     if (this.position + length > this.expectedSize) throw new SizeMismatchError(this.expectedSize, this.position + length)
-    const buf = Buffer.allocUnsafe(Math.min(HASH_CHUNK_BYTES, Math.max(length, 1)))
+    // one buffer per writer, reused (a fresh megabyte per call is fresh pages to fault in)
+    this.readBack ??= Buffer.allocUnsafeSlow(HASH_CHUNK_BYTES)
+    const buf = this.readBack
     for (let done = 0; done < length; ) {
       const { bytesRead } = await this.fh.read(buf, 0, Math.min(buf.length, length - done), this.position)
       if (bytesRead === 0) throw new StoreError('SHORT_READ', 'partial file is shorter than written')

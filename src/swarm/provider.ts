@@ -14,12 +14,10 @@ const EXCHANGE_WINDOW_MS = 60_000
 /** blobs whose askers are remembered (the oldest is forgotten first) */
 const MAX_EXCHANGE_DIGESTS = 256
 /**
- * Chunk buffers kept for uploads when idle. A chunk goes out from memory read whole into a
- * reused buffer: a fresh buffer per read (a file stream's, or one per in-flight chunk) lived as
- * long as the upload, outlived the young generation, and its memory was only freed by full
- * garbage collections (tens per gigabyte served, measured).
+ * The upload buffers are let go after this long with no chunk read (they are as many as the
+ * server's upload slots: 64 MiB at the defaults).
  */
-const IDLE_UPLOAD_BUFFERS = 4
+const UPLOAD_BUFFERS_IDLE_MS = 30_000
 /**
  * A chunk goes out in pieces of this size. A TLS socket encrypts each write whole into buffers
  * it allocates (OpenSSL's output BIO): one 4 MiB write per chunk made every chunk served fault
@@ -36,6 +34,14 @@ export interface StoreChunkProviderOptions {
   /** up to `count` peer ids this node knows nearest the blob's DHT key, its own included, nearest first (no network) */
   near?(digest: string, count: number): Promise<string[]>
   chunkSize: number
+  /**
+   * Chunk buffers kept for uploads: as many as the server uploads at once. A chunk goes out from
+   * memory read whole into a reused buffer: a fresh buffer per read lived as long as the upload,
+   * outlived the young generation, and its memory was only freed by full garbage collections
+   * (tens per gigabyte served, measured). With 4 kept while up to 16 uploads ran, a 16-node
+   * fan-out still took most buffers fresh (see the README's fan-out section). Default 16.
+   */
+  uploadBuffers?: number
   logger: Logger
 }
 
@@ -55,10 +61,11 @@ export class StoreChunkProvider implements ChunkProvider {
   private readonly askers = new Map<string, Map<string, number>>()
 
   private readonly buffers: ChunkBuffers
+  private idleTimer: NodeJS.Timeout | undefined
 
   constructor(opts: StoreChunkProviderOptions) {
     this.opts = opts
-    this.buffers = new ChunkBuffers(opts.chunkSize, IDLE_UPLOAD_BUFFERS)
+    this.buffers = new ChunkBuffers(opts.chunkSize, opts.uploadBuffers ?? 16)
   }
 
   async info(digest: string, wait?: { held: number; signal: AbortSignal }, asker?: string): Promise<BlobInfo | undefined> {
@@ -130,6 +137,8 @@ export class StoreChunkProvider implements ChunkProvider {
     const source = this.chunkSource(digest, index)
     if (source === undefined || index >= source.plan.count) return undefined
     const { start, end } = chunkBounds(source.plan, index)
+    clearTimeout(this.idleTimer)
+    this.idleTimer = setTimeout(() => this.buffers.clear(), UPLOAD_BUFFERS_IDLE_MS).unref()
     const bytes = this.buffers.take(end - start)
     const release = (): void => this.buffers.give(bytes)
     try {

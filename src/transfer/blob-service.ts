@@ -12,11 +12,9 @@ import { planChunks } from './chunks/plan.js'
 import { RequestSlots, TableMismatchError } from './chunks/scheduler.js'
 import { ChunkState } from './chunks/state.js'
 import { createBlobReader, Download, type ReadTarget } from './download.js'
-import { runSwarmDownload, type SwarmHooks, type SwarmPlan } from './swarm-download.js'
+import { MAX_HELD_BYTES, runSwarmDownload, type SwarmHooks, type SwarmPlan } from './swarm-download.js'
 import { type BlobLocator, type BlobSource, type ByteSource, bytesFrom, type SourceBody } from './types.js'
 
-/** Chunk buffers kept for reuse while downloads run (4 MiB each at the default chunk size). */
-const POOLED_CHUNK_BUFFERS = 8
 
 /** An open blob: its size, and a way to stream any byte range of it. */
 export interface BlobHandle {
@@ -69,7 +67,11 @@ export class BlobService {
     this.opts = opts
     this.log = opts.logger
     if (opts.swarm !== undefined) {
-      this.buffers = new ChunkBuffers(opts.swarm.chunkSize, POOLED_CHUNK_BUFFERS)
+      // Chunk buffers kept for reuse while downloads run: as many as can be live at once (one per
+      // request in flight, and the chunks held ahead of a download's prefix), so that none is
+      // taken fresh once the first are made (a fresh 4 MiB buffer is 1,024 pages to fault in, and
+      // garbage for a full collection). 24 at the defaults, 96 MiB, let go once no download runs.
+      this.buffers = new ChunkBuffers(opts.swarm.chunkSize, opts.swarm.maxRequests + Math.ceil(MAX_HELD_BYTES / opts.swarm.chunkSize))
       this.slots = new RequestSlots(opts.swarm.maxRequests)
     }
   }

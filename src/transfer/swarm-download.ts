@@ -54,7 +54,7 @@ const ORIGIN_CHUNK_TIMEOUT_MS = 120_000
  * hashed into the blob's digest without reading them back from the file. Past this, such chunks
  * are read back (slower, bounded memory).
  */
-const MAX_HELD_BYTES = 64 * 1024 * 1024
+export const MAX_HELD_BYTES = 64 * 1024 * 1024
 
 /**
  * Why an origin fetcher should be given up, if it should: it refuses connections, has been
