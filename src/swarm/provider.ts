@@ -38,8 +38,8 @@ export interface StoreChunkProviderOptions {
    * Chunk buffers kept for uploads: as many as the server uploads at once. A chunk goes out from
    * memory read whole into a reused buffer: a fresh buffer per read lived as long as the upload,
    * outlived the young generation, and its memory was only freed by full garbage collections
-   * (tens per gigabyte served, measured). With 4 kept while up to 16 uploads ran, a 16-node
-   * fan-out still took most buffers fresh (see the README's fan-out section). Default 16.
+   * (tens per gigabyte served, measured). With 4 kept and up to 16 uploads at once, a busy
+   * seeder took a fresh buffer for every upload past the fourth. Default 16.
    */
   uploadBuffers?: number
   logger: Logger

@@ -15,7 +15,6 @@ import { createBlobReader, Download, type ReadTarget } from './download.js'
 import { MAX_HELD_BYTES, runSwarmDownload, type SwarmHooks, type SwarmPlan } from './swarm-download.js'
 import { type BlobLocator, type BlobSource, type ByteSource, bytesFrom, type SourceBody } from './types.js'
 
-
 /** An open blob: its size, and a way to stream any byte range of it. */
 export interface BlobHandle {
   readonly size: number
