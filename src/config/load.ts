@@ -68,6 +68,7 @@ const SCALAR_KEYS = [
   'p2p.penalty',
   'p2p.originFetchers',
   'p2p.fetcherStall',
+  'p2p.announceSpread',
 ] as const
 type ScalarKey = (typeof SCALAR_KEYS)[number]
 
@@ -159,6 +160,7 @@ export function loadConfig(sources: ConfigSources = {}): Config {
       penaltyMs: duration(scalars.get('p2p.penalty'), 'p2p.penalty'),
       originFetchers: int(scalars.get('p2p.originFetchers'), 'p2p.originFetchers', 1, 64),
       fetcherStallMs: duration(scalars.get('p2p.fetcherStall'), 'p2p.fetcherStall'),
+      announceSpreadMs: duration(scalars.get('p2p.announceSpread'), 'p2p.announceSpread'),
     },
   }
   if (config.p2p.swarmKeyFile !== '') {

@@ -53,6 +53,8 @@ export interface P2pConfig {
   readonly originFetchers: number
   /** an origin fetcher whose holdings do not grow for this long is taken over */
   readonly fetcherStallMs: number
+  /** a blob completed in a fan-out is announced after a random delay up to this */
+  readonly announceSpreadMs: number
 }
 
 export interface StoreConfig {

@@ -25,16 +25,6 @@ const FETCHER_ASK_TIMEOUT_MS = 5_000
 const DATA_TIMEOUT_MS = 10_000
 /** Peers asked about one blob. */
 const MAX_PEERS_PER_BLOB = 8
-/**
- * A fan-out's commit is announced after a random delay up to this. The fleet completes a fan-out
- * within seconds, and nobody needs the records then (the origin fetchers name the nodes fetching
- * a blob to each other); sent at once, N nodes x K records per blob went in one burst to the K
- * nodes nearest each key, the origin fetchers among them, while the slowest nodes were still
- * downloading: 512 ADD_PROVIDER requests in a 16-node round, and libp2p took 20-59% of the
- * fleet's CPU in its last 25 s (profiled, `scripts/bench/fanout --profile`).
- */
-const ANNOUNCE_SPREAD_MS = 60_000
-
 export interface SwarmStatus {
   peerId: string
   listen: string[]
@@ -131,7 +121,15 @@ export async function startSwarm(opts: SwarmOptions): Promise<Swarm> {
   })
   const penalties = new PeerPenalties(config.penaltyMs)
   const fromPeer = new Map<string, number>()
-  /** fan-out commits waiting for their announce (see ANNOUNCE_SPREAD_MS) */
+  /**
+   * Fan-out commits waiting for their announce, a random delay up to p2p.announceSpread (60 s by
+   * default). The fleet completes a fan-out within seconds, and nobody needs the records then
+   * (the origin fetchers name the nodes fetching a blob to each other); sent at once, N nodes x
+   * K records per blob went in one burst to the K nodes nearest each key, the origin fetchers
+   * among them, while the slowest nodes were still downloading: 512 ADD_PROVIDER requests in a
+   * 16-node round, and libp2p was on 20-59% of the daemons' profile samples in its last 30 s
+   * (`scripts/bench/fanout --profile`).
+   */
   const spreading = new Set<NodeJS.Timeout>()
 
   node.router.enqueue([...store.list()].map((meta) => meta.digest))
@@ -177,11 +175,11 @@ export async function startSwarm(opts: SwarmOptions): Promise<Swarm> {
       const advertise = (): void => {
         node.router.advertise(digest).catch((err: Error) => logger.debug({ digest, err: err.message }, 'announce deferred'))
       }
-      if (options?.spread !== true) return advertise()
+      if (options?.spread !== true || config.announceSpreadMs === 0) return advertise()
       const timer = setTimeout(() => {
         spreading.delete(timer)
         advertise()
-      }, Math.random() * ANNOUNCE_SPREAD_MS)
+      }, Math.random() * config.announceSpreadMs)
       spreading.add(timer)
     },
     penalise: (peerId) => {
