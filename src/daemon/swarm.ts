@@ -25,6 +25,7 @@ const FETCHER_ASK_TIMEOUT_MS = 5_000
 const DATA_TIMEOUT_MS = 10_000
 /** Peers asked about one blob. */
 const MAX_PEERS_PER_BLOB = 8
+
 export interface SwarmStatus {
   peerId: string
   listen: string[]
