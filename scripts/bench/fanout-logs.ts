@@ -3,11 +3,13 @@
  * --json F`), split at the round's start (the first client's `startedAt` in F):
  * - `infoAnswered`: holdings answers, summed over the `peer data server closed` lines;
  * - origin fetchers: for each blob, how many nodes chose each pair (`origin fetchers chosen`),
- *   and how many took candidates from the near nodes their fetchers named (`near` > 0);
+ *   and how many took candidates from the near nodes their fetchers named (`near` > 0); and the
+ *   median time from a blob's request to its fetchers' answers (`ms`) over all those lines;
  * - announces (`advertised`, a debug line: run with `--log-level debug`): how many walked;
  * - kad-dht requests received, by type (`--shoal-env DEBUG=libp2p:kad-dht:rpc`);
  * - protocol streams negotiated and connections closed with a GoAway before the last node
- *   finished (`--shoal-env 'DEBUG=libp2p:*,-libp2p:kad-dht:*'`; each side logs a stream once).
+ *   finished (`--shoal-env 'DEBUG=libp2p:*,-libp2p:kad-dht:*'`; each side logs a stream once),
+ *   and the kad-dht streams among them per 10 s from the round's start.
  *
  *   npm run build && node dist/scripts/bench/fanout-logs.js DIR F
  */
@@ -43,11 +45,14 @@ function main(): void {
   const kadBefore = new Map<string, number>()
   const kadDuring = new Map<string, number>()
   const streams = new Map<string, number>()
+  /** kad-dht streams negotiated, by 10 s window from the round's start (its first second) */
+  const kadStreams = new Map<number, number>()
+  const fetcherMs: number[] = []
   let goAways = 0
   for (const file of readdirSync(dir).filter((f) => /^shoal-.*\.log$/.test(f))) {
     for (const line of readFileSync(join(dir, file), 'utf8').split('\n')) {
       if (line.startsWith('{')) {
-        let entry: { msg?: string; infoAnswered?: number; digest?: string; fetchers?: string[]; near?: number; walked?: boolean; peers?: number }
+        let entry: { msg?: string; infoAnswered?: number; digest?: string; fetchers?: string[]; near?: number; ms?: number; walked?: boolean; peers?: number }
         try {
           entry = JSON.parse(line) as typeof entry
         } catch {
@@ -59,6 +64,7 @@ function main(): void {
           increment(byPair, (entry.fetchers ?? []).map((id) => id.slice(-6)).join('+'))
           fetchers.set(entry.digest, byPair)
           if ((entry.near ?? 0) > 0) increment(tookNear, entry.digest)
+          if (entry.ms !== undefined) fetcherMs.push(entry.ms)
         } else if (entry.msg === 'advertised') increment(announces, `${entry.walked === true ? 'walked' : 'to the near peers, no walk'}, stored on ${entry.peers} peers`)
         continue
       }
@@ -70,7 +76,13 @@ function main(): void {
       const kad = /^incoming (\S+) from/.exec(text)
       if (kad !== null && (debug[2] as string).endsWith('kad-dht:rpc')) increment(at < start ? kadBefore : kadDuring, kad[1] as string)
       const negotiated = /negotiated protocol (\S+)/.exec(text)
-      if (negotiated !== null && at >= start) increment(streams, negotiated[1] as string)
+      if (negotiated !== null && at >= start) {
+        increment(streams, negotiated[1] as string)
+        if ((negotiated[1] as string).includes('/kad/')) {
+          const window = Math.floor((at - start) / 10_000) * 10
+          kadStreams.set(window, (kadStreams.get(window) ?? 0) + 1)
+        }
+      }
       if (text.startsWith('sending GoAway') && at >= start && at < end) goAways++
     }
   }
@@ -79,11 +91,20 @@ function main(): void {
   for (const [digest, byPair] of fetchers) {
     console.log(`  ${digest.slice(0, 19)}  ${[...byPair.values()].sort((a, b) => b - a).join('/')}  (${tookNear.get(digest) ?? 0} took near nodes)`)
   }
+  if (fetcherMs.length > 0) console.log(`  median from a blob's request to its fetchers' answers: ${median(fetcherMs)} ms (${fetcherMs.length} choices)`)
   print('announces', announces)
   print('kad-dht requests received before the round', kadBefore)
   print('kad-dht requests received during the round', kadDuring)
   print('protocol streams negotiated during the round (both sides log one)', streams)
+  const windows = [...kadStreams].sort((a, b) => a[0] - b[0]).map(([from, n]) => `${from}-${from + 10} s: ${n}`)
+  console.log(`kad-dht streams per 10 s from the round's start (both sides): ${windows.length > 0 ? windows.join(', ') : 'none logged'}`)
   console.log(`connections closed (GoAway) before the last node finished: ${goAways}`)
+}
+
+function median(values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b)
+  const mid = sorted.length >> 1
+  return sorted.length % 2 === 1 ? (sorted[mid] as number) : ((sorted[mid - 1] as number) + (sorted[mid] as number)) / 2
 }
 
 main()

@@ -458,8 +458,8 @@ export async function createPeerNode(options: PeerNodeOptions): Promise<PeerNode
         // Kademlia's own α = 3 on one path, not kad-dht's 10 on as many disjoint paths (for
         // adversarial, high-latency networks), which made every walk in a 16-node fleet ask
         // nearly every node at once. The kad-dht streams in the first 20 s of a 16-node
-        // fan-out went from 1,094 to 613 (`--shoal-env DEBUG=libp2p:*`, one run each); its
-        // time and CPU did not move beyond noise.
+        // fan-out went from 1,094 to 613 (fanout-logs.js on one `--shoal-env DEBUG=libp2p:*`
+        // run each); its time and CPU did not move beyond noise.
         alpha: DHT_ALPHA,
         disjointPaths: 1,
         // keep every address, private and loopback included (the default mapper drops private ones)

@@ -39,9 +39,9 @@ export interface StoreChunkProviderOptions {
    * memory read whole into a reused buffer: a fresh buffer per read lived as long as the upload,
    * outlived the young generation, and its memory was only freed by full garbage collections
    * (tens per gigabyte served, measured). With 4 kept and up to 16 uploads at once, a busy
-   * seeder took a fresh buffer for every upload past the fourth. Default 16.
+   * seeder took a fresh buffer for every upload past the fourth.
    */
-  uploadBuffers?: number
+  uploadBuffers: number
   logger: Logger
 }
 
@@ -65,7 +65,7 @@ export class StoreChunkProvider implements ChunkProvider {
 
   constructor(opts: StoreChunkProviderOptions) {
     this.opts = opts
-    this.buffers = new ChunkBuffers(opts.chunkSize, opts.uploadBuffers ?? 16)
+    this.buffers = new ChunkBuffers(opts.chunkSize, opts.uploadBuffers)
   }
 
   async info(digest: string, wait?: { held: number; signal: AbortSignal }, asker?: string): Promise<BlobInfo | undefined> {
@@ -137,8 +137,9 @@ export class StoreChunkProvider implements ChunkProvider {
     const source = this.chunkSource(digest, index)
     if (source === undefined || index >= source.plan.count) return undefined
     const { start, end } = chunkBounds(source.plan, index)
-    clearTimeout(this.idleTimer)
-    this.idleTimer = setTimeout(() => this.buffers.clear(), UPLOAD_BUFFERS_IDLE_MS).unref()
+    // one timer, pushed back by every read (no timer per chunk)
+    this.idleTimer ??= setTimeout(() => this.buffers.clear(), UPLOAD_BUFFERS_IDLE_MS).unref()
+    this.idleTimer.refresh()
     const bytes = this.buffers.take(end - start)
     const release = (): void => this.buffers.give(bytes)
     try {

@@ -346,7 +346,7 @@ describe('chunk provider over the store', () => {
       const bytes = randomBytes(10 * 1024 + 17)
       const digest = await putBlob(store, bytes)
       const chunkSize = 4096
-      const provider = new StoreChunkProvider({ store, download: () => undefined, chunkSize, logger: log })
+      const provider = new StoreChunkProvider({ store, download: () => undefined, chunkSize, uploadBuffers: 1, logger: log })
       const info = await provider.info(digest)
       const plan = planChunks(bytes.length, chunkSize)
       const expected = Array.from({ length: plan.count }, (_, i) => {
@@ -390,6 +390,7 @@ describe('chunk provider over the store', () => {
         store,
         download: () => undefined,
         chunkSize,
+        uploadBuffers: 1,
         logger: log,
         near: async (_digest, count) => {
           counts.push(count)
@@ -409,7 +410,7 @@ describe('chunk provider over the store', () => {
       assert.deepEqual(notBegun, { size: 0, chunkSize, have: [], near: [self, far] })
       assert.deepEqual(decodeInfo(encodeInfo(notBegun as BlobInfo)), notBegun, 'a valid answer on the wire')
       // a node that cannot name any answers as before (404 for a blob it has not begun on)
-      const failing = new StoreChunkProvider({ store, download: () => undefined, chunkSize, logger: log, near: async () => Promise.reject(new Error('stopped')) })
+      const failing = new StoreChunkProvider({ store, download: () => undefined, chunkSize, uploadBuffers: 1, logger: log, near: async () => Promise.reject(new Error('stopped')) })
       assert.equal(await failing.wantInfo(unknown, asker), undefined)
       assert.equal((await failing.wantInfo(digest, asker))?.near, undefined)
     } finally {
