@@ -11,13 +11,20 @@
  *   finished (`--shoal-env 'DEBUG=libp2p:*,-libp2p:kad-dht:*'`; each side logs a stream once),
  *   and the kad-dht streams among them per 10 s from the round's start.
  *
- *   npm run build && node dist/scripts/bench/fanout-logs.js DIR F
+ * With several rounds (`--rounds R`), ROUND (1 by default) picks the round whose window is used;
+ * the holdings answers, counted when the daemons stop, are those of every round.
+ *
+ *   npm run build && node dist/scripts/bench/fanout-logs.js DIR F [ROUND]
  */
 import { readdirSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
 
+interface RoundJson {
+  nodes: { startedAt: number; seconds: number }[]
+}
 interface RunJson {
-  modes: { shoal?: { nodes: { startedAt: number; seconds: number }[] } }
+  /** one round, or the rounds of a `--rounds` run */
+  modes: { shoal?: RoundJson | { rounds: RoundJson[] } }
 }
 
 function increment(m: Map<string, number>, key: string, by = 1): void {
@@ -31,9 +38,11 @@ function print(title: string, m: Map<string, number>): void {
 }
 
 function main(): void {
-  const [dir, jsonFile] = process.argv.slice(2)
-  if (dir === undefined || jsonFile === undefined) throw new Error('usage: fanout-logs DIR F')
-  const nodes = (JSON.parse(readFileSync(jsonFile, 'utf8')) as RunJson).modes.shoal?.nodes ?? []
+  const [dir, jsonFile, roundArg = '1'] = process.argv.slice(2)
+  if (dir === undefined || jsonFile === undefined) throw new Error('usage: fanout-logs DIR F [ROUND]')
+  const shoal = (JSON.parse(readFileSync(jsonFile, 'utf8')) as RunJson).modes.shoal
+  const picked = shoal !== undefined && 'rounds' in shoal ? shoal.rounds[Number(roundArg) - 1] : shoal
+  const nodes = picked?.nodes ?? []
   if (nodes.length === 0) throw new Error(`${jsonFile} has no shoal-mode nodes`)
   const start = Math.min(...nodes.map((n) => n.startedAt))
   const end = Math.max(...nodes.map((n) => n.startedAt + n.seconds * 1000))

@@ -18,7 +18,13 @@
  *
  *   scripts/bench/fanout [--nodes 16] [--image-size 128MiB] [--layers 3] [--rate-mbit 50]
  *                        [--origin-rate-mbit R] [--spread 0] [--mode both|shoal|baseline]
- *                        [--client light|ctr] [--json FILE] [--svg FILE] [--check]
+ *                        [--client light|ctr] [--rounds 1] [--gap 30] [--json FILE] [--svg FILE] [--check]
+ *
+ * `--rounds R` runs R rounds per mode on the same fleet (the same daemons, joined once), each
+ * pulling an image of its own (fresh random content), `--gap` seconds apart, and adds a median
+ * row; the targets are checked against the medians. One round on this 2-core machine varies by
+ * ±10% and more (p50 2.43-2.84x over eight runs of one code), which hides any single change of
+ * that size.
  */
 import { mkdtempSync, rmSync, writeFileSync, cpSync } from 'node:fs'
 import { loadavg, tmpdir } from 'node:os'
@@ -27,14 +33,13 @@ import { fileURLToPath, pathToFileURL } from 'node:url'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { parseArgs } from 'node:util'
 import { type Client, FanoutFleet, type Mode, type RoundResult } from './lib/fleet-fanout.js'
-import { cdfSvg, type ModeSummary, nodeTable, summarise, summaryTable, tMinSeconds } from './lib/fleet-report.js'
+import { cdfSvg, type ModeSummary, medianSummary, nodeTable, summarise, summaryTable, tMinSeconds } from './lib/fleet-report.js'
 import { DEFAULT_SHOAL_MAIN } from './lib/fleet-shoal.js'
 import { formatBytes, round } from './lib/measure.js'
 
 const MiB = 1024 ** 2
 const GiB = 1024 ** 3
 const REPO = 'bench/fanout'
-const TAG = 'v1'
 const PROGRESS_MS = 15_000
 
 /** the targets of the fan-out issue (16 nodes, 128 MiB, 50 Mbit/s, all at once) */
@@ -58,6 +63,8 @@ interface Options {
   daemon: string
   keep: string | undefined
   cold: boolean
+  rounds: number
+  gap: number
 }
 
 function parseSize(text: string): number {
@@ -98,6 +105,8 @@ function parseOptions(argv: string[]): Options {
       daemon: { type: 'string' },
       keep: { type: 'string' },
       profile: { type: 'string' },
+      rounds: { type: 'string' },
+      gap: { type: 'string' },
       help: { type: 'boolean', short: 'h', default: false },
     },
     strict: true,
@@ -109,13 +118,15 @@ function parseOptions(argv: string[]): Options {
         'Usage: scripts/bench/fanout [--nodes 16] [--image-size 128MiB] [--layers 3] [--rate-mbit 50]',
         '                            [--origin-rate-mbit R (default: --rate-mbit)] [--spread SECONDS (0: all at once)]',
         '                            [--mode both|shoal|baseline] [--client light|ctr] [--unpack]',
-        '                            [--json FILE] [--svg FILE] [--check] [--log-level info] [--cold]',
+        '                            [--json FILE] [--svg FILE] [--check] [--log-level info] [--cold] [--rounds 1] [--gap 30]',
         '                            [--shoal-env SHOAL_KEY=VALUE | DEBUG=NAMESPACES | NODE_OPTIONS=…]... [--daemon PATH/TO/dist/src/cli/main.js] [--keep DIR] [--profile DIR]',
         '  --client light  a verifying puller (manifest + blobs, sha256 while streaming) per node; ctr: containerd\'s ctr',
         '  --unpack        with --client ctr: `ctr images pull` (fetch and unpack) instead of `ctr content fetch`',
         '  --check         exit 3 when a target of the fan-out issue is missed (shoal mode)',
         '  --cold          start the Shoal round once every daemon joined, without waiting (up to 60 s) until',
         '                  the routing tables settle (hold the whole fleet, or stop growing for 5 s)',
+        '  --rounds R      R rounds per mode on one fleet, each with an image of its own, and their medians',
+        '  --gap S         seconds between rounds (default 30: a round\'s fan-out announces are spread over p2p.announceSpread)',
         '  --keep DIR      copy the logs (Shoal, origin, agents) to DIR at the end',
         '  --profile DIR   write a V8 CPU profile of every daemon to DIR (read it with scripts/bench/profile-summary)',
         '',
@@ -124,6 +135,8 @@ function parseOptions(argv: string[]): Options {
     process.exit(0)
   }
   const nodes = positive(values.nodes, '--nodes', 16, true)
+  const rounds = positive(values.rounds, '--rounds', 1, true)
+  if (rounds < 1) throw new Error('--rounds must be at least 1')
   if (nodes < 1 || nodes > 200) throw new Error('--nodes must be 1..200')
   const layers = positive(values.layers, '--layers', 3, true)
   if (layers < 1) throw new Error('--layers must be at least 1')
@@ -166,6 +179,49 @@ function parseOptions(argv: string[]): Options {
     daemon: resolve(values.daemon ?? DEFAULT_SHOAL_MAIN),
     keep: values.keep,
     cold: values.cold === true,
+    rounds,
+    gap: positive(values.gap, '--gap', 30),
+  }
+}
+
+/** one round in the JSON report */
+function roundJson(r: RoundResult, s: ModeSummary) {
+  return {
+    p50Seconds: round(s.p50, 4),
+    p90Seconds: round(s.p90, 4),
+    maxSeconds: round(s.max, 4),
+    p50OverTmin: round(s.p50OverTmin, 4),
+    p90OverTmin: round(s.p90OverTmin, 4),
+    maxOverTmin: round(s.maxOverTmin, 4),
+    originTxBytes: r.originTxBytes,
+    originTxBytesAtLastFinish: r.originTxBytesAtLastFinish,
+    originOverImage: round(s.originOverImage, 4),
+    completed: s.completed,
+    failed: s.failed,
+    wallSeconds: round(r.wallSeconds, 3),
+    cpuBusySeconds: round(s.cpuBusySeconds, 2),
+    cpuUtilisation: round(s.cpuUtilisation, 3),
+    machineCpuSeconds: Object.fromEntries(Object.entries(r.cpu.machine).map(([k, v]) => [k, round(v, 2)])),
+    shoalCpuSeconds: round(r.cpu.shoalSeconds, 2),
+    clientCpuSeconds: round(r.cpu.clientSeconds, 2),
+    originCpuSeconds: round(r.cpu.originSeconds, 2),
+    shoalCpuSecondsPerGB: round(s.shoalCpuPerGB, 2),
+    clientCpuSecondsPerGB: round(s.clientCpuPerGB, 2),
+    nodes: r.nodes.map((n) => ({ ...n, seconds: round(n.seconds, 4) })),
+  }
+}
+
+/** a mode's medians over its rounds in the JSON report */
+function medianJson(s: ModeSummary) {
+  return {
+    p50OverTmin: round(s.p50OverTmin, 4),
+    p90OverTmin: round(s.p90OverTmin, 4),
+    maxOverTmin: round(s.maxOverTmin, 4),
+    originOverImage: round(s.originOverImage, 4),
+    cpuUtilisation: round(s.cpuUtilisation, 3),
+    shoalCpuSecondsPerGB: round(s.shoalCpuPerGB, 2),
+    clientCpuSecondsPerGB: round(s.clientCpuPerGB, 2),
+    completed: s.completed,
   }
 }
 
@@ -186,14 +242,17 @@ async function main(): Promise<void> {
   process.on('exit', removeWork)
   let ff: FanoutFleet | undefined
   const rounds: RoundResult[] = []
+  /** per round, its summary (labelled `<mode> i/R` when there are several rounds) */
   const summaries: ModeSummary[] = []
+  /** per mode, what the targets go by: its one round, or the medians of its rounds */
+  const byMode: ModeSummary[] = []
   const loadAtStart = loadavg()
   try {
     ff = await FanoutFleet.create({
       nodes: opts.nodes,
       rateMbit: opts.rateMbit,
       originRateMbit: opts.originRateMbit,
-      images: [{ name: REPO, tag: TAG, layers: opts.layers, bytes: opts.imageSize }],
+      images: Array.from({ length: opts.rounds }, (_, i) => ({ name: REPO, tag: `v${i + 1}`, layers: opts.layers, bytes: opts.imageSize })),
       work,
       clients: [opts.client],
       shoalMain: opts.daemon,
@@ -204,45 +263,56 @@ async function main(): Promise<void> {
       cold: opts.cold,
       log: say,
     })
-    const image = ff.origin.images[0]!
+    const images = ff.origin.images
+    const image = images[0]!
     const tMin = tMinSeconds({ nodes: opts.nodes, imageBytes: image.bytes, originUpMbit: opts.originRateMbit, nodeDownMbit: opts.rateMbit, nodeUpMbit: opts.rateMbit })
     say(`image ${formatBytes(image.bytes)} in ${image.blobs.length} blobs (config + ${opts.layers} layers); T_min = ${tMin.toFixed(2)} s`)
     let joinSeconds: number | undefined
     let settled: { seconds: number; smallest: number } | undefined
     for (const mode of opts.modes) {
       if (mode === 'shoal') ({ joinSeconds, settled } = await ff.startShoal())
-      say(`${mode}: ${opts.nodes} nodes pulling${opts.spread > 0 ? `, starts spread over ${opts.spread} s` : ' at once'}…`)
-      const fleet = ff
-      const r = await ff.round({
-        mode,
-        image,
-        offsetsMs: offsets(opts.nodes, opts.spread),
-        // a progress line every PROGRESS_MS while the round runs
-        during: async ({ start, done, finished }) => {
-          const tx0 = await fleet.origin.txBytes()
-          while (!done()) {
-            const next = Date.now() + PROGRESS_MS
-            while (!done() && Date.now() < next) await sleep(250)
-            if (done()) break
-            const sent = (await fleet.origin.txBytes().catch(() => tx0)) - tx0
-            say(`  ${mode}: ${((Date.now() - start) / 1000).toFixed(0)} s, ${finished()}/${opts.nodes} nodes done, origin sent ${(sent / image.bytes).toFixed(2)}× the image so far`)
-          }
-        },
-      })
-      rounds.push(r)
-      const s = summarise(r, tMin)
-      summaries.push(s)
-      say(`${mode}: done in ${r.wallSeconds.toFixed(1)} s; p50 ${s.p50.toFixed(2)} s, max ${s.max.toFixed(2)} s, origin sent ${s.originOverImage.toFixed(3)}× the image`)
-      process.stdout.write(`\n${mode}: per node\n${nodeTable(r)}\n`)
+      const mine: ModeSummary[] = []
+      for (const [i, roundImage] of images.entries()) {
+        if (i > 0) {
+          say(`${mode}: next round in ${opts.gap} s`)
+          await sleep(opts.gap * 1000)
+        }
+        const label = images.length > 1 ? `${mode} ${i + 1}/${images.length}` : mode
+        say(`${label}: ${opts.nodes} nodes pulling${opts.spread > 0 ? `, starts spread over ${opts.spread} s` : ' at once'}…`)
+        const fleet = ff
+        const r = await ff.round({
+          mode,
+          image: roundImage,
+          offsetsMs: offsets(opts.nodes, opts.spread),
+          // a progress line every PROGRESS_MS while the round runs
+          during: async ({ start, done, finished }) => {
+            const tx0 = await fleet.origin.txBytes()
+            while (!done()) {
+              const next = Date.now() + PROGRESS_MS
+              while (!done() && Date.now() < next) await sleep(250)
+              if (done()) break
+              const sent = (await fleet.origin.txBytes().catch(() => tx0)) - tx0
+              say(`  ${label}: ${((Date.now() - start) / 1000).toFixed(0)} s, ${finished()}/${opts.nodes} nodes done, origin sent ${(sent / roundImage.bytes).toFixed(2)}× the image so far`)
+            }
+          },
+        })
+        rounds.push(r)
+        const s = { ...summarise(r, tMin), mode: label }
+        summaries.push(s)
+        mine.push(s)
+        say(`${label}: done in ${r.wallSeconds.toFixed(1)} s; p50 ${s.p50.toFixed(2)} s, max ${s.max.toFixed(2)} s, origin sent ${s.originOverImage.toFixed(3)}× the image`)
+        process.stdout.write(`\n${label}: per node\n${nodeTable(r)}\n`)
+      }
+      byMode.push(mine.length > 1 ? medianSummary(mine, `${mode} median`) : (mine[0] as ModeSummary))
       if (mode === 'shoal') await ff.stopShoal()
     }
 
     process.stdout.write(
       `\nfan-out: ${opts.nodes} nodes, ${formatBytes(image.bytes)} image in ${opts.layers} layers, links ${opts.rateMbit} Mbit/s` +
         ` (origin ${opts.originRateMbit} Mbit/s), both ways; ${opts.spread > 0 ? `starts spread over ${opts.spread} s` : 'all at once'}; client ${opts.client}\n` +
-        `${summaryTable(summaries)}\n`,
+        `${summaryTable(images.length > 1 ? [...summaries, ...byMode] : summaries)}\n`,
     )
-    const shoal = summaries.find((s) => s.mode === 'shoal')
+    const shoal = byMode.find((s) => s.mode.startsWith('shoal'))
     const checks =
       shoal === undefined
         ? []
@@ -259,16 +329,20 @@ async function main(): Promise<void> {
     if (checks.length > 0) {
       process.stdout.write(`\ntargets (shoal mode): ${checks.map((c) => `${c.name} ${round(c.value, 3)} ≤ ${c.target} ${c.ok ? 'ok' : 'MISSED'}`).join('; ')}\n`)
     }
+    for (const [i, r] of rounds.entries()) {
+      const m = r.cpu.machine
+      process.stdout.write(`${summaries[i]?.mode}: machine CPU s during the round: user ${m.user.toFixed(1)}, system ${m.system.toFixed(1)}, softirq ${m.softirq.toFixed(1)}, irq ${m.irq.toFixed(1)}\n`)
+    }
     for (const s of summaries) for (const fl of s.failed) process.stdout.write(`${s.mode}: ${fl.name} failed: ${fl.error}\n`)
 
     if (opts.svg !== undefined) {
       const svg = cdfSvg(
-        rounds.map((r) => {
+        rounds.map((r, i) => {
           const ok = r.nodes.filter((n) => n.ok && n.verified && n.killed !== true)
-          const s = summaries.find((x) => x.mode === r.mode)!
+          const s = summaries[i] as ModeSummary
           return {
             label:
-              `${r.mode === 'shoal' ? 'Shoal fan-out' : 'baseline: straight from origin'} (p50 ${s.p50OverTmin.toFixed(2)}× T_min, origin ${s.originOverImage.toFixed(2)}× image` +
+              `${r.mode === 'shoal' ? 'Shoal fan-out' : 'baseline: straight from origin'}${images.length > 1 ? ` ${s.mode.split(' ')[1]}` : ''} (p50 ${s.p50OverTmin.toFixed(2)}× T_min, origin ${s.originOverImage.toFixed(2)}× image` +
               `${ok.length < r.nodes.length ? `; ${ok.length}/${r.nodes.length} nodes completed` : ''})`,
             seconds: ok.map((n) => n.seconds),
             total: r.nodes.length,
@@ -304,34 +378,12 @@ async function main(): Promise<void> {
       joinSeconds: joinSeconds === undefined ? undefined : round(joinSeconds, 3),
       // the wait for the routing tables to settle (part of joinSeconds), and the smallest table when the round began
       settled: settled === undefined ? undefined : { seconds: round(settled.seconds, 3), smallestTable: settled.smallest },
+      // per mode: its round, or (several rounds) the medians and every round
       modes: Object.fromEntries(
-        rounds.map((r, i) => {
-          const s = summaries[i]!
-          return [
-            r.mode,
-            {
-              p50Seconds: round(s.p50, 4),
-              p90Seconds: round(s.p90, 4),
-              maxSeconds: round(s.max, 4),
-              p50OverTmin: round(s.p50OverTmin, 4),
-              p90OverTmin: round(s.p90OverTmin, 4),
-              maxOverTmin: round(s.maxOverTmin, 4),
-              originTxBytes: r.originTxBytes,
-              originTxBytesAtLastFinish: r.originTxBytesAtLastFinish,
-              originOverImage: round(s.originOverImage, 4),
-              completed: s.completed,
-              failed: s.failed,
-              wallSeconds: round(r.wallSeconds, 3),
-              cpuBusySeconds: round(s.cpuBusySeconds, 2),
-              cpuUtilisation: round(s.cpuUtilisation, 3),
-              shoalCpuSeconds: round(r.cpu.shoalSeconds, 2),
-              clientCpuSeconds: round(r.cpu.clientSeconds, 2),
-              originCpuSeconds: round(r.cpu.originSeconds, 2),
-              shoalCpuSecondsPerGB: round(s.shoalCpuPerGB, 2),
-              clientCpuSecondsPerGB: round(s.clientCpuPerGB, 2),
-              nodes: r.nodes.map((n) => ({ ...n, seconds: round(n.seconds, 4) })),
-            },
-          ]
+        opts.modes.map((mode) => {
+          const mine = rounds.flatMap((r, i) => (r.mode === mode ? [roundJson(r, summaries[i] as ModeSummary)] : []))
+          const median = byMode.find((b) => b.mode.split(' ')[0] === mode) as ModeSummary
+          return [mode, mine.length === 1 ? mine[0] : { median: medianJson(median), rounds: mine }]
         }),
       ),
       checks,

@@ -118,7 +118,15 @@ export interface RoundResult {
    * CPU during the round: the whole machine (from /proc/stat), and the CPU seconds of the Shoal
    * daemons, of the clients (agents, with the ctr processes they ran) and of the origin
    */
-  cpu: { busySeconds: number; utilisation: number; shoalSeconds: number; clientSeconds: number; originSeconds: number }
+  cpu: {
+    busySeconds: number
+    utilisation: number
+    /** the busy seconds by kind, machine-wide (softirq: the kernel's packet processing, shaping included) */
+    machine: { user: number; system: number; irq: number; softirq: number }
+    shoalSeconds: number
+    clientSeconds: number
+    originSeconds: number
+  }
 }
 
 export interface RoundOptions {
@@ -377,7 +385,12 @@ export class FanoutFleet {
       originTxBytes: tx1 - tx0,
       originTxBytesAtLastFinish: txAtLastFinish - tx0,
       wallSeconds: (lastFinish - start) / 1000,
-      cpu: { busySeconds: busy, utilisation: total > 0 ? busy / total : Number.NaN, ...procCpu },
+      cpu: {
+        busySeconds: busy,
+        utilisation: total > 0 ? busy / total : Number.NaN,
+        machine: { user: cpu1.user - cpu0.user, system: cpu1.system - cpu0.system, irq: cpu1.irq - cpu0.irq, softirq: cpu1.softirq - cpu0.softirq },
+        ...procCpu,
+      },
     }
   }
 
@@ -477,15 +490,17 @@ function processCpu(pid: number): number | undefined {
   }
 }
 
-/** whole-machine CPU seconds (busy, total) from /proc/stat */
-function cpuTimes(): { busy: number; total: number } {
+/** whole-machine CPU seconds from /proc/stat: busy, total, and the busy time's user (with nice), system, interrupt and softirq parts */
+function cpuTimes(): { busy: number; total: number; user: number; system: number; irq: number; softirq: number } {
   try {
     const line = readFileSync('/proc/stat', 'latin1').split('\n')[0] ?? ''
     const f = line.trim().split(/\s+/).slice(1).map(Number)
-    const idle = (f[3] ?? 0) + (f[4] ?? 0)
-    const total = f.slice(0, 8).reduce((a, b) => a + b, 0)
-    return { busy: (total - idle) / 100, total: total / 100 }
+    const at = (i: number): number => (f[i] ?? 0) / 100
+    const idle = at(3) + at(4)
+    const total = f.slice(0, 8).reduce((a, b) => a + b, 0) / 100
+    return { busy: total - idle, total, user: at(0) + at(1), system: at(2), irq: at(5), softirq: at(6) }
   } catch {
-    return { busy: Number.NaN, total: Number.NaN }
+    const nan = Number.NaN
+    return { busy: nan, total: nan, user: nan, system: nan, irq: nan, softirq: nan }
   }
 }

@@ -89,6 +89,37 @@ export function summarise(round: RoundResult, tMin: number): ModeSummary {
   }
 }
 
+/**
+ * The median of several rounds of one mode, field by field (each figure its own median, so the
+ * row need not be one round's); `failed` and `killed` gather every round's, `completed` is the
+ * fewest. Labelled `label`.
+ */
+export function medianSummary(rounds: readonly ModeSummary[], label: string): ModeSummary {
+  const first = rounds[0]
+  if (first === undefined) throw new Error('medianSummary: no rounds')
+  const m = (pick: (s: ModeSummary) => number): number => percentile(rounds.map(pick), 0.5)
+  return {
+    ...first,
+    mode: label,
+    completed: Math.min(...rounds.map((s) => s.completed)),
+    failed: rounds.flatMap((s) => s.failed),
+    killed: rounds.flatMap((s) => s.killed),
+    p50: m((s) => s.p50),
+    p90: m((s) => s.p90),
+    max: m((s) => s.max),
+    p50OverTmin: m((s) => s.p50OverTmin),
+    p90OverTmin: m((s) => s.p90OverTmin),
+    maxOverTmin: m((s) => s.maxOverTmin),
+    originTxBytes: m((s) => s.originTxBytes),
+    originOverImage: m((s) => s.originOverImage),
+    wallSeconds: m((s) => s.wallSeconds),
+    cpuBusySeconds: m((s) => s.cpuBusySeconds),
+    cpuUtilisation: m((s) => s.cpuUtilisation),
+    shoalCpuPerGB: m((s) => s.shoalCpuPerGB),
+    clientCpuPerGB: m((s) => s.clientCpuPerGB),
+  }
+}
+
 /** bytes the clients received and verified */
 function delivered(round: RoundResult): number {
   return round.nodes.reduce((a, n) => a + (n.ok && n.verified ? n.bytes : 0), 0)
@@ -111,7 +142,7 @@ export function summaryTable(summaries: readonly ModeSummary[]): string {
       `${f(s.maxOverTmin)}×`,
       `${f(s.originOverImage, 3)}×`,
       `${f(s.cpuUtilisation * 100, 0)}%`,
-      s.mode === 'shoal' ? f(s.shoalCpuPerGB, 1) : '-',
+      s.mode.startsWith('shoal') ? f(s.shoalCpuPerGB, 1) : '-',
       f(s.clientCpuPerGB, 1),
     ]),
   ])
