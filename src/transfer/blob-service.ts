@@ -68,8 +68,8 @@ export class BlobService {
     if (opts.swarm !== undefined) {
       // Chunk buffers kept for reuse while downloads run: as many as can be live at once (one per
       // request in flight, and the chunks held ahead of a download's prefix), so that none is
-      // taken fresh once the first are made (a fresh 4 MiB buffer is 1,024 pages to fault in, and
-      // garbage for a full collection). 24 at the defaults, 96 MiB, let go once no download runs.
+      // taken fresh once the first are made (a fresh 1 MiB buffer is 256 pages to fault in, and
+      // garbage for a full collection). 72 at the defaults, 72 MiB, let go once no download runs.
       this.buffers = new ChunkBuffers(opts.swarm.chunkSize, opts.swarm.maxRequests + Math.ceil(MAX_HELD_BYTES / opts.swarm.chunkSize))
       this.slots = new RequestSlots(opts.swarm.maxRequests)
     }

@@ -49,7 +49,7 @@ describe('swarm: origin + 5 daemons bootstrapped from node 1', { timeout: 60_000
 
   before(async () => {
     origin = await startOriginRegistry()
-    // 3 layers of 5 MiB (2 chunks each at the default 4 MiB), and a 24 MiB blob (6 chunks)
+    // 3 layers of 5 MiB (5 chunks each at the default 1 MiB), and a 24 MiB blob (24 chunks)
     ;[image, shared] = await Promise.all([
       pushImage(origin.url, 'swarm/app', 'v1', { layers: 3, layerSize: 5 * MiB, format: 'oci' }),
       pushBlob(origin.url, 'swarm/app', 'swarm-shared-24MiB', 24 * MiB),

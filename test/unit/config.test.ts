@@ -115,7 +115,7 @@ test('p2p: defaults, lists from env and repeated flags, caps and chunk size chec
   assert.deepEqual(d.listen, ['/ip4/0.0.0.0/tcp/5051'])
   assert.deepEqual(d.bootstrap, [])
   assert.equal(d.encrypt, true)
-  assert.equal(d.chunkSize, 4 * 1024 * 1024)
+  assert.equal(d.chunkSize, 1024 * 1024)
   assert.equal(d.downloadRate, 0)
   const c = loadConfig({
     env: { SHOAL_P2P_BOOTSTRAP: '/ip4/10.0.0.1/tcp/5051, dns:shoal.kube-system:5051', SHOAL_P2P_DOWNLOAD_RATE: '50MB', SHOAL_P2P_ENCRYPT: 'false' },

@@ -123,6 +123,30 @@ describe('fetcher ranking', () => {
     }
   })
 
+  test('a closest-peers query that ends before the lookup deadline is not waited out', async () => {
+    const [self, peer] = await peerIds(2)
+    const stop = new AbortController()
+    const started = Date.now()
+    try {
+      const plan = await planFanout({ registry: 'r.test', name: 'a/b', digest: parseDigest(DIGEST) }, Promise.resolve(planChunks(10, 4)), {
+        selfId: self as string,
+        closest: async () => [{ id: peer as string, addrs: ['/ip4/127.0.0.1/tcp/1'] }],
+        client: infoOnly(async () => undefined),
+        penalties: new PeerPenalties(60_000),
+        fetchers: 2,
+        lookupTimeoutMs: 5_000,
+        infoTimeoutMs: 100,
+        logger: log,
+        signal: stop.signal,
+      })
+      assert.ok(plan)
+      assert.deepEqual(plan.stripes.others(), [peer])
+      assert.ok(Date.now() - started < 2_500, `planned in ${Date.now() - started} ms, the deadline is 5,000`)
+    } finally {
+      stop.abort()
+    }
+  })
+
   test('a candidate that cannot be dialled is passed over for the next at once; one that is merely failing is not', async () => {
     const ids = (await peerIds(5)) as string[]
     const [self, ...others] = ids as [string, ...string[]]
