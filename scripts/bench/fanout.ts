@@ -126,7 +126,7 @@ function parseOptions(argv: string[]): Options {
         '  --cold          start the Shoal round once every daemon joined, without waiting (up to 60 s) until',
         '                  the routing tables settle (hold the whole fleet, or stop growing for 5 s)',
         '  --rounds R      R rounds per mode on one fleet, each with an image of its own, and their medians',
-        '  --gap S         seconds between rounds (default 30: a round\'s fan-out announces are spread over p2p.announceSpread)',
+        '  --gap S         seconds between rounds (default 30; the last round\'s announces, spread over p2p.announceSpread, may still go out)',
         '  --keep DIR      copy the logs (Shoal, origin, agents) to DIR at the end',
         '  --profile DIR   write a V8 CPU profile of every daemon to DIR (read it with scripts/bench/profile-summary)',
         '',
