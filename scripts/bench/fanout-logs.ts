@@ -2,9 +2,12 @@
  * Counts from the daemon logs a fan-out run kept (`scripts/bench/fanout --mode shoal --keep DIR
  * --json F`), split at the round's start (the first client's `startedAt` in F):
  * - `infoAnswered`: holdings answers, summed over the `peer data server closed` lines;
- * - origin fetchers: for each blob, how many nodes chose each pair (`origin fetchers chosen`),
+ * - origin fetchers (chosen during the round): for each blob, how many nodes chose each pair (`origin fetchers chosen`),
  *   and how many took candidates from the near nodes their fetchers named (`near` > 0); and the
  *   median time from a blob's request to its fetchers' answers (`ms`) over all those lines;
+ * - V8 collections (`--node-flags=--trace-gc`): the daemons' scavenges and mark-compacts, and
+ *   the incremental markings started, by reason, over the daemons' whole lives (the trace has no
+ *   wall-clock time);
  * - announces (`advertised`, a debug line: run with `--log-level debug`): how many walked;
  * - kad-dht requests received, by type (`--shoal-env DEBUG=libp2p:kad-dht:rpc`);
  * - protocol streams negotiated and connections closed with a GoAway before the last node
@@ -57,24 +60,33 @@ function main(): void {
   /** kad-dht streams negotiated, by 10 s window from the round's start (its first second) */
   const kadStreams = new Map<number, number>()
   const fetcherMs: number[] = []
+  const collections = new Map<string, number>()
   let goAways = 0
+  // (a round's choices end with its last node, but the window keeps the rounds of a `--rounds` run apart)
+  const inRound = (at: number): boolean => at >= start && at <= end
   for (const file of readdirSync(dir).filter((f) => /^shoal-.*\.log$/.test(f))) {
     for (const line of readFileSync(join(dir, file), 'utf8').split('\n')) {
       if (line.startsWith('{')) {
-        let entry: { msg?: string; infoAnswered?: number; digest?: string; fetchers?: string[]; near?: number; ms?: number; walked?: boolean; peers?: number }
+        let entry: { msg?: string; time?: string; infoAnswered?: number; digest?: string; fetchers?: string[]; near?: number; ms?: number; walked?: boolean; peers?: number }
         try {
           entry = JSON.parse(line) as typeof entry
         } catch {
           continue
         }
         if (entry.msg === 'peer data server closed') infoAnswered += entry.infoAnswered ?? 0
-        else if (entry.msg === 'origin fetchers chosen' && entry.digest !== undefined) {
+        else if (entry.msg === 'origin fetchers chosen' && entry.digest !== undefined && inRound(Date.parse(entry.time ?? ''))) {
           const byPair = fetchers.get(entry.digest) ?? new Map<string, number>()
           increment(byPair, (entry.fetchers ?? []).map((id) => id.slice(-6)).join('+'))
           fetchers.set(entry.digest, byPair)
           if ((entry.near ?? 0) > 0) increment(tookNear, entry.digest)
           if (entry.ms !== undefined) fetcherMs.push(entry.ms)
         } else if (entry.msg === 'advertised') increment(announces, `${entry.walked === true ? 'walked' : 'to the near peers, no walk'}, stored on ${entry.peers} peers`)
+        continue
+      }
+      // --trace-gc: `[pid:0x…]  1234 ms: Scavenge …` and `[IncrementalMarking] Start (reason)`
+      const gc = /^\[\d+:0x[0-9a-f]+\]\s+\d+ ms: (?:(Scavenge|Mark-Compact) |\[IncrementalMarking\] Start \(([^)]*)\))/.exec(line)
+      if (gc !== null) {
+        increment(collections, gc[1] ?? `incremental marking started: ${gc[2]}`)
         continue
       }
       // libp2p's debug lines: `<ISO time> <namespace> <message>`
@@ -101,6 +113,7 @@ function main(): void {
     console.log(`  ${digest.slice(0, 19)}  ${[...byPair.values()].sort((a, b) => b - a).join('/')}  (${tookNear.get(digest) ?? 0} took near nodes)`)
   }
   if (fetcherMs.length > 0) console.log(`  median from a blob's request to its fetchers' answers: ${median(fetcherMs)} ms (${fetcherMs.length} choices)`)
+  if (collections.size > 0) print('V8 collections (--trace-gc), the daemons\' whole lives', collections)
   print('announces', announces)
   print('kad-dht requests received before the round', kadBefore)
   print('kad-dht requests received during the round', kadDuring)

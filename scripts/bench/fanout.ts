@@ -32,7 +32,7 @@ import { dirname, join, resolve } from 'node:path'
 import { fileURLToPath, pathToFileURL } from 'node:url'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { parseArgs } from 'node:util'
-import { type Client, FanoutFleet, type Mode, type RoundResult } from './lib/fleet-fanout.js'
+import { type Client, FanoutFleet, type Mode, type NodeResult, type RoundResult } from './lib/fleet-fanout.js'
 import { cdfSvg, type ModeSummary, medianSummary, nodeTable, summarise, summaryTable, tMinSeconds } from './lib/fleet-report.js'
 import { DEFAULT_SHOAL_MAIN } from './lib/fleet-shoal.js'
 import { formatBytes, round } from './lib/measure.js'
@@ -60,6 +60,7 @@ interface Options {
   unpack: boolean
   logLevel: string
   shoalEnv: Record<string, string>
+  nodeFlags: string[]
   daemon: string
   keep: string | undefined
   cold: boolean
@@ -102,6 +103,7 @@ function parseOptions(argv: string[]): Options {
       cold: { type: 'boolean', default: false },
       'log-level': { type: 'string' },
       'shoal-env': { type: 'string', multiple: true },
+      'node-flags': { type: 'string' },
       daemon: { type: 'string' },
       keep: { type: 'string' },
       profile: { type: 'string' },
@@ -119,7 +121,7 @@ function parseOptions(argv: string[]): Options {
         '                            [--origin-rate-mbit R (default: --rate-mbit)] [--spread SECONDS (0: all at once)]',
         '                            [--mode both|shoal|baseline] [--client light|ctr] [--unpack]',
         '                            [--json FILE] [--svg FILE] [--check] [--log-level info] [--cold] [--rounds 1] [--gap 30]',
-        '                            [--shoal-env SHOAL_KEY=VALUE | DEBUG=NAMESPACES | NODE_OPTIONS=…]... [--daemon PATH/TO/dist/src/cli/main.js] [--keep DIR] [--profile DIR]',
+        '                            [--shoal-env SHOAL_KEY=VALUE | DEBUG=NAMESPACES | NODE_OPTIONS=…]... [--daemon PATH/TO/dist/src/cli/main.js] [--node-flags=FLAGS] [--keep DIR] [--profile DIR]',
         '  --client light  a verifying puller (manifest + blobs, sha256 while streaming) per node; ctr: containerd\'s ctr',
         '  --unpack        with --client ctr: `ctr images pull` (fetch and unpack) instead of `ctr content fetch`',
         '  --check         exit 3 when a target of the fan-out issue is missed (shoal mode)',
@@ -127,6 +129,8 @@ function parseOptions(argv: string[]): Options {
         '                  the routing tables settle (hold the whole fleet, or stop growing for 5 s)',
         '  --rounds R      R rounds per mode on one fleet, each with an image of its own, and their medians',
         '  --gap S         seconds between rounds (default 30; the last round\'s announces, spread over p2p.announceSpread, may still go out)',
+        '  --node-flags=F  flags for node in every daemon, before its script (e.g. \'--node-flags=--trace-gc --min-semi-space-size=16\':',
+        '                  V8 flags NODE_OPTIONS refuses; --trace-gc lines go to the daemon logs, which fanout-logs counts)',
         '  --keep DIR      copy the logs (Shoal, origin, agents) to DIR at the end',
         '  --profile DIR   write a V8 CPU profile of every daemon to DIR (read it with scripts/bench/profile-summary)',
         '',
@@ -176,6 +180,7 @@ function parseOptions(argv: string[]): Options {
     unpack: values.unpack === true,
     logLevel: values['log-level'] ?? 'info',
     shoalEnv,
+    nodeFlags: (values['node-flags'] ?? '').split(/\s+/).filter((f) => f !== ''),
     daemon: resolve(values.daemon ?? DEFAULT_SHOAL_MAIN),
     keep: values.keep,
     cold: values.cold === true,
@@ -184,8 +189,8 @@ function parseOptions(argv: string[]): Options {
   }
 }
 
-/** one round in the JSON report */
-function roundJson(r: RoundResult, s: ModeSummary) {
+/** a round's summary (or a mode's medians over its rounds) in the JSON report */
+function summaryJson(s: ModeSummary) {
   return {
     p50Seconds: round(s.p50, 4),
     p90Seconds: round(s.p90, 4),
@@ -193,35 +198,28 @@ function roundJson(r: RoundResult, s: ModeSummary) {
     p50OverTmin: round(s.p50OverTmin, 4),
     p90OverTmin: round(s.p90OverTmin, 4),
     maxOverTmin: round(s.maxOverTmin, 4),
-    originTxBytes: r.originTxBytes,
-    originTxBytesAtLastFinish: r.originTxBytesAtLastFinish,
     originOverImage: round(s.originOverImage, 4),
     completed: s.completed,
     failed: s.failed,
-    wallSeconds: round(r.wallSeconds, 3),
     cpuBusySeconds: round(s.cpuBusySeconds, 2),
     cpuUtilisation: round(s.cpuUtilisation, 3),
+    shoalCpuSecondsPerGB: round(s.shoalCpuPerGB, 2),
+    clientCpuSecondsPerGB: round(s.clientCpuPerGB, 2),
+  }
+}
+
+/** one round in the JSON report: its summary, and what only a round has */
+function roundJson(r: RoundResult, s: ModeSummary) {
+  return {
+    ...summaryJson(s),
+    originTxBytes: r.originTxBytes,
+    originTxBytesAtLastFinish: r.originTxBytesAtLastFinish,
+    wallSeconds: round(r.wallSeconds, 3),
     machineCpuSeconds: Object.fromEntries(Object.entries(r.cpu.machine).map(([k, v]) => [k, round(v, 2)])),
     shoalCpuSeconds: round(r.cpu.shoalSeconds, 2),
     clientCpuSeconds: round(r.cpu.clientSeconds, 2),
     originCpuSeconds: round(r.cpu.originSeconds, 2),
-    shoalCpuSecondsPerGB: round(s.shoalCpuPerGB, 2),
-    clientCpuSecondsPerGB: round(s.clientCpuPerGB, 2),
     nodes: r.nodes.map((n) => ({ ...n, seconds: round(n.seconds, 4) })),
-  }
-}
-
-/** a mode's medians over its rounds in the JSON report */
-function medianJson(s: ModeSummary) {
-  return {
-    p50OverTmin: round(s.p50OverTmin, 4),
-    p90OverTmin: round(s.p90OverTmin, 4),
-    maxOverTmin: round(s.maxOverTmin, 4),
-    originOverImage: round(s.originOverImage, 4),
-    cpuUtilisation: round(s.cpuUtilisation, 3),
-    shoalCpuSecondsPerGB: round(s.shoalCpuPerGB, 2),
-    clientCpuSecondsPerGB: round(s.clientCpuPerGB, 2),
-    completed: s.completed,
   }
 }
 
@@ -259,6 +257,7 @@ async function main(): Promise<void> {
       snapshot: true,
       logLevel: opts.logLevel,
       shoalEnv: opts.shoalEnv,
+      shoalNodeFlags: opts.nodeFlags,
       ctrUnpack: opts.unpack,
       cold: opts.cold,
       log: say,
@@ -332,6 +331,11 @@ async function main(): Promise<void> {
     for (const [i, r] of rounds.entries()) {
       const m = r.cpu.machine
       process.stdout.write(`${summaries[i]?.mode}: machine CPU s during the round: user ${m.user.toFixed(1)}, system ${m.system.toFixed(1)}, softirq ${m.softirq.toFixed(1)}, irq ${m.irq.toFixed(1)}\n`)
+      if (r.mode === 'shoal') {
+        // chunk bytes the peers sent, against those the downloads accepted: the rest was cut off or thrown away
+        const sum = (pick: (c: NonNullable<NodeResult['shoal']>) => number): number => r.nodes.reduce((a, n) => a + (n.shoal === undefined ? 0 : pick(n.shoal)), 0)
+        process.stdout.write(`${summaries[i]?.mode}: peers sent ${formatBytes(sum((c) => c.bytesToPeers))}, downloads accepted ${formatBytes(sum((c) => c.bytesFromPeers))}\n`)
+      }
     }
     for (const s of summaries) for (const fl of s.failed) process.stdout.write(`${s.mode}: ${fl.name} failed: ${fl.error}\n`)
 
@@ -371,6 +375,7 @@ async function main(): Promise<void> {
         client: opts.client,
         unpack: opts.unpack,
         shoalEnv: opts.shoalEnv,
+        nodeFlags: opts.nodeFlags,
         cold: opts.cold,
       },
       image: { bytes: image.bytes, digest: image.digest, blobs: image.blobs },
@@ -383,7 +388,7 @@ async function main(): Promise<void> {
         opts.modes.map((mode) => {
           const mine = rounds.flatMap((r, i) => (r.mode === mode ? [roundJson(r, summaries[i] as ModeSummary)] : []))
           const median = byMode.find((b) => b.mode.split(' ')[0] === mode) as ModeSummary
-          return [mode, mine.length === 1 ? mine[0] : { median: medianJson(median), rounds: mine }]
+          return [mode, mine.length === 1 ? mine[0] : { median: summaryJson(median), rounds: mine }]
         }),
       ),
       checks,

@@ -54,7 +54,7 @@ describe('swarm: origin + 5 daemons bootstrapped from node 1', { timeout: 60_000
       pushImage(origin.url, 'swarm/app', 'v1', { layers: 3, layerSize: 5 * MiB, format: 'oci' }),
       pushBlob(origin.url, 'swarm/app', 'swarm-shared-24MiB', 24 * MiB),
     ])
-    // (blobs completed in a fan-out are announced at once: these tests wait for the records)
+    // (a blob completed in a fan-out is announced at once, not spread over p2p.announceSpread: these tests wait for the records)
     fleet = await startFleet(5, { upstreams: { [REG]: origin.url }, logLevel: 'debug', env: { SHOAL_P2P_ANNOUNCE_SPREAD: '0s' } })
     n = fleet.nodes
   })

@@ -58,6 +58,8 @@ export interface FanoutFleetOptions {
   logLevel?: string
   /** extra SHOAL_* variables for every daemon */
   shoalEnv?: Record<string, string>
+  /** flags for node itself in every daemon (see ShoalNodeOptions.nodeFlags) */
+  shoalNodeFlags?: string[]
   /** ctr: `images pull` (fetch and unpack) rather than `content fetch` (fetch only); default true */
   ctrUnpack?: boolean
   /**
@@ -243,6 +245,7 @@ export class FanoutFleet {
         swarmKeyFile: this.swarmKey,
         logLevel: this.opts.logLevel ?? 'info',
         env: this.opts.shoalEnv ?? {},
+        nodeFlags: this.opts.shoalNodeFlags,
       })
     }
     const joinSeconds = await waitJoined(

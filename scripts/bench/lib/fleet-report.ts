@@ -89,6 +89,23 @@ export function summarise(round: RoundResult, tMin: number): ModeSummary {
   }
 }
 
+/** the figures a median row takes the median of */
+const MEDIAN_FIELDS = [
+  'p50',
+  'p90',
+  'max',
+  'p50OverTmin',
+  'p90OverTmin',
+  'maxOverTmin',
+  'originTxBytes',
+  'originOverImage',
+  'wallSeconds',
+  'cpuBusySeconds',
+  'cpuUtilisation',
+  'shoalCpuPerGB',
+  'clientCpuPerGB',
+] as const satisfies readonly (keyof ModeSummary)[]
+
 /**
  * The median of several rounds of one mode, field by field (each figure its own median, so the
  * row need not be one round's); `failed` and `killed` gather every round's, `completed` is the
@@ -97,26 +114,14 @@ export function summarise(round: RoundResult, tMin: number): ModeSummary {
 export function medianSummary(rounds: readonly ModeSummary[], label: string): ModeSummary {
   const first = rounds[0]
   if (first === undefined) throw new Error('medianSummary: no rounds')
-  const m = (pick: (s: ModeSummary) => number): number => percentile(rounds.map(pick), 0.5)
+  const medians = Object.fromEntries(MEDIAN_FIELDS.map((k) => [k, percentile(rounds.map((s) => s[k]), 0.5)]))
   return {
     ...first,
+    ...medians,
     mode: label,
     completed: Math.min(...rounds.map((s) => s.completed)),
     failed: rounds.flatMap((s) => s.failed),
     killed: rounds.flatMap((s) => s.killed),
-    p50: m((s) => s.p50),
-    p90: m((s) => s.p90),
-    max: m((s) => s.max),
-    p50OverTmin: m((s) => s.p50OverTmin),
-    p90OverTmin: m((s) => s.p90OverTmin),
-    maxOverTmin: m((s) => s.maxOverTmin),
-    originTxBytes: m((s) => s.originTxBytes),
-    originOverImage: m((s) => s.originOverImage),
-    wallSeconds: m((s) => s.wallSeconds),
-    cpuBusySeconds: m((s) => s.cpuBusySeconds),
-    cpuUtilisation: m((s) => s.cpuUtilisation),
-    shoalCpuPerGB: m((s) => s.shoalCpuPerGB),
-    clientCpuPerGB: m((s) => s.clientCpuPerGB),
   }
 }
 

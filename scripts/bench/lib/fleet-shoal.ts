@@ -38,6 +38,8 @@ export interface ShoalNodeOptions {
   env?: Record<string, string>
   /** extra daemon flags */
   args?: string[]
+  /** flags for node itself, before the entry script (V8 flags NODE_OPTIONS does not take, e.g. --trace-gc) */
+  nodeFlags?: string[]
 }
 
 export interface ShoalNode {
@@ -71,6 +73,7 @@ export function p2pAddr(host: Host): string {
 export function startShoalNode(fleet: Fleet, host: Host, opts: ShoalNodeOptions): ShoalNode {
   mkdirSync(opts.dataDir, { recursive: true })
   const args = [
+    ...(opts.nodeFlags ?? []),
     opts.main,
     'daemon',
     '--listen', `127.0.0.1:${SHOAL_PORT}`,
