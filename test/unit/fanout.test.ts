@@ -77,6 +77,33 @@ describe('origin stripes', () => {
     assert.equal(s.mine(1), true)
   })
 
+  test('a fetcher fetches its own share first to last, and takes chunks from the end of a share that lags behind its own', () => {
+    // a: 0, 3, …, 21; b: 1, 4, …, 22; self: 2, 5, …, 23
+    const self = new OriginStripes(['a', 'b', 'self'], 'self')
+    const b = new OriginStripes(['a', 'b', 'self'], 'b')
+    assert.equal(self.next(24, () => true), 2, 'shares level: its own first')
+    assert.equal(b.next(24, () => true), 1)
+    // a's share all free; b has its 10 left, self nothing: a's chunks 0, 3, …, 21 are its 0th…7th,
+    // the odd ones for self (second of the others), the even ones for b
+    const free = (i: number): boolean => i % 3 === 0 || i === 10
+    assert.equal(self.next(24, free), 21)
+    assert.equal(b.next(24, free), 18)
+    assert.equal(self.next(24, (i) => free(i) && i !== 21), 15, 'the next of its own part, never b’s')
+    // a lagging share is taken from while its own has chunks left too, once the gap passes the margin
+    assert.equal(self.next(24, (i) => i % 3 === 0 || i === 20 || i === 23), 21, '8 free against 2')
+    assert.equal(self.next(24, (i) => i % 3 === 0 || (i % 3 === 2 && i >= 11)), 11, '8 free against 5: its own')
+    // three free chunks of a share must come before the one taken
+    assert.equal(self.next(24, (i) => i % 3 === 0 && i >= 12), 21)
+    assert.equal(b.next(24, (i) => i % 3 === 0 && i >= 12), undefined, '18 has only 12 and 15 before it')
+    assert.equal(b.next(24, (i) => i === 18 || i === 21 || i === 10), 10, 'no gap: its own')
+    // a node that is no fetcher never fetches from origin; one alone, or left alone, fetches all in order
+    assert.equal(new OriginStripes(['a', 'b'], 'self').next(24, () => true), undefined)
+    assert.equal(new OriginStripes(['self'], 'self').next(24, (i) => i > 4), 5)
+    const orphan = new OriginStripes(['a'], 'self')
+    orphan.drop('a')
+    assert.equal(orphan.next(24, (i) => i > 6), 7)
+  })
+
   test('with no fetcher left, this node fetches everything', () => {
     const s = new OriginStripes(['a'], 'self')
     assert.equal(s.mine(0), false)
@@ -338,6 +365,62 @@ describe('scheduler with an origin gate (fan-out)', () => {
     await s.run(AbortSignal.timeout(5_000))
     assert.deepEqual(out, bytes)
     assert.deepEqual(originAsked.sort((a, b) => a - b), [1, 3, 5, 7])
+  })
+
+  test('a fetcher ahead of the other fetches the lagging fetcher’s last chunks; origin sends each chunk once', async () => {
+    const big = randomBytes(CHUNK * 16)
+    const bigPlan = planChunks(big.length, CHUNK)
+    const piece = (i: number): Buffer => {
+      const { start, end } = chunkBounds(bigPlan, i)
+      return Buffer.from(big.subarray(start, end))
+    }
+    const stripes = new OriginStripes(['slow', 'self'], 'self')
+    // the other fetcher fetches its share (even chunks) first to last, slowly, and skips what this node took
+    const slowHas = new Set<number>()
+    const originAsked: number[] = []
+    let stop = false
+    const slowFetcher = (async () => {
+      for (let i = 0; i < bigPlan.count && !stop; i += 2) {
+        await sleep(40)
+        if (!originAsked.includes(i)) {
+          originAsked.push(i)
+          slowHas.add(i)
+        }
+      }
+    })()
+    const slow: ChunkSource = { id: 'slow', kind: 'peer', has: (i) => slowHas.has(i), fetch: async (i) => piece(i) }
+    const origin: ChunkSource = {
+      id: 'origin',
+      kind: 'origin',
+      has: (i) => stripes.mine(i),
+      fetch: async (i) => {
+        originAsked.push(i)
+        return piece(i)
+      },
+    }
+    const out = Buffer.alloc(big.length)
+    const s = new ChunkScheduler({
+      plan: bigPlan,
+      verify: () => true,
+      accept: async (i, b) => {
+        Buffer.from(b).copy(out, chunkBounds(bigPlan, i).start)
+      },
+      peers: [slow],
+      origin,
+      originPick: (free) => stripes.next(bigPlan.count, free),
+      mayWait: () => true,
+      pollMs: 5,
+    })
+    const result = await s.run(AbortSignal.timeout(5_000))
+    stop = true
+    await slowFetcher
+    assert.deepEqual(out, big)
+    assert.equal(new Set(originAsked).size, originAsked.length, `origin asked for a chunk twice: ${originAsked}`)
+    // the slow fetcher's last chunks came from origin through this node, down to its margin
+    const stolen = originAsked.filter((i) => i % 2 === 0 && !slowHas.has(i))
+    assert.ok(stolen.includes(14) && stolen.includes(12), `stolen: ${stolen}`)
+    assert.ok(stolen.every((i) => i >= 6), `stolen: ${stolen}`)
+    assert.ok((result.bySource.get('slow') ?? 0) > 0)
   })
 
   test('when the other fetcher is dropped, origin takes its chunks; without waiting, a closed gate fails fast', async () => {

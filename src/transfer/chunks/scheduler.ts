@@ -31,6 +31,12 @@ export interface SchedulerOptions {
   slots?: RequestSlots
   /** the source of truth, used when no peer has a chunk or peers are too slow */
   origin?: ChunkSource
+  /**
+   * Origin's next chunk when the fleet shares origin (OriginStripes.next), among those `free`
+   * says no source holds and none is fetching; undefined: none of them (origin may still hedge
+   * a slow chunk it `has`).
+   */
+  originPick?(free: (index: number) => boolean): number | undefined
   /** chunks already held (resumed downloads) */
   done?: ReadonlySet<number>
   maxInflightPerPeer?: number
@@ -337,6 +343,10 @@ export class ChunkScheduler {
   /** The chunk this source should fetch next, if any. */
   private pick(source: ChunkSource, now: number, holders: Int32Array, hedgeDelay: number): number | undefined {
     const isOrigin = source.kind === 'origin'
+    if (isOrigin && this.opts.originPick !== undefined) {
+      const chosen = this.opts.originPick((i) => !this.done.has(i) && !this.inflight.has(i) && holders[i] === 0)
+      if (chosen !== undefined) return chosen
+    }
     let best: number | undefined
     let bestRarity = Number.POSITIVE_INFINITY
     let straggler: number | undefined

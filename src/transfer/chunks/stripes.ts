@@ -1,3 +1,6 @@
+/** free chunks at the front of a share that only its own fetcher takes (see `next`) */
+const STEAL_MARGIN = 3
+
 /**
  * Which node fetches which chunk of a blob from origin, agreed without a coordinator.
  *
@@ -9,6 +12,7 @@
  *
  * A fetcher that dies or stalls is dropped from the ranking by whoever notices; its chunks fall
  * to the next alive fetchers. A node that sees no alive fetcher but itself fetches everything.
+ * A fetcher ahead of another takes chunks from the end of the other's share (`next`).
  */
 export class OriginStripes {
   readonly self: string
@@ -31,6 +35,48 @@ export class OriginStripes {
     return owner === undefined || owner === this.self
   }
 
+  /**
+   * The chunk this node fetches from origin next, among those `free` (no known source holds it
+   * and this node has it not in flight): the first of its own share, unless another fetcher's
+   * share has more than STEAL_MARGIN free chunks more than its own, and then one from that
+   * share's end (work stealing). A fetcher's origin requests can stall for seconds, one flow
+   * among many at a congested origin (in 4-node rounds, origin's log showed a fetcher complete
+   * no request for 6 s while the other three completed 1-2 a second); its share then lags, its
+   * uplink idles, and origin ends at half its rate while that fetcher finishes alone. Stealing
+   * keeps the shares level. A fetcher goes through its share first to last, so a share is taken
+   * from its end, and only where STEAL_MARGIN free chunks of it come before (its fetcher's
+   * requests in flight, and chunks this node has not heard it holds, are among those). The
+   * share's m-th chunk is for the k-th of the other fetchers (by rank) when m ≡ k (mod their
+   * number): a stealer does not see what another has in flight, and they would take the same.
+   */
+  next(count: number, free: (index: number) => boolean): number | undefined {
+    const n = this.alive.length
+    const selfAt = this.alive.indexOf(this.self)
+    if (n === 0) return firstFree(count, free)
+    if (selfAt === -1) return undefined
+    const left = new Array<number>(n).fill(0)
+    let own: number | undefined
+    for (let i = 0; i < count; i++) {
+      if (!free(i)) continue
+      const share = i % n
+      ;(left[share] as number)++
+      if (share === selfAt) own ??= i
+    }
+    const shares = [...left.keys()].filter((p) => p !== selfAt).sort((x, y) => (left[y] as number) - (left[x] as number))
+    for (const share of shares) {
+      if ((left[share] as number) <= (left[selfAt] as number) + STEAL_MARGIN) break
+      const k = selfAt < share ? selfAt : selfAt - 1
+      let before = left[share] as number
+      for (let i = share + n * Math.floor((count - 1 - share) / n); i >= 0; i -= n) {
+        if (!free(i)) continue
+        before--
+        if (before < STEAL_MARGIN) break
+        if (Math.floor(i / n) % (n - 1) === k) return i
+      }
+    }
+    return own
+  }
+
   /** fetchers other than this node still counted on */
   others(): string[] {
     return this.alive.filter((id) => id !== this.self)
@@ -43,4 +89,9 @@ export class OriginStripes {
     this.alive.splice(i, 1)
     return true
   }
+}
+
+function firstFree(count: number, free: (index: number) => boolean): number | undefined {
+  for (let i = 0; i < count; i++) if (free(i)) return i
+  return undefined
 }
