@@ -40,7 +40,8 @@ export interface SchedulerOptions {
   /** chunks already held (resumed downloads) */
   done?: ReadonlySet<number>
   maxInflightPerPeer?: number
-  maxInflightOrigin?: number
+  /** a number, or a function asked before each origin request (a depth that adapts, see OriginChunkSource.depth) */
+  maxInflightOrigin?: number | (() => number)
   /** a request slower than this is abandoned */
   requestTimeoutMs?: number
   /** the same for origin (default: requestTimeoutMs): on a shared link a chunk may take long */
@@ -82,7 +83,7 @@ interface Inflight {
 
 const DEFAULTS = {
   maxInflightPerPeer: 2,
-  maxInflightOrigin: 4,
+  maxInflightOrigin: 4 as number | (() => number),
   requestTimeoutMs: 15_000,
   hedgeAfterMs: 3_000,
   maxPeerFailures: 3,
@@ -288,7 +289,9 @@ export class ChunkScheduler {
   }
 
   private capacity(source: ChunkSource): number {
-    return source.kind === 'origin' ? this.opts.maxInflightOrigin : this.opts.maxInflightPerPeer
+    if (source.kind !== 'origin') return this.opts.maxInflightPerPeer
+    const max = this.opts.maxInflightOrigin
+    return typeof max === 'function' ? max() : max
   }
 
   /**
