@@ -6,9 +6,11 @@
  *   and how many took candidates from the near nodes their fetchers named (`near` > 0); and the
  *   median time from a blob's request to its fetchers' answers (`ms`) over all those lines;
  * - V8 collections (`--node-flags=--trace-gc`): the daemons' scavenges and mark-compacts, and
- *   the incremental markings started, by reason, over the daemons' whole lives (the trace has no
- *   wall-clock time);
+ *   with `--trace-incremental-marking` in the flags too, the incremental markings started, by
+ *   reason, over the daemons' whole lives (the trace has no wall-clock time);
  * - announces (`advertised`, a debug line: run with `--log-level debug`): how many walked;
+ * - origin's blob answers per second of the round, by node (`origin.log`, origin's access log:
+ *   a line as origin finishes writing an answer; the time has whole seconds);
  * - kad-dht requests received, by type (`--shoal-env DEBUG=libp2p:kad-dht:rpc`);
  * - protocol streams negotiated and connections closed with a GoAway before the last node
  *   finished (`--shoal-env 'DEBUG=libp2p:*,-libp2p:kad-dht:*'`; each side logs a stream once),
@@ -23,7 +25,7 @@ import { readdirSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
 
 interface RoundJson {
-  nodes: { startedAt: number; seconds: number }[]
+  nodes: { name: string; addr: string; startedAt: number; seconds: number }[]
 }
 interface RunJson {
   /** one round, or the rounds of a `--rounds` run */
@@ -108,6 +110,7 @@ function main(): void {
     }
   }
   console.log(`info answers: ${infoAnswered}`)
+  printOriginAnswers(dir, nodes, start, end)
   console.log('origin fetchers chosen, nodes per pair (last 6 characters of each peer id), and nodes that added near nodes to their candidates:')
   for (const [digest, byPair] of fetchers) {
     console.log(`  ${digest.slice(0, 19)}  ${[...byPair.values()].sort((a, b) => b - a).join('/')}  (${tookNear.get(digest) ?? 0} took near nodes)`)
@@ -121,6 +124,36 @@ function main(): void {
   const windows = [...kadStreams].sort((a, b) => a[0] - b[0]).map(([from, n]) => `${from}-${from + 10} s: ${n}`)
   console.log(`kad-dht streams per 10 s from the round's start (both sides): ${windows.length > 0 ? windows.join(', ') : 'none logged'}`)
   console.log(`connections closed (GoAway) before the last node finished: ${goAways}`)
+}
+
+/** origin's blob answers (200 and 206) per second from the round's start to its end, one column per node */
+function printOriginAnswers(dir: string, nodes: RoundJson['nodes'], start: number, end: number): void {
+  let text: string
+  try {
+    text = readFileSync(join(dir, 'origin.log'), 'utf8')
+  } catch {
+    return
+  }
+  const perSecond = new Map<number, Map<string, number>>()
+  // `198.18.0.2 - - [29/Nov/2026:19:25:31 +0000] "GET /v2/…/blobs/sha256:… HTTP/1.1" 206 1048576 …`
+  const re = /^(\S+) \S+ \S+ \[(\d+)\/(\w+)\/(\d+):(\d+):(\d+):(\d+) \+0000\] "GET \S+\/blobs\/\S+ HTTP\/[\d.]+" 20[06] /
+  for (const line of text.split('\n')) {
+    const m = re.exec(line)
+    if (m === null) continue
+    const at = Date.parse(`${m[2]} ${m[3]} ${m[4]} ${m[5]}:${m[6]}:${m[7]} UTC`)
+    if (at < Math.floor(start / 1000) * 1000 || at > end) continue
+    const second = Math.floor((at - start) / 1000)
+    const row = perSecond.get(second) ?? new Map<string, number>()
+    increment(row, m[1] as string)
+    perSecond.set(second, row)
+  }
+  if (perSecond.size === 0) return
+  console.log(`origin's blob answers per second of the round (origin.log), by node: ${nodes.map((n) => n.name).join(' ')}`)
+  const last = Math.max(...perSecond.keys())
+  for (let second = Math.min(0, ...perSecond.keys()); second <= last; second++) {
+    const row = perSecond.get(second)
+    console.log(`  ${String(second).padStart(3)} s  ${nodes.map((n) => String(row?.get(n.addr) ?? 0).padStart(n.name.length)).join(' ')}`)
+  }
 }
 
 function median(values: number[]): number {

@@ -35,6 +35,7 @@ import { parseArgs } from 'node:util'
 import { type Client, FanoutFleet, type Mode, type NodeResult, type RoundResult } from './lib/fleet-fanout.js'
 import { cdfSvg, type ModeSummary, medianSummary, nodeTable, summarise, summaryTable, tMinSeconds } from './lib/fleet-report.js'
 import { DEFAULT_SHOAL_MAIN } from './lib/fleet-shoal.js'
+import { LinkTrace } from './lib/link-trace.js'
 import { formatBytes, round } from './lib/measure.js'
 
 const MiB = 1024 ** 2
@@ -63,6 +64,8 @@ interface Options {
   nodeFlags: string[]
   daemon: string
   keep: string | undefined
+  /** print every host's bytes per second and the TCP retransmissions after each round */
+  links: boolean
   cold: boolean
   rounds: number
   gap: number
@@ -106,6 +109,7 @@ function parseOptions(argv: string[]): Options {
       'node-flags': { type: 'string' },
       daemon: { type: 'string' },
       keep: { type: 'string' },
+      links: { type: 'boolean', default: false },
       profile: { type: 'string' },
       rounds: { type: 'string' },
       gap: { type: 'string' },
@@ -121,10 +125,12 @@ function parseOptions(argv: string[]): Options {
         '                            [--origin-rate-mbit R (default: --rate-mbit)] [--spread SECONDS (0: all at once)]',
         '                            [--mode both|shoal|baseline] [--client light|ctr] [--unpack]',
         '                            [--json FILE] [--svg FILE] [--check] [--log-level info] [--cold] [--rounds 1] [--gap 30]',
-        '                            [--shoal-env SHOAL_KEY=VALUE | DEBUG=NAMESPACES | NODE_OPTIONS=…]... [--daemon PATH/TO/dist/src/cli/main.js] [--node-flags=FLAGS] [--keep DIR] [--profile DIR]',
+        '                            [--shoal-env SHOAL_KEY=VALUE | DEBUG=NAMESPACES | NODE_OPTIONS=…]... [--daemon PATH/TO/dist/src/cli/main.js] [--node-flags=FLAGS] [--keep DIR] [--profile DIR] [--links]',
         '  --client light  a verifying puller (manifest + blobs, sha256 while streaming) per node; ctr: containerd\'s ctr',
         '  --unpack        with --client ctr: `ctr images pull` (fetch and unpack) instead of `ctr content fetch`',
         '  --check         exit 3 when a target of the fan-out issue is missed (shoal mode)',
+        '  --links         after each round, every host\'s MB/s in and out second by second (its bridge port\'s',
+        '                  counters, sampled every 250 ms; origin too), and the TCP segments retransmitted',
         '  --cold          start the Shoal round once every daemon joined, without waiting (up to 60 s) until',
         '                  the routing tables settle (hold the whole fleet, or stop growing for 5 s)',
         '  --rounds R      R rounds per mode on one fleet, each with an image of its own, and their medians',
@@ -183,6 +189,7 @@ function parseOptions(argv: string[]): Options {
     nodeFlags: (values['node-flags'] ?? '').split(/\s+/).filter((f) => f !== ''),
     daemon: resolve(values.daemon ?? DEFAULT_SHOAL_MAIN),
     keep: values.keep,
+    links: values.links === true,
     cold: values.cold === true,
     rounds,
     gap: positive(values.gap, '--gap', 30),
@@ -279,12 +286,16 @@ async function main(): Promise<void> {
         const label = images.length > 1 ? `${mode} ${i + 1}/${images.length}` : mode
         say(`${label}: ${opts.nodes} nodes pulling${opts.spread > 0 ? `, starts spread over ${opts.spread} s` : ' at once'}…`)
         const fleet = ff
+        const trace = opts.links ? await LinkTrace.start(ff.fleet) : undefined
+        let roundStart = 0
         const r = await ff.round({
           mode,
           image: roundImage,
           offsetsMs: offsets(opts.nodes, opts.spread),
           // a progress line every PROGRESS_MS while the round runs
           during: async ({ start, done, finished }) => {
+            roundStart = start
+            const following = trace?.follow(done)
             const tx0 = await fleet.origin.txBytes()
             while (!done()) {
               const next = Date.now() + PROGRESS_MS
@@ -293,6 +304,7 @@ async function main(): Promise<void> {
               const sent = (await fleet.origin.txBytes().catch(() => tx0)) - tx0
               say(`  ${label}: ${((Date.now() - start) / 1000).toFixed(0)} s, ${finished()}/${opts.nodes} nodes done, origin sent ${(sent / roundImage.bytes).toFixed(2)}× the image so far`)
             }
+            await following
           },
         })
         rounds.push(r)
@@ -301,6 +313,7 @@ async function main(): Promise<void> {
         mine.push(s)
         say(`${label}: done in ${r.wallSeconds.toFixed(1)} s; p50 ${s.p50.toFixed(2)} s, max ${s.max.toFixed(2)} s, origin sent ${s.originOverImage.toFixed(3)}× the image`)
         process.stdout.write(`\n${label}: per node\n${nodeTable(r)}\n`)
+        if (trace !== undefined) process.stdout.write(`\n${label}: links, from the round's start\n${await trace.report(roundStart)}\n`)
       }
       byMode.push(mine.length > 1 ? medianSummary(mine, `${mode} median`) : (mine[0] as ModeSummary))
       if (mode === 'shoal') await ff.stopShoal()

@@ -248,9 +248,8 @@ export async function runSwarmDownload(opts: SwarmDownloadOptions): Promise<void
   }
 
   const sources = new Map<string, PeerSource>(plan.sources.map((p) => [p.id, p]))
-  /** in a fan-out: chunks this node took from origin out of other fetchers' shares, and the most origin requests it allowed at once (the log line at the end) */
+  /** in a fan-out: chunks this node took from origin out of other fetchers' shares (the log line at the end) */
   let stolen = 0
-  let deepest = 0
   const stripes = plan.stripes
   const originSource = new OriginChunkSource(opts.origin, locator, plan.plan, (n) => {
     download.received += n
@@ -270,14 +269,7 @@ export async function runSwarmDownload(opts: SwarmDownloadOptions): Promise<void
     // to pass on. With one (12 flows), `scripts/bench/fanout --nodes 4 --rounds 3` read p50
     // 1.21× T_min (1.29, 1.21, 1.21) and origin 1.044× the image, against 1.28× (1.32, 1.28,
     // 1.27) and 1.076× with two (both with the work stealing of OriginStripes.next).
-    maxInflightOrigin:
-      stripes === undefined
-        ? undefined
-        : () => {
-            const depth = originSource.depth()
-            deepest = Math.max(deepest, depth)
-            return depth
-          },
+    maxInflightOrigin: stripes === undefined ? undefined : () => originSource.depth(),
     originPick: stripes === undefined ? undefined : (free) => stripes.next(plan.plan.count, free),
     buffers,
     slots: opts.slots ?? new RequestSlots(swarm.maxRequests),
@@ -412,7 +404,7 @@ export async function runSwarmDownload(opts: SwarmDownloadOptions): Promise<void
         wasted: result.wasted,
         sources: sources.size,
         lookups,
-        ...(stripes === undefined ? {} : { stolen, originDepth: deepest }),
+        ...(stripes === undefined ? {} : { stolen, originDepth: originSource.deepest }),
       },
       'blob fetched through the swarm',
     )

@@ -325,15 +325,40 @@ describe('scheduler with an origin gate (fan-out)', () => {
   })
   after(() => clearInterval(keepAlive))
   const CHUNK = 1024
-  const bytes = randomBytes(CHUNK * 8)
-  const plan = planChunks(bytes.length, CHUNK)
-  const chunk = (i: number): Buffer => {
-    const { start, end } = chunkBounds(plan, i)
-    return Buffer.from(bytes.subarray(start, end))
+  /** a random blob of `count` chunks: its chunks, their check, and the buffer `accept` assembles it in */
+  const blobOf = (count: number) => {
+    const bytes = randomBytes(CHUNK * count)
+    const plan = planChunks(bytes.length, CHUNK)
+    const chunk = (i: number): Buffer => {
+      const { start, end } = chunkBounds(plan, i)
+      return Buffer.from(bytes.subarray(start, end))
+    }
+    const hashes = Array.from({ length: plan.count }, (_, i) => chunkHash(chunk(i)))
+    const out = Buffer.alloc(bytes.length)
+    return {
+      bytes,
+      plan,
+      chunk,
+      out,
+      verify: (i: number, b: Uint8Array): boolean => chunkHash(b) === hashes[i],
+      accept: async (i: number, b: Uint8Array): Promise<void> => {
+        Buffer.from(b).copy(out, chunkBounds(plan, i).start)
+      },
+    }
   }
-  const hashes = Array.from({ length: plan.count }, (_, i) => chunkHash(chunk(i)))
+  /** origin, gated to this node's share of `stripes`, noting in `asked` each chunk it is asked for */
+  const stripedOrigin = (stripes: OriginStripes, chunk: (i: number) => Buffer, asked: number[] = []): ChunkSource => ({
+    id: 'origin',
+    kind: 'origin',
+    has: (i) => stripes.mine(i),
+    fetch: async (i) => {
+      asked.push(i)
+      return chunk(i)
+    },
+  })
 
   test('origin fetches only this node’s share; the rest comes from a peer as it lands', async () => {
+    const { bytes, plan, chunk, out, verify, accept } = blobOf(8)
     const stripes = new OriginStripes(['peer', 'self'], 'self')
     const originAsked: number[] = []
     const started = Date.now()
@@ -344,24 +369,12 @@ describe('scheduler with an origin gate (fan-out)', () => {
       has: (i) => stripes.owner(i) === 'peer' && Date.now() - started > 50 + i * 10,
       fetch: async (i) => chunk(i),
     }
-    const origin: ChunkSource = {
-      id: 'origin',
-      kind: 'origin',
-      has: (i) => stripes.mine(i),
-      fetch: async (i) => {
-        originAsked.push(i)
-        return chunk(i)
-      },
-    }
-    const out = Buffer.alloc(bytes.length)
     const s = new ChunkScheduler({
       plan,
-      verify: (i, b) => chunkHash(b) === hashes[i],
-      accept: async (i, b) => {
-        Buffer.from(b).copy(out, chunkBounds(plan, i).start)
-      },
+      verify,
+      accept,
       peers: [peer],
-      origin,
+      origin: stripedOrigin(stripes, chunk, originAsked),
       mayWait: () => stripes.others().length > 0,
       pollMs: 10,
     })
@@ -371,19 +384,14 @@ describe('scheduler with an origin gate (fan-out)', () => {
   })
 
   test('a fetcher ahead of the other fetches the lagging fetcher’s last chunks; origin sends each chunk once', async () => {
-    const big = randomBytes(CHUNK * 16)
-    const bigPlan = planChunks(big.length, CHUNK)
-    const piece = (i: number): Buffer => {
-      const { start, end } = chunkBounds(bigPlan, i)
-      return Buffer.from(big.subarray(start, end))
-    }
+    const { bytes, plan, chunk, out, verify, accept } = blobOf(16)
     const stripes = new OriginStripes(['slow', 'self'], 'self')
     // the other fetcher fetches its share (even chunks) first to last, slowly, and skips what this node took
     const slowHas = new Set<number>()
     const originAsked: number[] = []
     let stop = false
     const slowFetcher = (async () => {
-      for (let i = 0; i < bigPlan.count && !stop; i += 2) {
+      for (let i = 0; i < plan.count && !stop; i += 2) {
         await sleep(40)
         if (!originAsked.includes(i)) {
           originAsked.push(i)
@@ -391,33 +399,21 @@ describe('scheduler with an origin gate (fan-out)', () => {
         }
       }
     })()
-    const slow: ChunkSource = { id: 'slow', kind: 'peer', has: (i) => slowHas.has(i), fetch: async (i) => piece(i) }
-    const origin: ChunkSource = {
-      id: 'origin',
-      kind: 'origin',
-      has: (i) => stripes.mine(i),
-      fetch: async (i) => {
-        originAsked.push(i)
-        return piece(i)
-      },
-    }
-    const out = Buffer.alloc(big.length)
+    const slow: ChunkSource = { id: 'slow', kind: 'peer', has: (i) => slowHas.has(i), fetch: async (i) => chunk(i) }
     const s = new ChunkScheduler({
-      plan: bigPlan,
-      verify: () => true,
-      accept: async (i, b) => {
-        Buffer.from(b).copy(out, chunkBounds(bigPlan, i).start)
-      },
+      plan,
+      verify,
+      accept,
       peers: [slow],
-      origin,
-      originPick: (free) => stripes.next(bigPlan.count, free),
+      origin: stripedOrigin(stripes, chunk, originAsked),
+      originPick: (free) => stripes.next(plan.count, free),
       mayWait: () => true,
       pollMs: 5,
     })
     const result = await s.run(AbortSignal.timeout(5_000))
     stop = true
     await slowFetcher
-    assert.deepEqual(out, big)
+    assert.deepEqual(out, bytes)
     assert.equal(new Set(originAsked).size, originAsked.length, `origin asked for a chunk twice: ${originAsked}`)
     // the slow fetcher's last chunks came from origin through this node, down to its margin
     const stolen = originAsked.filter((i) => i % 2 === 0 && !slowHas.has(i))
@@ -428,8 +424,7 @@ describe('scheduler with an origin gate (fan-out)', () => {
 
   test('origin requests in flight: one while bodies take long next to heads, more when heads take as long as bodies', async () => {
     const run = async (headMs: number, bodyMs: number): Promise<{ depths: number[]; most: number }> => {
-      const data = randomBytes(CHUNK * 6)
-      const chunkPlan = planChunks(data.length, CHUNK)
+      const { bytes: data, plan: chunkPlan } = blobOf(6)
       let inflight = 0
       let most = 0
       const source: BlobSource = {
@@ -473,12 +468,13 @@ describe('scheduler with an origin gate (fan-out)', () => {
   })
 
   test('when the other fetcher is dropped, origin takes its chunks; without waiting, a closed gate fails fast', async () => {
+    const { bytes, plan, chunk, verify } = blobOf(8)
     const stripes = new OriginStripes(['peer', 'self'], 'self')
-    const origin: ChunkSource = { id: 'origin', kind: 'origin', has: (i) => stripes.mine(i), fetch: async (i) => chunk(i) }
+    const origin = stripedOrigin(stripes, chunk)
     const make = (mayWait: () => boolean): ChunkScheduler =>
       new ChunkScheduler({
         plan,
-        verify: (i, b) => chunkHash(b) === hashes[i],
+        verify,
         accept: async () => {},
         peers: [],
         origin,

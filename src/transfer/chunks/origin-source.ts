@@ -19,6 +19,8 @@ export class OriginChunkSource implements ChunkSource {
   /** averages over the last chunks: ms to a response's head, and ms of its body scaled to a whole chunk */
   private headMs = 0
   private bodyMs = 0
+  /** the largest `depth` so far */
+  deepest = 1
 
   /** `onBytes`: bytes as they arrive (a chunk is only returned whole) */
   constructor(source: BlobSource, locator: BlobLocator, plan: ChunkPlan, onBytes?: (bytes: number) => void) {
@@ -67,6 +69,7 @@ export class OriginChunkSource implements ChunkSource {
     const bodyMs = ((Date.now() - head) * this.plan.chunkSize) / length
     this.headMs = this.bodyMs === 0 ? head - asked : this.headMs + WEIGHT * (head - asked - this.headMs)
     this.bodyMs = this.bodyMs === 0 ? bodyMs : this.bodyMs + WEIGHT * (bodyMs - this.bodyMs)
+    this.deepest = Math.max(this.deepest, this.depth())
     return into
   }
 }
