@@ -9,6 +9,19 @@ import type { OriginStripes } from './chunks/stripes.js'
 import type { Download } from './download.js'
 import type { BlobLocator, BlobSource } from './types.js'
 
+/**
+ * Origin requests in flight per fetcher and blob when the fleet shares origin: origin's link is
+ * the limit, and its flows share one queue. With two, a 4-node fleet pulling three layers kept
+ * 24 flows at origin, and for seconds at a time one or two fetchers completed no origin request
+ * at all (origin's log) while the others took its whole rate: their uplinks idled, having nothing
+ * new to pass on. With one (12 flows), `scripts/bench/fanout --nodes 4 --rounds 3` read p50
+ * 1.21× T_min (1.29, 1.21, 1.21) and origin 1.044× the image, against 1.28× (1.32, 1.28, 1.27)
+ * and 1.076× with two (both with the work stealing of OriginStripes.next). A depth that grew
+ * when answers' heads took long next to their bodies (for a far origin) grew on a loaded
+ * machine too: to 2-4 for 9 of the 12 fetcher downloads of a 16-node round.
+ */
+const FANOUT_ORIGIN_INFLIGHT = 1
+
 /** A fetcher that refuses connections this many times in a row is taken for dead… */
 const FETCHER_MAX_FAILURES = 3
 /** …and so is one that has not answered for this many stall periods (a loaded peer answers late). */
@@ -261,15 +274,7 @@ export async function runSwarmDownload(opts: SwarmDownloadOptions): Promise<void
     peers: [...sources.values()],
     // with stripes, origin takes only this node's share (and what fetchers that died leave)
     origin: stripes === undefined ? originSource : gated(originSource, (i) => stripes.mine(i)),
-    // When the fleet shares origin, a fetcher keeps as few origin requests per blob in flight as
-    // keep its link to origin busy (OriginChunkSource.depth): origin's link is the limit, and its
-    // flows share one queue. With two, a 4-node fleet pulling three layers kept 24 flows at
-    // origin, and for seconds at a time one or two fetchers completed no origin request at all
-    // (origin's log) while the others took its whole rate: their uplinks idled, having nothing new
-    // to pass on. With one (12 flows), `scripts/bench/fanout --nodes 4 --rounds 3` read p50
-    // 1.21× T_min (1.29, 1.21, 1.21) and origin 1.044× the image, against 1.28× (1.32, 1.28,
-    // 1.27) and 1.076× with two (both with the work stealing of OriginStripes.next).
-    maxInflightOrigin: stripes === undefined ? undefined : () => originSource.depth(),
+    maxInflightOrigin: stripes === undefined ? undefined : FANOUT_ORIGIN_INFLIGHT,
     originPick: stripes === undefined ? undefined : (free) => stripes.next(plan.plan.count, free),
     buffers,
     slots: opts.slots ?? new RequestSlots(swarm.maxRequests),
@@ -404,7 +409,7 @@ export async function runSwarmDownload(opts: SwarmDownloadOptions): Promise<void
         wasted: result.wasted,
         sources: sources.size,
         lookups,
-        ...(stripes === undefined ? {} : { stolen, originDepth: originSource.deepest }),
+        ...(stripes === undefined ? {} : { stolen }),
       },
       'blob fetched through the swarm',
     )

@@ -20,11 +20,8 @@ import { PeerPenalties } from '../../src/swarm/penalties.js'
 import type { PeerChunkClient } from '../../src/swarm/types.js'
 import { StoreChunkProvider } from '../../src/swarm/provider.js'
 import { chunkBounds, chunkHash, planChunks } from '../../src/transfer/chunks/plan.js'
-import { OriginChunkSource } from '../../src/transfer/chunks/origin-source.js'
 import { ChunkScheduler, type ChunkSource, NoSourceError } from '../../src/transfer/chunks/scheduler.js'
 import { OriginStripes } from '../../src/transfer/chunks/stripes.js'
-import type { BlobSource } from '../../src/transfer/types.js'
-import { Readable } from 'node:stream'
 import { prng } from '../helpers/random.js'
 import { putBlob } from '../helpers/store.js'
 
@@ -420,51 +417,6 @@ describe('scheduler with an origin gate (fan-out)', () => {
     assert.ok(stolen.includes(14) && stolen.includes(12), `stolen: ${stolen}`)
     assert.ok(stolen.every((i) => i >= 6), `stolen: ${stolen}`)
     assert.ok((result.bySource.get('slow') ?? 0) > 0)
-  })
-
-  test('origin requests in flight: one while bodies take long next to heads, more when heads take as long as bodies', async () => {
-    const run = async (headMs: number, bodyMs: number): Promise<{ depths: number[]; most: number }> => {
-      const { bytes: data, plan: chunkPlan } = blobOf(6)
-      let inflight = 0
-      let most = 0
-      const source: BlobSource = {
-        kind: 'origin',
-        stat: async () => data.length,
-        open: async (_locator, { offset = 0, length = data.length }) => {
-          most = Math.max(most, ++inflight)
-          await sleep(headMs)
-          const body = Readable.from(
-            (async function* () {
-              await sleep(bodyMs)
-              yield data.subarray(offset, offset + length)
-              inflight--
-            })(),
-          )
-          return { size: data.length, offset, body }
-        },
-      }
-      const origin = new OriginChunkSource(source, { registry: 'r', name: 'n', digest: parseDigest(`sha256:${'a'.repeat(64)}`) }, chunkPlan)
-      const depths: number[] = []
-      const s = new ChunkScheduler({
-        plan: chunkPlan,
-        verify: () => true,
-        accept: async () => {},
-        peers: [],
-        origin,
-        maxInflightOrigin: () => {
-          depths.push(origin.depth())
-          return origin.depth()
-        },
-        pollMs: 5,
-      })
-      await s.run(AbortSignal.timeout(5_000))
-      return { depths, most }
-    }
-    const far = await run(80, 1)
-    assert.equal(far.depths[0], 1, 'one request before anything was measured')
-    assert.ok(far.most >= 2, `a far origin gets requests in parallel: at most ${far.most} at once`)
-    const shared = await run(1, 120)
-    assert.equal(shared.most, 1, 'a slow body next to a quick head: one at a time')
   })
 
   test('when the other fetcher is dropped, origin takes its chunks; without waiting, a closed gate fails fast', async () => {

@@ -40,8 +40,7 @@ export interface SchedulerOptions {
   /** chunks already held (resumed downloads) */
   done?: ReadonlySet<number>
   maxInflightPerPeer?: number
-  /** a number, or a function asked before each origin request (a depth that adapts, see OriginChunkSource.depth) */
-  maxInflightOrigin?: number | (() => number)
+  maxInflightOrigin?: number
   /** a request slower than this is abandoned */
   requestTimeoutMs?: number
   /** the same for origin (default: requestTimeoutMs): on a shared link a chunk may take long */
@@ -83,7 +82,7 @@ interface Inflight {
 
 const DEFAULTS = {
   maxInflightPerPeer: 2,
-  maxInflightOrigin: 4 as number | (() => number),
+  maxInflightOrigin: 4,
   requestTimeoutMs: 15_000,
   hedgeAfterMs: 3_000,
   maxPeerFailures: 3,
@@ -289,9 +288,7 @@ export class ChunkScheduler {
   }
 
   private capacity(source: ChunkSource): number {
-    if (source.kind !== 'origin') return this.opts.maxInflightPerPeer
-    const max = this.opts.maxInflightOrigin
-    return typeof max === 'function' ? max() : max
+    return source.kind === 'origin' ? this.opts.maxInflightOrigin : this.opts.maxInflightPerPeer
   }
 
   /**
