@@ -9,10 +9,10 @@ import { abortable } from '../util/abort.js'
 import type { BlobSizes } from './blob-sizes.js'
 import { ChunkBuffers } from './chunks/buffers.js'
 import { planChunks } from './chunks/plan.js'
-import { RequestSlots, TableMismatchError } from './chunks/scheduler.js'
+import { OriginTurns, RequestSlots, TableMismatchError } from './chunks/scheduler.js'
 import { ChunkState } from './chunks/state.js'
 import { createBlobReader, Download, type ReadTarget } from './download.js'
-import { MAX_HELD_BYTES, runSwarmDownload, type SwarmHooks, type SwarmPlan } from './swarm-download.js'
+import { FANOUT_ORIGIN_INFLIGHT, MAX_HELD_BYTES, runSwarmDownload, type SwarmHooks, type SwarmPlan } from './swarm-download.js'
 import { type BlobLocator, type BlobSource, type ByteSource, bytesFrom, type SourceBody } from './types.js'
 
 /** An open blob: its size, and a way to stream any byte range of it. */
@@ -61,6 +61,8 @@ export class BlobService {
   private readonly buffers: ChunkBuffers | undefined
   /** chunk requests to peers in flight, over all swarm downloads */
   private readonly slots: RequestSlots | undefined
+  /** origin requests in flight, over all fan-out downloads */
+  private readonly originTurns: OriginTurns | undefined
 
   constructor(opts: BlobServiceOptions) {
     this.opts = opts
@@ -72,6 +74,7 @@ export class BlobService {
       // garbage for a full collection). 72 at the defaults, 72 MiB, let go once no download runs.
       this.buffers = new ChunkBuffers(opts.swarm.chunkSize, opts.swarm.maxRequests + Math.ceil(MAX_HELD_BYTES / opts.swarm.chunkSize))
       this.slots = new RequestSlots(opts.swarm.maxRequests)
+      this.originTurns = new OriginTurns(FANOUT_ORIGIN_INFLIGHT)
     }
   }
 
@@ -273,6 +276,7 @@ export class BlobService {
             onFetched: this.opts.events?.onFetched,
             buffers: this.buffers,
             slots: this.slots,
+            originTurns: this.originTurns,
           })
           return
         } catch (err) {

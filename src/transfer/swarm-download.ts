@@ -3,24 +3,25 @@ import type { BlobWriter } from '../store/blob-store.js'
 import { ChunkBuffers } from './chunks/buffers.js'
 import { type ChunkPlan, chunkBounds, chunkHash } from './chunks/plan.js'
 import { OriginChunkSource } from './chunks/origin-source.js'
-import { ChunkScheduler, type ChunkSource, RequestSlots, TableMismatchError } from './chunks/scheduler.js'
+import { ChunkScheduler, type ChunkSource, OriginTurns, RequestSlots, TableMismatchError } from './chunks/scheduler.js'
 import { ChunkState } from './chunks/state.js'
 import type { OriginStripes } from './chunks/stripes.js'
 import type { Download } from './download.js'
 import type { BlobLocator, BlobSource } from './types.js'
 
 /**
- * Origin requests in flight per fetcher and blob when the fleet shares origin: origin's link is
- * the limit, and its flows share one queue. With two, a 4-node fleet pulling three layers kept
- * 24 flows at origin, and for seconds at a time one or two fetchers completed no origin request
- * at all (origin's log) while the others took its whole rate: their uplinks idled, having nothing
- * new to pass on. With one (12 flows), `scripts/bench/fanout --nodes 4 --rounds 3` read p50
- * 1.21× T_min (1.29, 1.21, 1.21) and origin 1.044× the image, against 1.28× (1.32, 1.28, 1.27)
- * and 1.076× with two (both with the work stealing of OriginStripes.next). A depth that grew
- * when answers' heads took long next to their bodies (for a far origin) grew on a loaded
- * machine too: to 2-4 for 9 of the 12 fetcher downloads of a 16-node round.
+ * Origin requests a fetcher has in flight over all its fan-out downloads (OriginTurns): origin's
+ * link is the limit, and its flows share one queue. With two per fetcher and blob, a 4-node fleet
+ * pulling three layers kept 24 flows at origin, and for seconds at a time one or two fetchers
+ * completed no origin request at all (origin's log) while the others took its whole rate: their
+ * uplinks idled, having nothing new to pass on. With one per blob (12 flows),
+ * `scripts/bench/fanout --nodes 4 --rounds 3` read p50 1.21x T_min (1.29, 1.21, 1.21) against
+ * 1.28x with two; with one over the fetcher's downloads (4 flows), 1.23x against 1.27x for one
+ * per blob in runs of the same hour. A depth that grew when answers' heads took long next to
+ * their bodies (for a far origin) grew on a loaded machine too: to 2-4 for 9 of the 12 fetcher
+ * downloads of a 16-node round.
  */
-const FANOUT_ORIGIN_INFLIGHT = 1
+export const FANOUT_ORIGIN_INFLIGHT = 1
 
 /** A fetcher that refuses connections this many times in a row is taken for dead… */
 const FETCHER_MAX_FAILURES = 3
@@ -173,6 +174,8 @@ export interface SwarmDownloadOptions {
   buffers?: ChunkBuffers
   /** the node's request slots, shared across downloads (default: this download's own, `swarm.maxRequests`) */
   slots?: RequestSlots
+  /** the node's origin turns, shared by its fan-out downloads (default: this download's own, FANOUT_ORIGIN_INFLIGHT) */
+  originTurns?: OriginTurns
   /** leave the peers after this long without a chunk (default NO_PROGRESS_MS) */
   noProgressMs?: number
 }
@@ -275,6 +278,7 @@ export async function runSwarmDownload(opts: SwarmDownloadOptions): Promise<void
     // with stripes, origin takes only this node's share (and what fetchers that died leave)
     origin: stripes === undefined ? originSource : gated(originSource, (i) => stripes.mine(i)),
     maxInflightOrigin: stripes === undefined ? undefined : FANOUT_ORIGIN_INFLIGHT,
+    originTurns: stripes === undefined ? undefined : (opts.originTurns ?? new OriginTurns(FANOUT_ORIGIN_INFLIGHT)),
     originPick: stripes === undefined ? undefined : (free) => stripes.next(plan.plan.count, free),
     buffers,
     slots: opts.slots ?? new RequestSlots(swarm.maxRequests),

@@ -4,7 +4,7 @@ import { describe, test } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { ChunkBuffers } from '../../src/transfer/chunks/buffers.js'
 import { ChunkTable, chunkBounds, chunkHash, planChunks } from '../../src/transfer/chunks/plan.js'
-import { ChunkScheduler, type ChunkSource, NoSourceError, RequestSlots } from '../../src/transfer/chunks/scheduler.js'
+import { ChunkScheduler, type ChunkSource, NoSourceError, OriginTurns, RequestSlots } from '../../src/transfer/chunks/scheduler.js'
 
 const CHUNK = 1024
 
@@ -200,6 +200,65 @@ describe('chunk scheduler', () => {
     const alive = setInterval(() => {}, 50)
     const { out } = await download(table, [new FakeSource('good', bytes, { delayMs: 2 })], undefined, { slots }).finally(() => clearInterval(alive))
     assert.ok(out.equals(bytes), 'the second download completed on its share')
+  })
+
+  test('origin turns: taken while free, then in line; a turn given back goes to the first in line', async () => {
+    const turns = new OriginTurns(1)
+    const woken: string[] = []
+    const a = (): void => {
+      woken.push('a')
+    }
+    const b = (): void => {
+      woken.push('b')
+      turns.take(b)
+    }
+    assert.ok(turns.take(a))
+    assert.equal(turns.take(b), false, 'none free: b waits in line')
+    turns.give()
+    assert.equal(turns.take(a), false, 'the giver does not take the turn back ahead of the line')
+    await Promise.resolve()
+    assert.deepEqual(woken, ['b'], 'b was woken and took it; a is in line behind it')
+    assert.equal(turns.inUse, 1)
+    turns.leave(a)
+    turns.give()
+    await Promise.resolve()
+    assert.deepEqual(woken, ['b'], 'a left the line: nobody is woken')
+    assert.equal(turns.inUse, 0)
+    assert.ok(turns.take(a), 'free, and nobody in line')
+    assert.throws(() => new OriginTurns(0), RangeError)
+  })
+
+  test('origin turns bound the origin requests of several downloads, which take origin in turn', async () => {
+    const turns = new OriginTurns(1)
+    let inflight = 0
+    let most = 0
+    const order: string[] = []
+    const origin = (bytes: Buffer, id: string): FakeSource => {
+      const source = new FakeSource('origin', bytes, { kind: 'origin', delayMs: 3 })
+      const fetch = source.fetch.bind(source)
+      source.fetch = async (i, signal, into) => {
+        most = Math.max(most, ++inflight)
+        order.push(id)
+        try {
+          return await fetch(i, signal, into)
+        } finally {
+          inflight--
+        }
+      }
+      return source
+    }
+    const blobs = [blob(4), blob(4)]
+    const alive = setInterval(() => {}, 50)
+    // no periodic pump in the test's time: a download waiting for a turn moves only when woken
+    const results = await Promise.all(
+      blobs.map(({ bytes, table }, k) => download(table, [], origin(bytes, `d${k}`), { originTurns: turns, maxInflightOrigin: 4, pollMs: 60_000, hedgeAfterMs: 240_000 })),
+    ).finally(() => clearInterval(alive))
+    assert.ok(results.every((r, k) => r.out.equals(blobs[k]!.bytes)), 'both blobs complete and exact')
+    assert.equal(most, 1, 'one origin request in flight at a time over both downloads')
+    assert.equal(turns.inUse, 0, 'every turn given back')
+    // (d0 queues for its second chunk before d1 starts, so the line runs d0, d0, d1, d0, d1…)
+    const switches = order.filter((id, i) => i > 0 && id !== order[i - 1]).length
+    assert.ok(switches >= 5, `the downloads took origin in turn: ${order.join(' ')}`)
   })
 
   test('a peer dropped for failing can be taken back; one dropped for bad bytes cannot', async () => {
