@@ -16,8 +16,8 @@ import type { BlobLocator, BlobSource } from './types.js'
  * completed no origin request at all (origin's log) while the others took its whole rate: their
  * uplinks idled, having nothing new to pass on. With one per blob (12 flows),
  * `scripts/bench/fanout --nodes 4 --rounds 3` read p50 1.21x T_min (1.29, 1.21, 1.21) against
- * 1.28x with two; with one over the fetcher's downloads (4 flows), 1.23x against 1.27x for one
- * per blob in runs of the same hour. A depth that grew when answers' heads took long next to
+ * 1.28x with two; with one over the fetcher's downloads (4 flows), 1.24-1.25x against 1.27x for
+ * one per blob in runs of the same hour (OriginTurns). A depth that grew when answers' heads took long next to
  * their bodies (for a far origin) grew on a loaded machine too: to 2-4 for 9 of the 12 fetcher
  * downloads of a 16-node round.
  */

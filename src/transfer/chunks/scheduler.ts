@@ -158,10 +158,11 @@ export class RequestSlots {
 /**
  * The origin requests a node has in flight over all its fan-out downloads, taken in turn.
  * Origin's link is the fleet's limit there, and every flow at origin shares it: with one request
- * per fetcher and blob, a 4-node fleet pulling three layers kept 12 flows at origin, each chunk
- * took three times as long to land as with 4, and a chunk only passes on to the other nodes
- * once it is whole (`scripts/bench/fanout --nodes 4 --rounds 3`: p50 1.27x T_min with 12
- * flows, 1.23x with one request per fetcher over its downloads, in runs of the same hour).
+ * per fetcher and blob, a 4-node fleet pulling three layers kept 12 flows at origin, each with a
+ * twelfth of its rate where 4 get a quarter, and a chunk only passes on to the other nodes once
+ * it is whole. `scripts/bench/fanout --nodes 4 --rounds 3`, runs of the same hour: p50 1.27x
+ * T_min and 44 CPU-s per GB with 12 flows (two runs), 1.24-1.25x and 36-37 CPU-s per GB with
+ * one request per fetcher over its downloads (two runs).
  *
  * A download that finds no turn free waits in line and is woken (its scheduler pumps) when one
  * frees up; a turn goes to the download first in line, not to the one that gave it back, so the
