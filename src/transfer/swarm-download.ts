@@ -10,16 +10,15 @@ import type { Download } from './download.js'
 import type { BlobLocator, BlobSource } from './types.js'
 
 /**
- * Origin requests a fetcher has in flight over all its fan-out downloads (OriginTurns): origin's
- * link is the limit, and its flows share one queue. With two per fetcher and blob, a 4-node fleet
- * pulling three layers kept 24 flows at origin, and for seconds at a time one or two fetchers
- * completed no origin request at all (origin's log) while the others took its whole rate: their
- * uplinks idled, having nothing new to pass on. With one per blob (12 flows),
- * `scripts/bench/fanout --nodes 4 --rounds 3` read p50 1.21x T_min (1.29, 1.21, 1.21) against
- * 1.28x with two; with one over the fetcher's downloads (4 flows), 1.24-1.25x against 1.27x for
- * one per blob in runs of the same hour (OriginTurns). A depth that grew when answers' heads took long next to
- * their bodies (for a far origin) grew on a loaded machine too: to 2-4 for 9 of the 12 fetcher
- * downloads of a 16-node round.
+ * Origin requests a fetcher has in flight, per fan-out download and over all of them
+ * (OriginTurns, where the figures of the latter are): origin's link is the limit, and its flows
+ * share one queue. With two per fetcher and blob, a 4-node fleet pulling three layers kept 24
+ * flows at origin, and for seconds at a time one or two fetchers completed no origin request at
+ * all (origin's log) while the others took its whole rate: their uplinks idled, having nothing
+ * new to pass on. With one per blob (12 flows), `scripts/bench/fanout --nodes 4 --rounds 3` read
+ * p50 1.21x T_min (1.29, 1.21, 1.21) against 1.28x with two. A depth that grew when answers'
+ * heads took long next to their bodies (for a far origin) grew on a loaded machine too: to 2-4
+ * for 9 of the 12 fetcher downloads of a 16-node round.
  */
 export const FANOUT_ORIGIN_INFLIGHT = 1
 
