@@ -3,7 +3,7 @@ import type { BlobWriter } from '../store/blob-store.js'
 import { ChunkBuffers } from './chunks/buffers.js'
 import { type ChunkPlan, chunkBounds, chunkHash } from './chunks/plan.js'
 import { OriginChunkSource } from './chunks/origin-source.js'
-import { ChunkScheduler, type ChunkSource, OriginTurns, RequestSlots, TableMismatchError } from './chunks/scheduler.js'
+import { ChunkScheduler, type ChunkSource, type OriginTurns, RequestSlots, TableMismatchError } from './chunks/scheduler.js'
 import { ChunkState } from './chunks/state.js'
 import type { OriginStripes } from './chunks/stripes.js'
 import type { Download } from './download.js'
@@ -173,7 +173,7 @@ export interface SwarmDownloadOptions {
   buffers?: ChunkBuffers
   /** the node's request slots, shared across downloads (default: this download's own, `swarm.maxRequests`) */
   slots?: RequestSlots
-  /** the node's origin turns, shared by its fan-out downloads (default: this download's own, FANOUT_ORIGIN_INFLIGHT) */
+  /** the node's origin turns, shared by its fan-out downloads (default: none; FANOUT_ORIGIN_INFLIGHT bounds this download alone) */
   originTurns?: OriginTurns
   /** leave the peers after this long without a chunk (default NO_PROGRESS_MS) */
   noProgressMs?: number
@@ -277,7 +277,7 @@ export async function runSwarmDownload(opts: SwarmDownloadOptions): Promise<void
     // with stripes, origin takes only this node's share (and what fetchers that died leave)
     origin: stripes === undefined ? originSource : gated(originSource, (i) => stripes.mine(i)),
     maxInflightOrigin: stripes === undefined ? undefined : FANOUT_ORIGIN_INFLIGHT,
-    originTurns: stripes === undefined ? undefined : (opts.originTurns ?? new OriginTurns(FANOUT_ORIGIN_INFLIGHT)),
+    originTurns: stripes === undefined ? undefined : opts.originTurns,
     originPick: stripes === undefined ? undefined : (free) => stripes.next(plan.plan.count, free),
     buffers,
     slots: opts.slots ?? new RequestSlots(swarm.maxRequests),
