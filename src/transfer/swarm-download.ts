@@ -87,7 +87,7 @@ function gated(source: ChunkSource, allowed: (index: number) => boolean): ChunkS
     id: source.id,
     kind: source.kind,
     has: (index) => allowed(index) && source.has(index),
-    fetch: (index, signal, into) => source.fetch(index, signal, into),
+    fetch: (index, signal, into, onBytes) => source.fetch(index, signal, into, onBytes),
   }
 }
 

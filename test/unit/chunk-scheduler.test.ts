@@ -45,7 +45,7 @@ class FakeSource implements ChunkSource {
   has(i: number): boolean {
     return this.o.holds ? this.o.holds(i) : true
   }
-  async fetch(i: number, signal: AbortSignal, into: Buffer): Promise<Uint8Array> {
+  async fetch(i: number, signal: AbortSignal, into: Buffer, _onBytes?: (bytes: number) => void): Promise<Uint8Array> {
     this.requests++
     const delay = typeof this.o.delayMs === 'function' ? this.o.delayMs(i) : (this.o.delayMs ?? 1)
     if (this.o.hang) await new Promise((_, reject) => signal.addEventListener('abort', () => reject(signal.reason)))
@@ -259,6 +259,64 @@ describe('chunk scheduler', () => {
     // (d0 queues for its second chunk before d1 starts, so the line runs d0, d0, d1, d0, d1…)
     const switches = order.filter((id, i) => i > 0 && id !== order[i - 1]).length
     assert.ok(switches >= 5, `the downloads took origin in turn: ${order.join(' ')}`)
+  })
+
+  test('an origin request that stops receiving gives its turn back; one still receiving keeps it', async () => {
+    const turns = new OriginTurns(1)
+    const idle = { originTurns: turns, maxInflightOrigin: 1, originTurnIdleMs: 150, pollMs: 20, requestTimeoutMs: 60_000, hedgeAfterMs: 60_000 }
+    const alive = setInterval(() => {}, 50)
+    try {
+      // a flow that trickles a byte every 50 ms for 0.6 s keeps its turn all along
+      const slow = blob(1)
+      const trickle = new FakeSource('origin', slow.bytes, { kind: 'origin' })
+      const serve = trickle.fetch.bind(trickle)
+      let trickleDone = 0
+      trickle.fetch = async (i, signal, into, onBytes) => {
+        for (let k = 0; k < 12; k++) {
+          await sleep(50, undefined, { signal })
+          onBytes?.(1)
+        }
+        const out = await serve(i, signal, into)
+        trickleDone = Date.now()
+        return out
+      }
+      const first = download(slow.table, [], trickle, idle)
+      await sleep(10)
+      const next = blob(2)
+      const waiting = new FakeSource('origin', next.bytes, { kind: 'origin' })
+      const wait = waiting.fetch.bind(waiting)
+      let waitingFrom = 0
+      waiting.fetch = (i, signal, into) => {
+        waitingFrom ||= Date.now()
+        return wait(i, signal, into)
+      }
+      const { out } = await download(next.table, [], waiting, idle)
+      await first
+      assert.ok(out.equals(next.bytes))
+      assert.ok(trickleDone > 0 && waitingFrom >= trickleDone, 'the second download began on origin only once the moving flow ended')
+      assert.equal(turns.inUse, 0)
+
+      // a flow that hung: the other download's origin requests go on after the idle time
+      const stuck = blob(2)
+      const hung = new FakeSource('origin', stuck.bytes, { kind: 'origin', hang: true })
+      const stop = new AbortController()
+      const s = new ChunkScheduler({ plan: stuck.table.plan, verify: (i, b) => stuck.table.verify(i, b), accept: async () => {}, peers: [], origin: hung, ...idle })
+      const hanging = s.run(stop.signal).catch((err: Error) => err)
+      await sleep(10)
+      assert.equal(turns.inUse, 1, 'the hung request holds the turn')
+      const started = Date.now()
+      const other = blob(3)
+      const done = await download(other.table, [], new FakeSource('origin', other.bytes, { kind: 'origin' }), idle)
+      assert.ok(done.out.equals(other.bytes), 'the other download completed from origin')
+      const waited = Date.now() - started
+      assert.ok(waited >= 100 && waited < 2_000, `it waited about the idle time, ${waited} ms`)
+      assert.equal(hung.requests, 1, 'the hung download started no second origin request')
+      stop.abort(new Error('test over'))
+      assert.equal(((await hanging) as Error).message, 'test over')
+      assert.equal(turns.inUse, 0, 'the hung request, given up, did not give its turn back twice')
+    } finally {
+      clearInterval(alive)
+    }
   })
 
   test('a peer dropped for failing can be taken back; one dropped for bad bytes cannot', async () => {

@@ -24,7 +24,7 @@ export class OriginChunkSource implements ChunkSource {
     return true
   }
 
-  async fetch(index: number, signal: AbortSignal, into: Buffer): Promise<Uint8Array> {
+  async fetch(index: number, signal: AbortSignal, into: Buffer, onBytes?: (bytes: number) => void): Promise<Uint8Array> {
     const { start, end } = chunkBounds(this.plan, index)
     const length = end - start
     const res = await this.source.open(this.locator, { signal, offset: start, length })
@@ -35,6 +35,7 @@ export class OriginChunkSource implements ChunkSource {
         data.copy(into, filled, 0, take)
         filled += take
         this.onBytes?.(take)
+        onBytes?.(take)
         if (filled === length) break
       }
     } finally {

@@ -13,9 +13,11 @@ export interface ChunkSource {
    * The bytes of chunk `index`; the scheduler verifies them. A source that is busy (it serves
    * others up to its cap) rejects with an error carrying `retryAfterMs`: not a failure, it is
    * asked nothing more until then. `into` has exactly the chunk's
-   * length: a source fills it and returns it (or returns bytes of its own).
+   * length: a source fills it and returns it (or returns bytes of its own). `onBytes`, when
+   * given, is called as bytes arrive (origin reports them: a flow that stops moving gives its
+   * turn back, see OriginTurns).
    */
-  fetch(index: number, signal: AbortSignal, into: Buffer): Promise<Uint8Array>
+  fetch(index: number, signal: AbortSignal, into: Buffer, onBytes?: (bytes: number) => void): Promise<Uint8Array>
 }
 
 export interface SchedulerOptions {
@@ -33,6 +35,8 @@ export interface SchedulerOptions {
   origin?: ChunkSource
   /** origin requests in flight, shared by the node's fan-out downloads (default: only maxInflightOrigin bounds them) */
   originTurns?: OriginTurns
+  /** an origin request that received no byte for this long gives its turn back (default 5 s) */
+  originTurnIdleMs?: number
   /**
    * Origin's next chunk when the fleet shares origin (OriginStripes.next), among those `free`
    * says no source holds and none is fetching; undefined: none of them (origin may still hedge
@@ -80,6 +84,10 @@ interface Inflight {
   controller: AbortController
   startedAt: number
   into: Buffer
+  /** it holds one of the node's origin turns */
+  turn: boolean
+  /** when its last bytes arrived (or it started), ms since epoch: reported by origin only */
+  lastBytes: number
 }
 
 const DEFAULTS = {
@@ -89,6 +97,7 @@ const DEFAULTS = {
   hedgeAfterMs: 3_000,
   maxPeerFailures: 3,
   pollMs: 100,
+  originTurnIdleMs: 5_000,
 }
 
 /** Origin hedges a chunk a peer is slow with only after this many hedge delays. */
@@ -167,6 +176,12 @@ export class RequestSlots {
  * A download that finds no turn free waits in line and is woken (its scheduler pumps) when one
  * frees up; a turn goes to the download first in line, not to the one that gave it back, so the
  * node's downloads take origin's chunks in turn.
+ *
+ * A request that receives nothing for `originTurnIdleMs` (5 s) gives its turn back and goes on
+ * without one: a flow that hung at origin would otherwise hold up every other fan-out blob of the
+ * node, and the other nodes would only give this fetcher's shares to the next after their stall
+ * watchdog (p2p.fetcherStall, 12 s). A healthy flow is never that silent, even one of a dozen
+ * sharing origin's link.
  */
 export class OriginTurns {
   readonly max: number
@@ -382,6 +397,7 @@ export class ChunkScheduler {
       return
     }
     const now = Date.now()
+    this.releaseIdleTurns(now)
     const rarity = this.rarities()
     const hedgeDelay = this.hedgeDelay()
     const sources = this.sources()
@@ -411,6 +427,19 @@ export class ChunkScheduler {
     const resting = sources.some((source) => (this.busyUntil.get(source) ?? 0) > now)
     if (this.inflight.size === 0 && this.done.size < this.opts.plan.count && !resting && !inLine && this.opts.mayWait?.() !== true) {
       this.fail(new NoSourceError(this.opts.plan.count - this.done.size))
+    }
+  }
+
+  /** Origin requests that received nothing for long give their turns back (see OriginTurns). */
+  private releaseIdleTurns(now: number): void {
+    const turns = this.opts.originTurns
+    if (turns === undefined || turns.inUse === 0) return
+    for (const flights of this.inflight.values()) {
+      for (const flight of flights) {
+        if (!flight.turn || now - flight.lastBytes <= this.opts.originTurnIdleMs) continue
+        flight.turn = false
+        turns.give()
+      }
     }
   }
 
@@ -474,7 +503,8 @@ export class ChunkScheduler {
   private start(index: number, source: ChunkSource, now: number): void {
     const controller = new AbortController()
     const { start, end } = chunkBounds(this.opts.plan, index)
-    const flight: Inflight = { source, controller, startedAt: now, into: this.buffers.take(end - start) }
+    const turn = source.kind === 'origin' && this.opts.originTurns !== undefined
+    const flight: Inflight = { source, controller, startedAt: now, into: this.buffers.take(end - start), turn, lastBytes: now }
     const flights = this.inflight.get(index) ?? []
     flights.push(flight)
     this.inflight.set(index, flights)
@@ -485,7 +515,12 @@ export class ChunkScheduler {
     }
     const timeoutMs = source.kind === 'origin' ? (this.opts.originRequestTimeoutMs ?? this.opts.requestTimeoutMs) : this.opts.requestTimeoutMs
     const signal = timeoutSignal(timeoutMs, controller.signal)
-    source.fetch(index, signal, flight.into).then(
+    const onBytes = turn
+      ? (): void => {
+          flight.lastBytes = Date.now()
+        }
+      : undefined
+    source.fetch(index, signal, flight.into, onBytes).then(
       (bytes) => this.onBytes(index, flight, bytes),
       (err: unknown) => this.onError(index, flight, err),
     )
@@ -496,7 +531,10 @@ export class ChunkScheduler {
     if (flight.source.kind === 'peer') {
       this.peerRequests--
       this.opts.slots?.give()
-    } else this.opts.originTurns?.give()
+    } else if (flight.turn) {
+      flight.turn = false
+      this.opts.originTurns?.give()
+    }
     const flights = this.inflight.get(index)
     if (flights === undefined) return
     const rest = flights.filter((f) => f !== flight)
