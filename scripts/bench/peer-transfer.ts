@@ -263,6 +263,7 @@ export function fileProvider(fixture: BlobFixture): ChunkProvider {
   const info: BlobInfo = { size: fixture.size, chunkSize: fixture.chunkSize, table: fixture.table, have: fixture.table.map(() => true) }
   return {
     info: async (digest) => (digest === fixture.digest ? info : undefined),
+    chunkCount: (digest) => (digest === fixture.digest ? chunkCount(fixture.size, fixture.chunkSize) : undefined),
     read: async (digest, index, signal) => {
       if (digest !== fixture.digest || index >= chunkCount(fixture.size, fixture.chunkSize)) return undefined
       const start = index * fixture.chunkSize

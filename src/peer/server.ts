@@ -26,7 +26,6 @@ import {
   TICKET_PROTOCOL,
   TLS_VERSION,
   checkInfo,
-  chunkCount,
   decodeTicketRequest,
   encodeInfo,
   encodeTicket,
@@ -310,17 +309,14 @@ class DataServer implements PeerDataServer {
       if (!res.writableFinished) controller.abort()
     })
 
-    const info = await this.provider.info(digest)
-    if (info === undefined) {
+    // (no holdings answer per chunk: the read finds out whether the chunk is held)
+    const count = this.provider.chunkCount(digest)
+    if (count === undefined) {
       reply(res, 404, 'blob unknown')
       return
     }
-    if (index >= chunkCount(info.size, info.chunkSize)) {
+    if (index >= count) {
       reply(res, 416, 'chunk index out of range')
-      return
-    }
-    if (info.have[index] !== true) {
-      reply(res, 404, 'chunk not held')
       return
     }
     if (res.destroyed) return

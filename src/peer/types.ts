@@ -32,6 +32,11 @@ export interface ChunkProvider {
    */
   info(digest: string, wait?: { held: number; signal: AbortSignal }, asker?: string): Promise<BlobInfo | undefined>
   /**
+   * How many chunks the blob has, when this node holds any of it or has begun on it; no I/O:
+   * asked before every chunk upload.
+   */
+  chunkCount(digest: string): number | undefined
+  /**
    * A readable of the verified bytes of chunk `index`; undefined when this node does not hold
    * it verified. `length` is the exact number of bytes `body` yields. The provider must stop
    * (destroy `body`) when `signal` aborts. `release`, when given, is called once the upload has

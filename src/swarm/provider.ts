@@ -133,6 +133,12 @@ export class StoreChunkProvider implements ChunkProvider {
     return info
   }
 
+  chunkCount(digest: string): number | undefined {
+    const held = this.opts.store.stat(digest)
+    if (held !== undefined) return planChunks(held.size, this.opts.chunkSize).count
+    return this.inflight(digest)?.chunks?.plan.count
+  }
+
   async read(digest: string, index: number, signal: AbortSignal): Promise<ChunkRead | undefined> {
     const source = this.chunkSource(digest, index)
     if (source === undefined || index >= source.plan.count) return undefined

@@ -66,6 +66,9 @@ export async function startBadPeer(opts: StartBadPeerOptions): Promise<BadPeer> 
     async info(digest) {
       return held.get(digest)?.info
     },
+    chunkCount(digest) {
+      return held.get(digest)?.info.have.length
+    },
     async read(digest, index, signal) {
       const entry = held.get(digest)
       if (entry === undefined || index >= entry.info.have.length) return undefined

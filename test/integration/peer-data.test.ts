@@ -64,6 +64,10 @@ class FakeProvider implements ChunkProvider {
     return { size: SIZE, chunkSize: CHUNK, table: TABLE, have: CHUNKS.map((_, i) => i !== NOT_HELD) }
   }
 
+  chunkCount(digest: string): number | undefined {
+    return digest === DIGEST ? CHUNKS.length : undefined
+  }
+
   async read(digest: string, index: number, signal: AbortSignal): Promise<{ length: number; body: Readable } | undefined> {
     if (digest !== DIGEST || index === NOT_HELD || index >= CHUNKS.length) return undefined
     this.reads++
