@@ -1,7 +1,7 @@
 /**
  * Counts from the daemon logs a fan-out run kept (`scripts/bench/fanout --mode shoal --keep DIR
  * --json F`), split at the round's start (the first client's `startedAt` in F):
- * - `infoAnswered`: holdings answers, summed over the `peer data server closed` lines;
+ * - `infoAnswered` and `infoBytes`: holdings answers and their bytes, summed over the `peer data server closed` lines;
  * - origin fetchers (chosen during the round): for each blob, how many nodes chose each pair (`origin fetchers chosen`),
  *   and how many took candidates from the near nodes their fetchers named (`near` > 0); and the
  *   median time from a blob's request to its fetchers' answers (`ms`) over all those lines;
@@ -52,6 +52,7 @@ function main(): void {
   const start = Math.min(...nodes.map((n) => n.startedAt))
   const end = Math.max(...nodes.map((n) => n.startedAt + n.seconds * 1000))
   let infoAnswered = 0
+  let infoBytes = 0
   const fetchers = new Map<string, Map<string, number>>()
   /** per blob, the nodes that added candidates from the near nodes named by the fetchers they asked */
   const tookNear = new Map<string, number>()
@@ -69,13 +70,16 @@ function main(): void {
   for (const file of readdirSync(dir).filter((f) => /^shoal-.*\.log$/.test(f))) {
     for (const line of readFileSync(join(dir, file), 'utf8').split('\n')) {
       if (line.startsWith('{')) {
-        let entry: { msg?: string; time?: string; infoAnswered?: number; digest?: string; fetchers?: string[]; near?: number; ms?: number; walked?: boolean; peers?: number }
+        let entry: { msg?: string; time?: string; infoAnswered?: number; infoBytes?: number; digest?: string; fetchers?: string[]; near?: number; ms?: number; walked?: boolean; peers?: number }
         try {
           entry = JSON.parse(line) as typeof entry
         } catch {
           continue
         }
-        if (entry.msg === 'peer data server closed') infoAnswered += entry.infoAnswered ?? 0
+        if (entry.msg === 'peer data server closed') {
+          infoAnswered += entry.infoAnswered ?? 0
+          infoBytes += entry.infoBytes ?? 0
+        }
         else if (entry.msg === 'origin fetchers chosen' && entry.digest !== undefined && inRound(Date.parse(entry.time ?? ''))) {
           const byPair = fetchers.get(entry.digest) ?? new Map<string, number>()
           increment(byPair, (entry.fetchers ?? []).map((id) => id.slice(-6)).join('+'))
@@ -109,7 +113,7 @@ function main(): void {
       if (text.startsWith('sending GoAway') && at >= start && at < end) goAways++
     }
   }
-  console.log(`info answers: ${infoAnswered}`)
+  console.log(`info answers: ${infoAnswered}, ${(infoBytes / 2 ** 20).toFixed(1)} MiB`)
   printOriginAnswers(dir, nodes, start, end)
   console.log('origin fetchers chosen, nodes per pair (last 6 characters of each peer id), and nodes that added near nodes to their candidates:')
   for (const [digest, byPair] of fetchers) {

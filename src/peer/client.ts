@@ -123,6 +123,8 @@ interface Session {
   readonly infos: DataChannel
   /** local ms after which a new ticket is fetched */
   readonly refreshAt: number
+  /** the peer takes `known` on info requests (its ticket said so) */
+  readonly known: boolean
 }
 
 interface PeerState {
@@ -187,14 +189,18 @@ class DataClient implements PeerDataClient {
 
   async info(peer: PeerRef, digest: string, options: { signal: AbortSignal; waitMs?: number | undefined } & InfoQuery): Promise<BlobInfo | undefined> {
     if (!isDigest(digest)) throw new PeerDataArgumentError(`invalid digest ${JSON.stringify(digest.slice(0, 100))}`)
-    const path = blobPath(digest, options)
-    const { signal } = options
+    const { signal, want, held } = options
     const waitMs = options.waitMs ?? this.infoWaitMs
-    const res = await this.send(peer, signal, (session) => session.infos.request({ path, signal, waitMs, maxBody: MAX_INFO_BYTES }))
+    /** the chunks named known to the peer (only to one that takes them) */
+    let known: Uint8Array | undefined
+    const res = await this.send(peer, signal, (session) => {
+      known = session.known ? options.known : undefined
+      return session.infos.request({ path: blobPath(digest, { want, held, known }), signal, waitMs, maxBody: MAX_INFO_BYTES })
+    })
     if (res.status === 404) return undefined
     if (res.status !== 200) throw httpError(peer.id, res)
     try {
-      return decodeInfo((res.body as Buffer).toString('utf8'))
+      return decodeInfo((res.body as Buffer).toString('utf8'), known)
     } catch (err) {
       throw new PeerProtocolError(`peer ${peer.id} sent an invalid info for ${digest}`, { cause: err })
     }
@@ -318,7 +324,7 @@ class DataClient implements PeerDataClient {
       })
     const refreshAt = started + ticket.ttlMs - Math.min(TICKET_REFRESH_MARGIN_MS, ticket.ttlMs / 5)
     this.log.debug({ peerId: peer.id, host, port: ticket.port, tls: ticket.tls }, 'got data ticket')
-    return { peerId: peer.id, chunks: channel(this.maxSockets), infos: channel(INFO_SOCKETS_PER_PEER), refreshAt }
+    return { peerId: peer.id, chunks: channel(this.maxSockets), infos: channel(INFO_SOCKETS_PER_PEER), refreshAt, known: ticket.known === true }
   }
 
   /** an open libp2p connection to the peer, authenticated as peer.id */

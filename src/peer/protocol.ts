@@ -5,7 +5,7 @@
  *    the other's peer id): the requester writes one JSON request and closes its write side; the
  *    server answers one JSON ticket and closes. At most `MAX_TICKET_MESSAGE_BYTES` each way.
  *      request  {"v":1}
- *      response {"v":1,"tls":true,"port":40123,"identity":"<32 hex>","key":"<64 hex>","ttlMs":600000}
+ *      response {"v":1,"tls":true,"port":40123,"identity":"<32 hex>","key":"<64 hex>","ttlMs":600000,"known":true}
  *             | {"v":1,"error":"..."}
  *    The server binds the ticket to the requester's peer id. The key never travels anywhere
  *    else: Noise carried it, with forward secrecy.
@@ -17,7 +17,7 @@
  *    - plaintext: `Authorization: Bearer <identity>.<key>` on every request: still
  *      authenticated (the token came over Noise), not confidential.
  *    Routes (GET only):
- *      /shoal/v1/blobs/<digest>[?want=<registry/name>][&held=<n>]
+ *      /shoal/v1/blobs/<digest>[?want=<registry/name>][&held=<n>][&known=<bitfield, base64url>]
  *                                                → 200 application/json (encodeInfo) | 404
  *        `held=n` (a long poll): the answer waits, up to a few seconds, until the node holds
  *        more than n chunks, so a peer learns of each chunk as it lands without polling
@@ -27,6 +27,11 @@
  *        nodes first as the rest. A node that has not begun on the blob does not know its size
  *        yet: it answers no chunks (size 0, an empty `have`) with `near`, where it answered 404
  *        before; an asker tells that from holdings by the size it plans with.
+ *        `known`: the chunks whose hashes the asker already has from this node; their table
+ *        entries are answered empty. A long poll's answer otherwise repeats the whole table
+ *        for every chunk the node gains: for a blob of c chunks, c answers of c hashes each per
+ *        asker (a 10 GiB layer's table is 700 KB). Only sent to a node whose ticket says
+ *        `known` (a node of an older version answers an unknown parameter 404).
  *      /shoal/v1/blobs/<digest>/chunks/<index>   → 200 application/octet-stream | 404 | 416 | 503
  */
 import type { BlobInfo } from './types.js'
@@ -45,6 +50,8 @@ export const MAX_CHUNKS = 1 << 20
 export const MAX_EXCHANGED_PEERS = 16
 /** peer ids an info answer names at most as nearest the blob's key */
 export const MAX_NEAR_PEERS = 16
+/** a request names the chunks it knows (`known`) for blobs of at most this many chunks (its query stays short) */
+export const MAX_KNOWN_CHUNKS = 32_768
 /** upper bound of an info response body */
 export const MAX_INFO_BYTES = 256 + MAX_CHUNKS * 67 + MAX_CHUNKS / 8 * 1.4 + (MAX_EXCHANGED_PEERS + MAX_NEAR_PEERS) * 70
 
@@ -53,11 +60,12 @@ const KEY_RE = /^[0-9a-f]{64}$/
 const SHA256_HEX_RE = /^[0-9a-f]{64}$/
 const BASE64_RE = /^[A-Za-z0-9+/]*={0,2}$/
 const BEARER_RE = /^Bearer ([0-9a-f]{32})\.([0-9a-f]{64})$/
-const PATH_RE = /^\/shoal\/v1\/blobs\/([^/?]{1,200})(?:\/chunks\/(\d{1,10})|\?([A-Za-z0-9%._=&-]{1,700}))?$/
+const PATH_RE = /^\/shoal\/v1\/blobs\/([^/?]{1,200})(?:\/chunks\/(\d{1,10})|\?([A-Za-z0-9%._=&-]{1,6400}))?$/
 /** a libp2p peer id in its base58btc string form */
 const PEER_ID_RE = /^[1-9A-HJ-NP-Za-km-z]{40,64}$/
 const WANT_RE = /^[A-Za-z0-9%._-]{1,600}$/
 const HELD_RE = /^\d{1,7}$/
+const KNOWN_RE = new RegExp(`^[A-Za-z0-9_-]{1,${Math.ceil((MAX_KNOWN_CHUNKS / 8) * (4 / 3))}}$`)
 
 /** Options of an info request. */
 export interface InfoQuery {
@@ -65,12 +73,17 @@ export interface InfoQuery {
   want?: string | undefined
   /** answer once the peer holds more than this many chunks (or after a few seconds) */
   held?: number | undefined
+  /** bitfield (see `bitfield`) of the chunks whose hashes the asker has from this peer: answered without them */
+  known?: Uint8Array | undefined
 }
 
 export function blobPath(digest: string, query: InfoQuery = {}): string {
   const params: string[] = []
   if (query.want !== undefined) params.push(`want=${encodeURIComponent(query.want)}`)
   if (query.held !== undefined) params.push(`held=${query.held}`)
+  if (query.known !== undefined && query.known.length > 0 && query.known.length <= MAX_KNOWN_CHUNKS / 8) {
+    params.push(`known=${Buffer.from(query.known.buffer, query.known.byteOffset, query.known.byteLength).toString('base64url')}`)
+  }
   return params.length === 0 ? `/shoal/v1/blobs/${digest}` : `/shoal/v1/blobs/${digest}?${params.join('&')}`
 }
 
@@ -80,7 +93,7 @@ export function chunkPath(digest: string, index: number): string {
 
 export type ParsedPath = ({ kind: 'info'; digest: string } & InfoQuery) | { kind: 'chunk'; digest: string; index: number }
 
-/** parse a request path (a query string only on info: `want`, `held`); undefined when it matches no route. Digest grammar is checked by the caller. */
+/** parse a request path (a query string only on info: `want`, `held`, `known`); undefined when it matches no route. Digest grammar is checked by the caller. */
 export function parsePath(url: string): ParsedPath | undefined {
   const m = PATH_RE.exec(url)
   if (m === null) return undefined
@@ -98,6 +111,7 @@ export function parsePath(url: string): ParsedPath | undefined {
         return undefined
       }
     } else if (key === 'held' && parsed.held === undefined && HELD_RE.test(value)) parsed.held = Number(value)
+    else if (key === 'known' && parsed.known === undefined && KNOWN_RE.test(value)) parsed.known = Buffer.from(value, 'base64url')
     else return undefined
   }
   return parsed
@@ -120,6 +134,8 @@ export interface TicketWire {
   identity: string
   key: string
   ttlMs: number
+  /** the server takes `known` on info requests */
+  known?: boolean
 }
 
 export function encodeTicketRequest(): Uint8Array {
@@ -145,13 +161,13 @@ export function decodeTicket(bytes: Uint8Array): TicketWire {
   const value = parseJson(bytes)
   if (!isRecord(value) || value['v'] !== WIRE_VERSION) throw new Error('unsupported ticket response')
   if (typeof value['error'] === 'string') throw new Error(`peer refused a ticket: ${value['error'].slice(0, 200)}`)
-  const { tls, port, identity, key, ttlMs } = value
+  const { tls, port, identity, key, ttlMs, known } = value
   if (typeof tls !== 'boolean') throw new Error('ticket: tls is not a boolean')
   if (typeof port !== 'number' || !Number.isInteger(port) || port < 1 || port > 65535) throw new Error('ticket: bad port')
   if (typeof identity !== 'string' || !IDENTITY_RE.test(identity)) throw new Error('ticket: bad identity')
   if (typeof key !== 'string' || !KEY_RE.test(key)) throw new Error('ticket: bad key')
   if (typeof ttlMs !== 'number' || !Number.isInteger(ttlMs) || ttlMs < 1_000 || ttlMs > 24 * 3600_000) throw new Error('ticket: bad ttlMs')
-  return { tls, port, identity, key, ttlMs }
+  return { tls, port, identity, key, ttlMs, known: known === true }
 }
 
 export function bearerToken(identity: string, key: string): string {
@@ -181,8 +197,22 @@ interface InfoWire {
   near?: string[]
 }
 
-/** checks a provider's (local, trusted but possibly buggy) info; throws with the reason */
-export function checkInfo(info: BlobInfo): void {
+/** flags as a bitfield: flag i is bit (7 - i % 8) of byte i / 8 */
+export function bitfield(flags: readonly boolean[]): Buffer {
+  const bits = Buffer.alloc(Math.ceil(flags.length / 8))
+  for (let i = 0; i < flags.length; i++) if (flags[i]) bits[i >> 3]! |= 0x80 >> (i & 7)
+  return bits
+}
+
+function isSet(bits: Uint8Array | undefined, i: number): boolean {
+  return bits !== undefined && ((bits[i >> 3] ?? 0) & (0x80 >> (i & 7))) !== 0
+}
+
+/**
+ * Checks a provider's (local, trusted but possibly buggy) info, or a peer's decoded one; throws
+ * with the reason. `known`: the chunks the asker said it knows, whose table entries may be empty.
+ */
+export function checkInfo(info: BlobInfo, known?: Uint8Array): void {
   const { size, chunkSize, table, have } = info
   if (!Number.isSafeInteger(size) || size < 0) throw new Error('bad size')
   if (!Number.isSafeInteger(chunkSize) || chunkSize < 1) throw new Error('bad chunkSize')
@@ -193,27 +223,24 @@ export function checkInfo(info: BlobInfo): void {
     if (!Array.isArray(table) || table.length !== count) throw new Error(`table has ${table.length} entries, expected ${count}`)
     // a node still downloading knows the hashes of the chunks it holds: '' stands for the others
     table.forEach((entry, i) => {
-      const ok = typeof entry === 'string' && (SHA256_HEX_RE.test(entry) || (entry === '' && !have[i]))
+      const ok = typeof entry === 'string' && (SHA256_HEX_RE.test(entry) || (entry === '' && (!have[i] || isSet(known, i))))
       if (!ok) throw new Error('table entry is not 64 hex characters')
     })
   }
 }
 
-export function encodeInfo(info: BlobInfo): string {
-  const bits = Buffer.alloc(Math.ceil(info.have.length / 8))
-  info.have.forEach((held, i) => {
-    if (held) bits[i >> 3]! |= 0x80 >> (i & 7)
-  })
-  const wire: InfoWire = { size: info.size, chunkSize: info.chunkSize, have: bits.toString('base64') }
-  if (info.table !== undefined) wire.table = info.table
+/** an info answer; `known`: the chunks the asker knows, whose table entries are left empty */
+export function encodeInfo(info: BlobInfo, known?: Uint8Array): string {
+  const wire: InfoWire = { size: info.size, chunkSize: info.chunkSize, have: bitfield(info.have).toString('base64') }
+  if (info.table !== undefined) wire.table = known === undefined ? info.table : info.table.map((hash, i) => (isSet(known, i) ? '' : hash))
   if (info.received !== undefined) wire.received = info.received
   if (info.peers !== undefined && info.peers.length > 0) wire.peers = info.peers.slice(0, MAX_EXCHANGED_PEERS)
   if (info.near !== undefined && info.near.length > 0) wire.near = info.near.slice(0, MAX_NEAR_PEERS)
   return JSON.stringify(wire)
 }
 
-/** parses and validates an info body from a peer (untrusted); throws with the reason */
-export function decodeInfo(text: string): BlobInfo {
+/** parses and validates an info body from a peer (untrusted), asked with `known`; throws with the reason */
+export function decodeInfo(text: string, known?: Uint8Array): BlobInfo {
   let value: unknown
   try {
     value = JSON.parse(text)
@@ -240,7 +267,7 @@ export function decodeInfo(text: string): BlobInfo {
   if (received !== undefined) info.received = received
   if (peers !== undefined) info.peers = peers
   if (near !== undefined) info.near = near
-  checkInfo(info)
+  checkInfo(info, known)
   return info
 }
 

@@ -25,6 +25,7 @@ import {
   PSK_CIPHERS,
   TICKET_PROTOCOL,
   TLS_VERSION,
+  type InfoQuery,
   checkInfo,
   decodeTicketRequest,
   encodeInfo,
@@ -87,7 +88,7 @@ class DataServer implements PeerDataServer {
   /** the ticket identity each TLS socket authenticated with */
   private readonly tlsIdentity = new WeakMap<Socket, string>()
   private readonly closing = new AbortController()
-  private readonly counters = { uploads: 0, bytesSent: 0, uploadsTotal: 0, rejectedBusy: 0, rejectedUnauthorized: 0, ticketsIssued: 0, infoAnswered: 0 }
+  private readonly counters = { uploads: 0, bytesSent: 0, uploadsTotal: 0, rejectedBusy: 0, rejectedUnauthorized: 0, ticketsIssued: 0, infoAnswered: 0, infoBytes: 0 }
   private boundPort = 0
   private closed: Promise<void> | undefined
 
@@ -197,7 +198,7 @@ class DataServer implements PeerDataServer {
         this.counters.ticketsIssued++
         await writeMessage(
           stream,
-          encodeTicket({ tls: ticket.tls, port: this.boundPort, identity: ticket.identity, key: ticket.key.toString('hex'), ttlMs: this.book.ttlMs }),
+          encodeTicket({ tls: ticket.tls, port: this.boundPort, identity: ticket.identity, key: ticket.key.toString('hex'), ttlMs: this.book.ttlMs, known: true }),
           signal
         )
         this.log.debug({ peerId, identity: ticket.identity }, 'issued data ticket')
@@ -253,7 +254,7 @@ class DataServer implements PeerDataServer {
     const log = this.log.child({ peerId: ticket.peerId, digest: parsed.digest })
     if (parsed.kind === 'info') {
       if (parsed.want !== undefined) this.provider.want?.(parsed.digest, parsed.want, ticket.peerId)
-      this.serveInfo(parsed.digest, parsed.held, parsed.want !== undefined, ticket.peerId, res, log).catch((err: unknown) => fail(res, log, err))
+      this.serveInfo(parsed.digest, parsed, ticket.peerId, res, log).catch((err: unknown) => fail(res, log, err))
       return
     }
     if (this.counters.uploads >= this.maxUploads) {
@@ -264,11 +265,11 @@ class DataServer implements PeerDataServer {
     this.serveChunk(parsed.digest, parsed.index, res, log).catch((err: unknown) => fail(res, log, err))
   }
 
-  private async serveInfo(digest: string, held: number | undefined, want: boolean, asker: string, res: ServerResponse, log: Logger): Promise<void> {
+  private async serveInfo(digest: string, { held, want, known }: InfoQuery, asker: string, res: ServerResponse, log: Logger): Promise<void> {
     let info: BlobInfo | undefined
     if (held === undefined) {
       // an asker choosing its origin fetchers (only it pays for the peers near the blob's key)
-      info = want && this.provider.wantInfo !== undefined ? await this.provider.wantInfo(digest, asker) : await this.provider.info(digest, undefined, asker)
+      info = want !== undefined && this.provider.wantInfo !== undefined ? await this.provider.wantInfo(digest, asker) : await this.provider.info(digest, undefined, asker)
     } else {
       // a long poll: ends after LONG_POLL_MS, or early when the requester goes away (one
       // controller and a timer: a composite signal per poll showed in profiles of a fan-out)
@@ -288,8 +289,9 @@ class DataServer implements PeerDataServer {
       return
     }
     checkInfo(info) // a provider bug answers 500, it does not reach the peer
-    const body = encodeInfo(info)
+    const body = encodeInfo(info, known)
     this.counters.infoAnswered++
+    this.counters.infoBytes += body.length
     log.trace('served info')
     if (res.destroyed) return
     res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) })

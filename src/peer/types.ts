@@ -78,6 +78,8 @@ export interface PeerDataServerStats {
   ticketsIssued: number
   /** blob info answers (holdings asks and long polls) */
   infoAnswered: number
+  /** their bodies' bytes (JSON, ASCII) */
+  infoBytes: number
   /** tickets currently valid */
   tickets: number
 }

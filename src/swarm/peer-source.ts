@@ -1,4 +1,5 @@
 import { PeerUnreachableError } from '../peer/errors.js'
+import { bitfield } from '../peer/protocol.js'
 import type { PeerRef } from '../routing/types.js'
 import type { ChunkPlan } from '../transfer/chunks/plan.js'
 import type { PeerSource } from '../transfer/swarm-download.js'
@@ -95,7 +96,7 @@ export class PeerChunkSource implements PeerSource {
     if (this.refreshing || Date.now() < this.nextRefresh || this.signal.aborted) return
     this.refreshing = true
     this.client
-      .info(this.peer, this.digest, { signal: this.signal, waitMs: REFRESH_TIMEOUT_MS, want: this.want, held: this.held })
+      .info(this.peer, this.digest, { signal: this.signal, waitMs: REFRESH_TIMEOUT_MS, want: this.want, held: this.held, known: this.held > 0 ? bitfield(this.have) : undefined })
       .then(
         (info) => {
           this.refreshFailures = 0

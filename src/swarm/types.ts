@@ -20,13 +20,14 @@ export interface PeerBlobInfo {
 export interface PeerChunkClient {
   /**
    * `want` (`registry/name`): ask the peer to start fetching the blob (it is one of its origin
-   * fetchers); `held`: answer once the peer holds more chunks than that (a long poll); `waitMs`:
-   * the most the answer may take
+   * fetchers); `held`: answer once the peer holds more chunks than that (a long poll); `known`:
+   * the chunks (a bitfield) whose hashes this node has from the peer, left out of the answer's
+   * table; `waitMs`: the most the answer may take
    */
   info(
     peer: PeerRef,
     digest: string,
-    options: { signal: AbortSignal; want?: string | undefined; held?: number | undefined; waitMs?: number | undefined },
+    options: { signal: AbortSignal; want?: string | undefined; held?: number | undefined; known?: Uint8Array | undefined; waitMs?: number | undefined },
   ): Promise<PeerBlobInfo | undefined>
   /** fills `into` (the chunk's length) with the chunk's raw bytes */
   fetchChunk(peer: PeerRef, digest: string, index: number, options: { signal: AbortSignal; into: Buffer }): Promise<void>

@@ -26,7 +26,7 @@ import {
   createPeerDataClient,
   createPeerDataServer
 } from '../../src/peer/index.js'
-import { TICKET_PROTOCOL, decodeTicket, encodeTicketRequest } from '../../src/peer/protocol.js'
+import { TICKET_PROTOCOL, bitfield, decodeTicket, encodeTicketRequest } from '../../src/peer/protocol.js'
 import { readMessage, writeMessage } from '../../src/peer/libp2p-io.js'
 import type { PeerRef } from '../../src/routing/types.js'
 import { waitFor } from '../helpers/proc.js'
@@ -231,6 +231,21 @@ describe('peer data plane: tickets over libp2p, chunks over HTTP(S) on a data po
     release()
     assert.deepEqual(await pending, await provider.info(DIGEST))
     provider.progress = undefined
+  })
+
+  it('leaves out of a long poll the hashes the asker names known', async () => {
+    const server = await serve({ encrypt: true })
+    const c = client(true)
+    const full = await provider.info(DIGEST)
+    const known = [true, true, false, false, true, false]
+    const info = await c.info(ref(a), DIGEST, { signal: AbortSignal.timeout(5_000), held: 3, known: bitfield(known) })
+    assert.deepEqual(info?.have, full?.have)
+    assert.deepEqual(
+      info?.table,
+      full?.table?.map((hash, i) => (known[i] ? '' : hash)),
+      'the hashes of chunks 0, 1 and 4 left out, the others sent',
+    )
+    assert.equal(server.stats().infoAnswered, 1)
   })
 
   it('a client that requires encryption refuses a plaintext peer; a plaintext client follows a TLS peer', async () => {

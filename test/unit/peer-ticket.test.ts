@@ -2,11 +2,13 @@ import assert from 'node:assert/strict'
 import { describe, it } from 'node:test'
 import {
   bearerToken,
+  bitfield,
   decodeInfo,
   decodeTicket,
   encodeInfo,
   encodeTicket,
   encodeTicketError,
+  MAX_KNOWN_CHUNKS,
   MAX_NEAR_PEERS,
   parseBearer,
   parsePath,
@@ -70,8 +72,11 @@ describe('peer data: ticket book', () => {
 
 describe('peer data: wire formats', () => {
   it('round-trips a ticket and rejects malformed ones', () => {
-    const wire = { tls: true, port: 4002, identity: 'a'.repeat(32), key: 'b'.repeat(64), ttlMs: 600_000 }
+    const wire = { tls: true, port: 4002, identity: 'a'.repeat(32), key: 'b'.repeat(64), ttlMs: 600_000, known: true }
     assert.deepEqual(decodeTicket(encodeTicket(wire)), wire)
+    // a ticket of a node of an older version: it takes no `known`
+    const { known: _, ...older } = wire
+    assert.deepEqual(decodeTicket(encodeTicket(older)), { ...older, known: false })
     const enc = (v: unknown): Uint8Array => new TextEncoder().encode(JSON.stringify(v))
     for (const bad of [
       { ...wire, v: 2 },
@@ -111,6 +116,32 @@ describe('peer data: wire formats', () => {
     }
     assert.throws(() => decodeInfo('not json'))
     assert.throws(() => decodeInfo('[]'))
+  })
+
+  it('leaves out the hashes the asker knows, and accepts their absence only where it said so', () => {
+    const have = [true, false, true, true, false, false, false, true, true, false]
+    const info = { size: 10 * 100 - 7, chunkSize: 100, have, table: have.map((held, i) => (held ? 'abcdef0123'[i]!.repeat(64) : '')) }
+    const known = bitfield([true, false, true, false, false, false, false, false, true])
+    const text = encodeInfo(info, known)
+    const sent = JSON.parse(text) as { table: string[] }
+    assert.deepEqual(sent.table, info.table.map((hash, i) => ([0, 2, 8].includes(i) ? '' : hash)), 'chunks 0, 2 and 8 without their hashes')
+    assert.equal(text.length, encodeInfo(info).length - 3 * 64)
+    const decoded = decodeInfo(text, known)
+    assert.deepEqual(decoded.have, have)
+    assert.deepEqual(decoded.table, sent.table)
+    assert.throws(() => decodeInfo(text), /64 hex/, 'an empty hash for a held chunk the asker did not name')
+    assert.throws(() => decodeInfo(text, bitfield([true, false, true])), /64 hex/, 'nor one it did not name known')
+    // on the wire: the bitfield rides in the query, up to MAX_KNOWN_CHUNKS chunks
+    const d = `sha256:${'a'.repeat(64)}`
+    const parsed = parsePath(blobPath(d, { held: 6, known }))
+    assert.ok(parsed?.kind === 'info')
+    assert.deepEqual(parsed.known && [...parsed.known], [...known])
+    const most = bitfield(new Array(MAX_KNOWN_CHUNKS).fill(true))
+    assert.deepEqual((parsePath(blobPath(d, { held: 1, known: most })) as { known?: Uint8Array }).known?.length, most.length)
+    assert.equal(blobPath(d, { held: 1, known: bitfield(new Array(MAX_KNOWN_CHUNKS + 8).fill(true)) }), blobPath(d, { held: 1 }), 'larger: not sent')
+    for (const bad of [`/shoal/v1/blobs/${d}?known=a+b`, `/shoal/v1/blobs/${d}?known=`, `/shoal/v1/blobs/${d}?known=AA&known=AA`]) {
+      assert.equal(parsePath(bad), undefined, bad)
+    }
   })
 
   it('round-trips the peers near a blob’s key, and rejects what is not a short list of peer ids', () => {
