@@ -288,6 +288,9 @@ export async function runSwarmDownload(opts: SwarmDownloadOptions): Promise<void
       opts.logger.warn({ peer, digest, chunk: index }, 'peer sent a chunk that failed verification: penalised')
       swarm.penalise(peer)
     },
+    onOriginIdle: (index) => {
+      opts.logger.warn({ digest, chunk: index }, 'origin request silent: its origin turn goes to the next download')
+    },
     onFailingPeer: (peer, err) => {
       opts.logger.debug({ peer, digest, err: (err as Error)?.message }, 'peer keeps failing: no longer a source for this blob')
     },

@@ -300,7 +300,16 @@ describe('chunk scheduler', () => {
       const stuck = blob(2)
       const hung = new FakeSource('origin', stuck.bytes, { kind: 'origin', hang: true })
       const stop = new AbortController()
-      const s = new ChunkScheduler({ plan: stuck.table.plan, verify: (i, b) => stuck.table.verify(i, b), accept: async () => {}, peers: [], origin: hung, ...idle })
+      const idled: number[] = []
+      const s = new ChunkScheduler({
+        plan: stuck.table.plan,
+        verify: (i, b) => stuck.table.verify(i, b),
+        accept: async () => {},
+        peers: [],
+        origin: hung,
+        onOriginIdle: (i) => idled.push(i),
+        ...idle,
+      })
       const hanging = s.run(stop.signal).catch((err: Error) => err)
       await sleep(10)
       assert.equal(turns.inUse, 1, 'the hung request holds the turn')
@@ -311,6 +320,7 @@ describe('chunk scheduler', () => {
       const waited = Date.now() - started
       assert.ok(waited >= 100 && waited < 2_000, `it waited about the idle time, ${waited} ms`)
       assert.equal(hung.requests, 1, 'the hung download started no second origin request')
+      assert.deepEqual(idled, [0], 'reported once, for its chunk')
       stop.abort(new Error('test over'))
       assert.equal(((await hanging) as Error).message, 'test over')
       assert.equal(turns.inUse, 0, 'the hung request, given up, did not give its turn back twice')

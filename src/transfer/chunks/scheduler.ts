@@ -69,6 +69,8 @@ export interface SchedulerOptions {
   onBadPeer?(peer: string, index: number): void
   /** a peer was dropped for this blob after failing `maxPeerFailures` times in a row (the last error) */
   onFailingPeer?(peer: string, err: unknown): void
+  /** an origin request for chunk `index` received nothing for `originTurnIdleMs` and gave its turn back */
+  onOriginIdle?(index: number): void
   onChunk?(index: number, source: ChunkSource, bytes: number): void
 }
 
@@ -434,11 +436,12 @@ export class ChunkScheduler {
   private releaseIdleTurns(now: number): void {
     const turns = this.opts.originTurns
     if (turns === undefined || turns.inUse === 0) return
-    for (const flights of this.inflight.values()) {
+    for (const [index, flights] of this.inflight) {
       for (const flight of flights) {
         if (!flight.turn || now - flight.lastBytes <= this.opts.originTurnIdleMs) continue
         flight.turn = false
         turns.give()
+        this.opts.onOriginIdle?.(index)
       }
     }
   }
