@@ -27,8 +27,9 @@
  *        nodes first as the rest. A node that has not begun on the blob does not know its size
  *        yet: it answers no chunks (size 0, an empty `have`) with `near`, where it answered 404
  *        before; an asker tells that from holdings by the size it plans with.
- *        `known`: the chunks whose hashes the asker already has from this node; their table
- *        entries are answered empty. A long poll's answer otherwise repeats the whole table
+ *        `known`: the chunks whose hashes the asker already has from this node; the answer
+ *        then names the hashes of the other chunks held (`added`, [index, hash] pairs) instead
+ *        of the table. A long poll's answer otherwise repeats the whole table
  *        for every chunk the node gains: for a blob of c chunks, c answers of c hashes each per
  *        asker (a 10 GiB layer's table is 700 KB). Only sent to a node whose ticket says
  *        `known` (a node of an older version answers an unknown parameter 404).
@@ -190,6 +191,8 @@ interface InfoWire {
   size: number
   chunkSize: number
   table?: string[]
+  /** instead of `table`, to an asker that named the chunks it knows: [index, hash] of the others held, by index */
+  added?: [number, string][]
   /** bitfield, chunk i = bit (7 - i % 8) of byte i / 8, base64 */
   have: string
   received?: number
@@ -229,17 +232,28 @@ export function checkInfo(info: BlobInfo, known?: Uint8Array): void {
   }
 }
 
-/** an info answer; `known`: the chunks the asker knows, whose table entries are left empty */
+/**
+ * An info answer; `known`: the chunks the asker knows. To such an asker the table goes as
+ * `added`, the hashes of the chunks it holds that the asker does not know, so that the answer
+ * does not grow with the blob (a table of empty entries still did, 3 bytes a chunk).
+ */
 export function encodeInfo(info: BlobInfo, known?: Uint8Array): string {
   const wire: InfoWire = { size: info.size, chunkSize: info.chunkSize, have: bitfield(info.have).toString('base64') }
-  if (info.table !== undefined) wire.table = known === undefined ? info.table : info.table.map((hash, i) => (isSet(known, i) ? '' : hash))
+  if (info.table !== undefined && known !== undefined) {
+    const { table, have } = info
+    wire.added = []
+    for (let i = 0; i < table.length; i++) if (have[i] && !isSet(known, i)) wire.added.push([i, table[i] as string])
+  } else if (info.table !== undefined) wire.table = info.table
   if (info.received !== undefined) wire.received = info.received
   if (info.peers !== undefined && info.peers.length > 0) wire.peers = info.peers.slice(0, MAX_EXCHANGED_PEERS)
   if (info.near !== undefined && info.near.length > 0) wire.near = info.near.slice(0, MAX_NEAR_PEERS)
   return JSON.stringify(wire)
 }
 
-/** parses and validates an info body from a peer (untrusted), asked with `known`; throws with the reason */
+/**
+ * Parses and validates an info body from a peer (untrusted), asked with `known`; throws with
+ * the reason. An `added` list becomes a table with empty entries for the chunks known.
+ */
 export function decodeInfo(text: string, known?: Uint8Array): BlobInfo {
   let value: unknown
   try {
@@ -248,7 +262,7 @@ export function decodeInfo(text: string, known?: Uint8Array): BlobInfo {
     throw new Error('info is not JSON', { cause: err })
   }
   if (!isRecord(value)) throw new Error('info is not an object')
-  const { size, chunkSize, table, have, received, peers, near } = value
+  const { size, chunkSize, table, added, have, received, peers, near } = value
   if (peers !== undefined && !isPeerIdList(peers, MAX_EXCHANGED_PEERS)) throw new Error('info: bad peers')
   if (near !== undefined && !isPeerIdList(near, MAX_NEAR_PEERS)) throw new Error('info: bad near')
   if (received !== undefined && (typeof received !== 'number' || !Number.isSafeInteger(received) || received < 0)) throw new Error('info: bad received')
@@ -264,11 +278,28 @@ export function decodeInfo(text: string, known?: Uint8Array): BlobInfo {
   for (let i = 0; i < count; i++) held[i] = (bits[i >> 3]! & (0x80 >> (i & 7))) !== 0
   const info: BlobInfo = { size, chunkSize, have: held }
   if (table !== undefined) info.table = table as string[]
+  else if (added !== undefined) info.table = fromAdded(added, count)
   if (received !== undefined) info.received = received
   if (peers !== undefined) info.peers = peers
   if (near !== undefined) info.near = near
   checkInfo(info, known)
   return info
+}
+
+/** the table an `added` list stands for ('' where it names no hash); throws unless it is [index, string] pairs by rising index below `count` */
+function fromAdded(added: unknown, count: number): string[] {
+  if (!Array.isArray(added) || added.length > count) throw new Error('info: added must be a list of at most one entry per chunk')
+  const table = new Array<string>(count).fill('')
+  let last = -1
+  for (const entry of added) {
+    if (!Array.isArray(entry) || entry.length !== 2) throw new Error('info: an added entry is not [index, hash]')
+    const [index, hash] = entry as unknown[]
+    if (typeof index !== 'number' || !Number.isInteger(index) || index <= last || index >= count) throw new Error('info: added indexes must rise and stay below the chunk count')
+    if (typeof hash !== 'string') throw new Error('info: an added hash is not a string')
+    table[index] = hash
+    last = index
+  }
+  return table
 }
 
 function isPeerIdList(value: unknown, max: number): value is string[] {

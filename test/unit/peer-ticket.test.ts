@@ -123,14 +123,18 @@ describe('peer data: wire formats', () => {
     const info = { size: 10 * 100 - 7, chunkSize: 100, have, table: have.map((held, i) => (held ? 'abcdef0123'[i]!.repeat(64) : '')) }
     const known = bitfield([true, false, true, false, false, false, false, false, true])
     const text = encodeInfo(info, known)
-    const sent = JSON.parse(text) as { table: string[] }
-    assert.deepEqual(sent.table, info.table.map((hash, i) => ([0, 2, 8].includes(i) ? '' : hash)), 'chunks 0, 2 and 8 without their hashes')
-    assert.equal(text.length, encodeInfo(info).length - 3 * 64)
+    const sent = JSON.parse(text) as { table?: string[]; added: [number, string][] }
+    assert.equal(sent.table, undefined, 'no table: it grows with the blob')
+    assert.deepEqual(sent.added, [3, 7].map((i) => [i, info.table[i]]), 'the held chunks but 0, 2 and 8, with their hashes')
     const decoded = decodeInfo(text, known)
     assert.deepEqual(decoded.have, have)
-    assert.deepEqual(decoded.table, sent.table)
-    assert.throws(() => decodeInfo(text), /64 hex/, 'an empty hash for a held chunk the asker did not name')
+    assert.deepEqual(decoded.table, info.table.map((hash, i) => ([0, 2, 8].includes(i) ? '' : hash)), 'a table with the known hashes empty')
+    assert.throws(() => decodeInfo(text), /64 hex/, 'an absent hash for a held chunk the asker did not name')
     assert.throws(() => decodeInfo(text, bitfield([true, false, true])), /64 hex/, 'nor one it did not name known')
+    const wire = JSON.parse(text) as Record<string, unknown>
+    for (const added of [[[7, info.table[7]], [3, info.table[3]]], [[3, info.table[3]], [10, 'a'.repeat(64)]], [[3.5, info.table[3]]], [[3]], 'nope', [[3, 'x']]]) {
+      assert.throws(() => decodeInfo(JSON.stringify({ ...wire, added }), known), /added|64 hex/, JSON.stringify(added))
+    }
     // on the wire: the bitfield rides in the query, up to MAX_KNOWN_CHUNKS chunks
     const d = `sha256:${'a'.repeat(64)}`
     const parsed = parsePath(blobPath(d, { held: 6, known }))
