@@ -2,7 +2,8 @@ import assert from 'node:assert/strict'
 import { createHash, randomBytes } from 'node:crypto'
 import { once } from 'node:events'
 import { mkdtemp, rm, writeFile } from 'node:fs/promises'
-import { request as httpRequest } from 'node:http'
+import { createServer as createHttpServer, request as httpRequest } from 'node:http'
+import type { AddressInfo } from 'node:net'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { Readable } from 'node:stream'
@@ -26,7 +27,7 @@ import {
   createPeerDataClient,
   createPeerDataServer
 } from '../../src/peer/index.js'
-import { TICKET_PROTOCOL, bitfield, decodeTicket, encodeTicketRequest } from '../../src/peer/protocol.js'
+import { TICKET_PROTOCOL, bitfield, decodeTicket, encodeInfo, encodeTicket, encodeTicketRequest } from '../../src/peer/protocol.js'
 import { readMessage, writeMessage } from '../../src/peer/libp2p-io.js'
 import type { PeerRef } from '../../src/routing/types.js'
 import { waitFor } from '../helpers/proc.js'
@@ -246,6 +247,37 @@ describe('peer data plane: tickets over libp2p, chunks over HTTP(S) on a data po
       'the hashes of chunks 0, 1 and 4 left out, and of chunk 3, not held; the others sent',
     )
     assert.equal(server.stats().infoAnswered, 1)
+  })
+
+  it('names no known chunks to a peer of an older version, whose ticket does not offer it', async () => {
+    // an older node: a ticket without `known`, and a data port that answers a parameter it does not know 404
+    const full = (await provider.info(DIGEST)) as BlobInfo
+    const urls: string[] = []
+    const older = createHttpServer((req, res) => {
+      urls.push(req.url ?? '')
+      const unknown = (req.url ?? '').includes('known=')
+      const body = unknown ? '{"error":"Not Found","message":"no such route"}' : encodeInfo(full)
+      res.writeHead(unknown ? 404 : 200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) })
+      res.end(body)
+    })
+    await new Promise<void>((resolve) => older.listen(0, '127.0.0.1', resolve))
+    const port = (older.address() as AddressInfo).port
+    await a.libp2p.handle(TICKET_PROTOCOL, (stream) => {
+      const signal = AbortSignal.timeout(3_000)
+      readMessage(stream, 4096, signal)
+        .then(() => writeMessage(stream, encodeTicket({ tls: false, port, identity: 'c'.repeat(32), key: 'd'.repeat(64), ttlMs: 600_000 }), signal))
+        .catch(() => {})
+    })
+    try {
+      const info = await client(false).info(ref(a), DIGEST, { signal: AbortSignal.timeout(5_000), held: 1, known: bitfield([true, true]) })
+      assert.deepEqual(info, full, 'answered, with the whole table')
+      assert.equal(urls.length, 1)
+      assert.match(urls[0] as string, /held=1/)
+      assert.doesNotMatch(urls[0] as string, /known=/)
+    } finally {
+      await a.libp2p.unhandle(TICKET_PROTOCOL)
+      older.close()
+    }
   })
 
   it('a client that requires encryption refuses a plaintext peer; a plaintext client follows a TLS peer', async () => {
