@@ -275,7 +275,7 @@ export function decodeInfo(text: string, known?: Uint8Array): BlobInfo {
   const bits = Buffer.from(have, 'base64')
   if (bits.length !== Math.ceil(count / 8)) throw new Error('info: bitfield length does not match the chunk count')
   const held: boolean[] = new Array(count)
-  for (let i = 0; i < count; i++) held[i] = (bits[i >> 3]! & (0x80 >> (i & 7))) !== 0
+  for (let i = 0; i < count; i++) held[i] = isSet(bits, i)
   const info: BlobInfo = { size, chunkSize, have: held }
   if (table !== undefined) info.table = table as string[]
   else if (added !== undefined) info.table = fromAdded(added, count)
