@@ -33,6 +33,7 @@ import {
   writeSwarmKey,
 } from './fleet-shoal.js'
 import { Fleet, type Host } from './netns.js'
+import { processCpuTimes } from './measure.js'
 
 export type Client = 'light' | 'ctr'
 export type Mode = 'shoal' | 'baseline'
@@ -126,6 +127,8 @@ export interface RoundResult {
     /** the busy seconds by kind, machine-wide (softirq: the kernel's packet processing, shaping included) */
     machine: { user: number; system: number; irq: number; softirq: number }
     shoalSeconds: number
+    /** the system (kernel) part of shoalSeconds: on veth links that includes the packet path the daemons' sends run */
+    shoalSystemSeconds: number
     clientSeconds: number
     originSeconds: number
   }
@@ -302,7 +305,7 @@ export class FanoutFleet {
     const shoalPids = this.nodes.flatMap((n) => (n.shoal?.running() === true && n.shoal.child.pid !== undefined ? [n.shoal.child.pid] : []))
     const agentPids = this.nodes.flatMap((n) => (n.agent.child.pid === undefined ? [] : [n.agent.child.pid]))
     const originPids = this.origin.pid === undefined ? [] : [this.origin.pid]
-    const proc0 = new Map([...shoalPids, ...agentPids, ...originPids].map((pid) => [pid, processCpu(pid)]))
+    const proc0 = new Map([...shoalPids, ...agentPids, ...originPids].map((pid) => [pid, processCpuTimes(pid)]))
     const start = Date.now() + START_LEAD_MS
     const maxOffset = Math.max(0, ...offsets)
     const timeoutMs = ro.timeoutMs ?? defaultTimeoutMs(this.opts, image.bytes, maxOffset)
@@ -325,8 +328,20 @@ export class FanoutFleet {
     if (sideError !== undefined) throw sideError
     const txAtLastFinish = await this.origin.txBytes()
     const cpu1 = cpuTimes()
-    const spent = (pids: number[]): number => pids.reduce((a, pid) => a + Math.max(0, (processCpu(pid) ?? proc0.get(pid) ?? 0) - (proc0.get(pid) ?? 0)), 0)
-    const procCpu = { shoalSeconds: spent(shoalPids), clientSeconds: spent(agentPids), originSeconds: spent(originPids) }
+    const spent = (pids: number[], part: 'user' | 'system' | 'both' = 'both'): number =>
+      pids.reduce((a, pid) => {
+        const was = proc0.get(pid)
+        const now = processCpuTimes(pid) ?? was
+        if (was === undefined || now === undefined) return a
+        const pick = (c: { user: number; system: number }): number => (part === 'both' ? c.user + c.system : c[part])
+        return a + Math.max(0, pick(now) - pick(was))
+      }, 0)
+    const procCpu = {
+      shoalSeconds: spent(shoalPids),
+      shoalSystemSeconds: spent(shoalPids, 'system'),
+      clientSeconds: spent(agentPids),
+      originSeconds: spent(originPids),
+    }
     await sleep(SETTLE_MS)
     const tx1 = await this.origin.txBytes()
     const byClient = this.origin.blobBytesByClient(logMark)
@@ -478,18 +493,6 @@ async function withTimeout(p: Promise<AgentReply>, ms: number): Promise<AgentRep
     return await Promise.race([p.catch((err: Error) => ({ id: 0, ok: false, error: err.message })), timeout])
   } finally {
     clearTimeout(timer)
-  }
-}
-
-/** user + system CPU seconds of a process and of its reaped children, or undefined when it is gone */
-function processCpu(pid: number): number | undefined {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'latin1')
-    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
-    // utime, stime, cutime, cstime are fields 14-17 (f[11..14])
-    return (Number(f[11]) + Number(f[12]) + Number(f[13]) + Number(f[14])) / 100
-  } catch {
-    return undefined
   }
 }
 

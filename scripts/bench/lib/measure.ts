@@ -166,6 +166,18 @@ function ticksPerSecond(): number {
   return clockTicks
 }
 
+/** user and system CPU seconds of a process (all its threads) with its reaped children, or undefined when it is gone */
+export function processCpuTimes(pid: number): { user: number; system: number } | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'latin1')
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+    // utime, stime, cutime, cstime are fields 14-17 (f[11..14])
+    return { user: (Number(f[11]) + Number(f[13])) / ticksPerSecond(), system: (Number(f[12]) + Number(f[14])) / ticksPerSecond() }
+  } catch {
+    return undefined
+  }
+}
+
 /** user + system CPU seconds of a process (all its threads), from /proc/<pid>/stat */
 export function processCpuSeconds(pid: number): number {
   const stat = readFileSync(`/proc/${pid}/stat`, 'latin1')
