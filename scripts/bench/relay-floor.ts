@@ -13,10 +13,13 @@
  * so its times are what a swarm of Node.js daemons could at best reach here, and its CPU per GB
  * what moving the fleet's bytes through these links costs a lean Node.js process.
  *
- *   scripts/bench/relay-floor [--nodes 16] [--size 128MiB] [--rate-mbit 50] [--rounds 3] [--batch-ms 0] [--json FILE]
+ *   scripts/bench/relay-floor [--nodes 16] [--size 128MiB] [--rate-mbit 50] [--rounds 3] [--batch-ms 0] [--stripes 1] [--json FILE]
  *
  * `--batch-ms M`: a relay stops reading for M ms after each read, so that the kernel gathers
  * the bytes in between (fewer, larger reads).
+ * `--stripes K`: the blob is cut in K stripes, each down a chain of its own that starts at
+ * another node, so that each node takes K flows in and sends K out, each at 1/K of its link, as
+ * a swarm's many requests at once do.
  *
  * Prints per round p50 and max completion over T_min (the fan-out bench's formula), the machine's
  * busy share, and the CPU seconds per GB delivered of the relays, the clients and the whole
@@ -37,47 +40,85 @@ import { median, processCpuTimes, round } from './lib/measure.js'
 import { Fleet } from './lib/netns.js'
 
 const PORT = 7000
-const PATH = '/blob'
 const START_LEAD_MS = 1500
+
+/** what a relay does for one stripe of the blob */
+interface StripeJob {
+  /** the path it serves the stripe under, and asks its upstream for */
+  path: string
+  /** `http://addr:port`: the previous node in this stripe's chain, or origin */
+  upstream: string
+  /** the requests it waits for before it passes bytes on: the next node's (if any) and its client's */
+  subscribers: number
+  size: number
+  digest: string
+  file: string
+}
 
 // ------------------------------------------------------------ roles (run inside a namespace)
 
-/** the origin: one blob of random bytes, from memory */
-function origin(listen: string, size: number): void {
+/** the origin: one blob of random bytes, from memory, its stripe j under /blob/j */
+function origin(listen: string, size: number, stripes: number): void {
   const blob = randomBytes(size)
+  const bounds = stripeBounds(size, stripes)
   const server = createServer((req, res) => {
-    if (req.url !== PATH) return void res.writeHead(404).end()
-    res.writeHead(200, { 'content-length': size })
-    res.end(blob)
+    const j = Number(/^\/blob\/(\d+)$/.exec(req.url ?? '')?.[1] ?? Number.NaN)
+    const b = bounds[j]
+    if (b === undefined) return void res.writeHead(404).end()
+    res.writeHead(200, { 'content-length': b.end - b.start })
+    res.end(blob.subarray(b.start, b.end))
   })
-  server.listen(PORT, listen, () => say({ ready: true, digest: createHash('sha256').update(blob).digest('hex') }))
+  const digests = bounds.map((b) => createHash('sha256').update(blob.subarray(b.start, b.end)).digest('hex'))
+  server.listen(PORT, listen, () => say({ ready: true, digests }))
+}
+
+/** stripe j of `size` bytes cut in `stripes`: [start, end) */
+function stripeBounds(size: number, stripes: number): { start: number; end: number }[] {
+  const per = Math.ceil(size / stripes)
+  return Array.from({ length: stripes }, (_, j) => ({ start: Math.min(size, j * per), end: Math.min(size, (j + 1) * per) }))
 }
 
 /**
- * A relay: at `at` it asks `upstream` for the blob; once `subscribers` requests for it have come
- * in (the next node's and the local client's), it streams the bytes to each of them and to a
- * file while it hashes them, at the pace of the slowest. It reads the upstream socket the
- * cheapest way Node has (`onread`: into one buffer, no stream per read) and, with `batchMs`,
- * stops reading for that long after each read so that the kernel gathers the bytes between.
+ * A relay, for each stripe: at `at` it asks the stripe's upstream for it; once its subscribers'
+ * requests have come in (the next node's and the local client's), it streams the bytes to each
+ * of them and to a file while it hashes them, at the pace of the slowest. It reads upstream
+ * sockets the cheapest way Node has (`onread`: into one buffer, no stream per read) and, with
+ * `batchMs`, stops reading one for that long after each read so that the kernel gathers the
+ * bytes in between.
  */
-function relay(upstream: string, subscribers: number, at: number, file: string, size: number, batchMs: number, digest: string): void {
-  const url = new URL(upstream)
+function relay(jobs: StripeJob[], at: number, batchMs: number): void {
+  const byPath = new Map(jobs.map((job) => [job.path, relayStripe(job, batchMs)]))
+  const server = createServer((req, res) => {
+    const stripe = byPath.get(req.url ?? '')
+    if (stripe === undefined) return void res.writeHead(404).end()
+    stripe.subscribe(res)
+  })
+  // every address of the namespace: the next nodes', and loopback for the client
+  server.listen(PORT, () => {
+    say({ ready: true })
+    setTimeout(() => {
+      for (const stripe of byPath.values()) stripe.start()
+    }, Math.max(0, at - Date.now()))
+  })
+}
+
+function relayStripe(job: StripeJob, batchMs: number): { subscribe(res: ServerResponse): void; start(): void } {
+  const url = new URL(job.path, job.upstream)
   const outs: ServerResponse[] = []
   const hash = createHash('sha256')
-  const disk = createWriteStream(file)
+  const disk = createWriteStream(job.file)
   const into = Buffer.allocUnsafe(1 << 20)
   let head: string | undefined = '' // the upstream answer's head until its end is seen, then undefined
   let body = 0 // body bytes relayed
   let socket: Socket | undefined
   let waiting = 0 // sinks that asked to wait
   let held: Buffer | undefined // bytes read before every subscriber came
-  const paused = (): boolean => waiting > 0 || outs.length < subscribers
+  const paused = (): boolean => waiting > 0 || outs.length < job.subscribers
   const resume = (): void => {
-    if (!paused()) {
-      if (held !== undefined) forward(held)
-      held = undefined
-      if (!paused()) socket?.resume()
-    }
+    if (paused()) return
+    if (held !== undefined) forward(held)
+    held = undefined
+    if (!paused()) socket?.resume()
   }
   const forward = (piece: Buffer): void => {
     hash.update(piece)
@@ -91,10 +132,10 @@ function relay(upstream: string, subscribers: number, at: number, file: string, 
         })
       }
     }
-    if (body === size) {
+    if (body === job.size) {
       for (const sink of [...outs, disk]) sink.end()
       socket?.destroy()
-      say({ relayed: true, ok: hash.digest('hex') === digest })
+      say({ relayed: true, ok: hash.digest('hex') === job.digest })
     }
   }
   const onRead = (n: number, buf: Uint8Array): boolean => {
@@ -110,46 +151,48 @@ function relay(upstream: string, subscribers: number, at: number, file: string, 
       head = undefined
     }
     if (piece.length === 0) return true
-    if (outs.length < subscribers) held = held === undefined ? piece : Buffer.concat([held, piece])
+    if (outs.length < job.subscribers) held = held === undefined ? piece : Buffer.concat([held, piece])
     else forward(piece)
     if (paused() || batchMs === 0) return !paused()
     setTimeout(resume, batchMs)
     return false
   }
-  const server = createServer((req, res) => {
-    if (req.url !== PATH) return void res.writeHead(404).end()
-    res.writeHead(200, { 'content-length': size })
-    outs.push(res)
-    resume()
-  })
-  // every address of the namespace: the next node's, and loopback for the client
-  server.listen(PORT, () => {
-    say({ ready: true })
-    setTimeout(
-      () => {
-        socket = connect({ host: url.hostname, port: Number(url.port), onread: { buffer: into, callback: onRead } }, () => {
-          socket?.write(`GET ${url.pathname} HTTP/1.1\r\nhost: ${url.host}\r\nconnection: close\r\n\r\n`)
-        })
-      },
-      Math.max(0, at - Date.now()),
-    )
-  })
+  return {
+    subscribe(res) {
+      res.writeHead(200, { 'content-length': job.size })
+      outs.push(res)
+      resume()
+    },
+    start() {
+      socket = connect({ host: url.hostname, port: Number(url.port), onread: { buffer: into, callback: onRead } }, () => {
+        socket?.write(`GET ${url.pathname} HTTP/1.1\r\nhost: ${url.host}\r\nconnection: close\r\n\r\n`)
+      })
+    },
+  }
 }
 
-/** the node's client: at `at`, the blob from its own relay over loopback, hashed as it comes */
-function client(url: string, at: number, digest: string): void {
+/** the node's client: at `at`, every stripe from its own relay over loopback at once, each hashed as it comes */
+function client(stripes: { url: string; size: number; digest: string }[], at: number): void {
   setInterval(() => undefined, 60_000) // alive until the bench has read its CPU time, then killed
+  let left = stripes.length
+  let ok = true
   setTimeout(
-    () =>
-      get(url, (res) => {
-        const hash = createHash('sha256')
-        let bytes = 0
-        res.on('data', (piece: Buffer) => {
-          hash.update(piece)
-          bytes += piece.length
+    () => {
+      for (const stripe of stripes) {
+        get(stripe.url, (res) => {
+          const hash = createHash('sha256')
+          let bytes = 0
+          res.on('data', (piece: Buffer) => {
+            hash.update(piece)
+            bytes += piece.length
+          })
+          res.on('end', () => {
+            ok &&= bytes === stripe.size && hash.digest('hex') === stripe.digest
+            if (--left === 0) say({ done: true, seconds: (Date.now() - at) / 1000, ok })
+          })
         })
-        res.on('end', () => say({ done: true, seconds: (Date.now() - at) / 1000, bytes, ok: hash.digest('hex') === digest }))
-      }),
+      }
+    },
     Math.max(0, at - Date.now()),
   )
 }
@@ -166,6 +209,7 @@ interface Options {
   rateMbit: number
   rounds: number
   batchMs: number
+  stripes: number
   json: string | undefined
 }
 
@@ -206,10 +250,13 @@ async function bench(o: Options): Promise<void> {
   const rows: Record<string, number>[] = []
   try {
     const originHost = fleet.host('origin')
-    const digest = await new Promise<string>((resolve) => {
-      node(originHost.ns, ['origin', originHost.addr, String(o.size)], (m) => resolve(String(m['digest'])))
+    const digests = await new Promise<string[]>((resolve) => {
+      node(originHost.ns, ['origin', originHost.addr, String(o.size), String(o.stripes)], (m) => resolve(m['digests'] as string[]))
     })
-    process.stderr.write(`relay floor: ${o.nodes} nodes in a chain at ${o.rateMbit} Mbit/s, a ${o.size}-byte blob, T_min = ${tMin.toFixed(2)} s\n`)
+    const bounds = stripeBounds(o.size, o.stripes)
+    process.stderr.write(
+      `relay floor: ${o.nodes} nodes, ${o.stripes} chain(s) at ${o.rateMbit} Mbit/s, a ${o.size}-byte blob, T_min = ${tMin.toFixed(2)} s\n`,
+    )
     for (let r = 1; r <= o.rounds; r++) {
       const at = Date.now() + START_LEAD_MS + 500 * o.nodes
       let ready = 0
@@ -219,20 +266,32 @@ async function bench(o: Options): Promise<void> {
       const done = new Promise<void>((resolve) => {
         allDone = resolve
       })
+      // stripe j's chain: origin, then the nodes from n(j·N/k + 1) on, round the ring
+      const shift = (j: number): number => Math.floor((j * names.length) / o.stripes)
       const relays = names.map((name, i) => {
-        const host = fleet.host(name)
-        const up = i === 0 ? originHost.addr : fleet.host(names[i - 1]!).addr
-        const subscribers = i === names.length - 1 ? 1 : 2
-        return node(host.ns, ['relay', `http://${up}:${PORT}${PATH}`, String(subscribers), String(at), join(work, `${name}-${r}`), String(o.size), String(o.batchMs), digest], (m) => {
+        const jobs: StripeJob[] = bounds.map((b, j) => {
+          const place = (i - shift(j) + names.length) % names.length
+          const up = place === 0 ? originHost.addr : fleet.host(names[(i - 1 + names.length) % names.length]!).addr
+          return {
+            path: `/blob/${j}`,
+            upstream: `http://${up}:${PORT}`,
+            subscribers: place === names.length - 1 ? 1 : 2,
+            size: b.end - b.start,
+            digest: digests[j]!,
+            file: join(work, `${name}-${r}-${j}`),
+          }
+        })
+        return node(fleet.host(name).ns, ['relay', JSON.stringify(jobs), String(at), String(o.batchMs)], (m) => {
           if (m['ready'] === true) ready++
           if (m['relayed'] === true && m['ok'] === true) relaysOk++
         })
       })
       while (ready < names.length && Date.now() < at - 200) await sleep(20)
       if (ready < names.length) throw new Error(`only ${ready} of ${names.length} relays listened before the start`)
+      const stripes = bounds.map((b, j) => ({ url: `http://127.0.0.1:${PORT}/blob/${j}`, size: b.end - b.start, digest: digests[j]! }))
       const clients = names.map((name) =>
-        node(fleet.host(name).ns, ['client', `http://127.0.0.1:${PORT}${PATH}`, String(at), digest], (m) => {
-          if (m['done'] === true) results.push({ seconds: Number(m['seconds']), ok: m['ok'] === true && m['bytes'] === o.size })
+        node(fleet.host(name).ns, ['client', JSON.stringify(stripes), String(at)], (m) => {
+          if (m['done'] === true) results.push({ seconds: Number(m['seconds']), ok: m['ok'] === true })
           if (results.length === names.length) allDone()
         }),
       )
@@ -256,7 +315,7 @@ async function bench(o: Options): Promise<void> {
       const m1 = machineCpu()
       await sleep(300) // the relays' last lines
       for (const c of [...relays, ...clients]) c.kill('SIGKILL')
-      if (results.some((x) => !x.ok) || relaysOk < names.length) throw new Error(`round ${r}: a node received wrong bytes`)
+      if (results.some((x) => !x.ok) || relaysOk < names.length * o.stripes) throw new Error(`round ${r}: a node received wrong bytes`)
       const secs = results.map((x) => x.seconds)
       const gb = (o.size * o.nodes) / 1e9
       const row = {
@@ -273,7 +332,7 @@ async function bench(o: Options): Promise<void> {
         `round ${r}: p50 ${row.p50OverTmin.toFixed(3)}× T_min, max ${row.maxOverTmin.toFixed(3)}×, machine ${(row.machineBusy * 100).toFixed(0)}% busy, ` +
           `CPU s per GB delivered: relays ${row.relayCpuPerGB.toFixed(2)} (system ${row.relaySystemCpuPerGB.toFixed(2)}), clients ${row.clientCpuPerGB.toFixed(2)}, machine ${row.machineCpuPerGB.toFixed(2)}\n`,
       )
-      for (const name of names) rmSync(join(work, `${name}-${r}`), { force: true })
+      for (const name of names) for (let j = 0; j < o.stripes; j++) rmSync(join(work, `${name}-${r}-${j}`), { force: true })
       await sleep(2000)
     }
     const med = Object.fromEntries(Object.keys(rows[0] ?? {}).map((k) => [k, round(median(rows.map((x) => x[k] ?? Number.NaN)), 3)]))
@@ -292,9 +351,9 @@ function sizeArg(text: string): number {
 }
 
 const [role, ...rest] = process.argv.slice(2)
-if (role === 'origin') origin(rest[0]!, Number(rest[1]))
-else if (role === 'relay') relay(rest[0]!, Number(rest[1]), Number(rest[2]), rest[3]!, Number(rest[4]), Number(rest[5]), rest[6]!)
-else if (role === 'client') client(rest[0]!, Number(rest[1]), rest[2]!)
+if (role === 'origin') origin(rest[0]!, Number(rest[1]), Number(rest[2]))
+else if (role === 'relay') relay(JSON.parse(rest[0]!) as StripeJob[], Number(rest[1]), Number(rest[2]))
+else if (role === 'client') client(JSON.parse(rest[0]!) as { url: string; size: number; digest: string }[], Number(rest[1]))
 else {
   const { values } = parseArgs({
     options: {
@@ -303,8 +362,12 @@ else {
       'rate-mbit': { type: 'string', default: '50' },
       rounds: { type: 'string', default: '3' },
       'batch-ms': { type: 'string', default: '0' },
+      stripes: { type: 'string', default: '1' },
       json: { type: 'string' },
     },
   })
-  await bench({ nodes: Number(values.nodes), size: sizeArg(values.size), rateMbit: Number(values['rate-mbit']), rounds: Number(values.rounds), batchMs: Number(values['batch-ms']), json: values.json })
+  await bench({ nodes: Number(values.nodes), size: sizeArg(values.size), rateMbit: Number(values['rate-mbit']), rounds: Number(values.rounds), batchMs: Number(values['batch-ms']),
+    stripes: Number(values.stripes),
+    json: values.json,
+  })
 }
