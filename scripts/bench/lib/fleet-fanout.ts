@@ -127,7 +127,7 @@ export interface RoundResult {
     /** the busy seconds by kind, machine-wide (softirq: the kernel's packet processing, shaping included) */
     machine: { user: number; system: number; irq: number; softirq: number }
     shoalSeconds: number
-    /** the system (kernel) part of shoalSeconds: on veth links that includes the packet path the daemons' sends run */
+    /** the system (kernel) part of shoalSeconds: the daemons' system calls, their sockets' packet paths included */
     shoalSystemSeconds: number
     clientSeconds: number
     originSeconds: number
