@@ -26,17 +26,19 @@
  * machine. Everything is torn down at the end, also on failure.
  */
 import { createHash, randomBytes } from 'node:crypto'
-import { createWriteStream, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { createWriteStream, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { createServer, get, type ServerResponse } from 'node:http'
 import { connect, type Socket } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { createInterface } from 'node:readline'
+import type { Writable } from 'node:stream'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
 import { parseBytes } from '../../src/config/load.js'
 import { percentile, tMinSeconds } from './lib/fleet-report.js'
-import { median, processCpuTimes, round } from './lib/measure.js'
+import { machineCpuTimes, median, processCpuTimes, round } from './lib/measure.js'
 import { Fleet } from './lib/netns.js'
 
 const PORT = 7000
@@ -113,6 +115,7 @@ function relayStripe(job: StripeJob, batchMs: number): { subscribe(res: ServerRe
   let socket: Socket | undefined
   let waiting = 0 // sinks that asked to wait
   let held: Buffer | undefined // bytes read before every subscriber came
+  let sinks: Writable[] = [] // every subscriber and the file, once all subscribers came
   const paused = (): boolean => waiting > 0 || outs.length < job.subscribers
   const resume = (): void => {
     if (paused()) return
@@ -123,7 +126,7 @@ function relayStripe(job: StripeJob, batchMs: number): { subscribe(res: ServerRe
   const forward = (piece: Buffer): void => {
     hash.update(piece)
     body += piece.length
-    for (const sink of [...outs, disk]) {
+    for (const sink of sinks) {
       if (!sink.write(piece)) {
         waiting++
         sink.once('drain', () => {
@@ -133,7 +136,7 @@ function relayStripe(job: StripeJob, batchMs: number): { subscribe(res: ServerRe
       }
     }
     if (body === job.size) {
-      for (const sink of [...outs, disk]) sink.end()
+      for (const sink of sinks) sink.end()
       socket?.destroy()
       say({ relayed: true, ok: hash.digest('hex') === job.digest })
     }
@@ -161,6 +164,7 @@ function relayStripe(job: StripeJob, batchMs: number): { subscribe(res: ServerRe
     subscribe(res) {
       res.writeHead(200, { 'content-length': job.size })
       outs.push(res)
+      if (outs.length === job.subscribers) sinks = [...outs, disk]
       resume()
     },
     start() {
@@ -215,22 +219,7 @@ interface Options {
 
 /** the JSON lines a child writes, as they come */
 function lines(child: { stdout: NodeJS.ReadableStream | null }, onLine: (msg: Record<string, unknown>) => void): void {
-  let buffered = ''
-  child.stdout?.setEncoding('utf8')
-  child.stdout?.on('data', (text: string) => {
-    buffered += text
-    for (let nl = buffered.indexOf('\n'); nl >= 0; nl = buffered.indexOf('\n')) {
-      onLine(JSON.parse(buffered.slice(0, nl)) as Record<string, unknown>)
-      buffered = buffered.slice(nl + 1)
-    }
-  })
-}
-
-/** whole-machine busy and total CPU seconds, from /proc/stat */
-function machineCpu(): { busy: number; total: number } {
-  const f = (readFileSync('/proc/stat', 'latin1').split('\n')[0] ?? '').trim().split(/\s+/).slice(1, 9).map(Number)
-  const total = f.reduce((a, b) => a + b, 0) / 100
-  return { busy: total - ((f[3] ?? 0) + (f[4] ?? 0)) / 100, total }
+  if (child.stdout !== null) createInterface({ input: child.stdout }).on('line', (line) => onLine(JSON.parse(line) as Record<string, unknown>))
 }
 
 async function bench(o: Options): Promise<void> {
@@ -305,14 +294,14 @@ async function bench(o: Options): Promise<void> {
           { user: 0, system: 0 },
         )
       await sleep(Math.max(0, at - Date.now()))
-      const m0 = machineCpu()
+      const m0 = machineCpuTimes()
       const [relay0, client0] = [cpu(pids(relays)), cpu(pids(clients))]
       const timeout = sleep((tMin * 10 + 60) * 1000).then(() => {
         throw new Error(`round ${r} did not complete: ${results.length} of ${names.length} clients done`)
       })
       await Promise.race([done, timeout])
       const [relay1, client1] = [cpu(pids(relays)), cpu(pids(clients))]
-      const m1 = machineCpu()
+      const m1 = machineCpuTimes()
       await sleep(300) // the relays' last lines
       for (const c of [...relays, ...clients]) c.kill('SIGKILL')
       if (results.some((x) => !x.ok) || relaysOk < names.length * o.stripes) throw new Error(`round ${r}: a node received wrong bytes`)

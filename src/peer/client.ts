@@ -41,7 +41,8 @@ import {
   chunkPath,
   decodeInfo,
   decodeTicket,
-  encodeTicketRequest
+  encodeTicketRequest,
+  sentKnown
 } from './protocol.js'
 import type { TokenBucket } from './rate-limit.js'
 import type { BlobInfo, PeerDataClientStats } from './types.js'
@@ -191,10 +192,10 @@ class DataClient implements PeerDataClient {
     if (!isDigest(digest)) throw new PeerDataArgumentError(`invalid digest ${JSON.stringify(digest.slice(0, 100))}`)
     const { signal, want, held } = options
     const waitMs = options.waitMs ?? this.infoWaitMs
-    /** the chunks named known to the peer (only to one that takes them) */
+    /** the chunks named known to the peer (only to one that takes them): the answer may leave out their hashes */
     let known: Uint8Array | undefined
     const res = await this.send(peer, signal, (session) => {
-      known = session.known ? options.known : undefined
+      known = session.known ? sentKnown(options.known) : undefined
       return session.infos.request({ path: blobPath(digest, { want, held, known }), signal, waitMs, maxBody: MAX_INFO_BYTES })
     })
     if (res.status === 404) return undefined

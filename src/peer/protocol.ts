@@ -78,13 +78,17 @@ export interface InfoQuery {
   known?: Uint8Array | undefined
 }
 
+/** `known` as a request sends it: undefined when empty, or too large for the path (the blob has over MAX_KNOWN_CHUNKS chunks) */
+export function sentKnown(known: Uint8Array | undefined): Uint8Array | undefined {
+  return known !== undefined && known.length > 0 && known.length <= MAX_KNOWN_CHUNKS / 8 ? known : undefined
+}
+
 export function blobPath(digest: string, query: InfoQuery = {}): string {
   const params: string[] = []
   if (query.want !== undefined) params.push(`want=${encodeURIComponent(query.want)}`)
   if (query.held !== undefined) params.push(`held=${query.held}`)
-  if (query.known !== undefined && query.known.length > 0 && query.known.length <= MAX_KNOWN_CHUNKS / 8) {
-    params.push(`known=${Buffer.from(query.known.buffer, query.known.byteOffset, query.known.byteLength).toString('base64url')}`)
-  }
+  const known = sentKnown(query.known)
+  if (known !== undefined) params.push(`known=${Buffer.from(known.buffer, known.byteOffset, known.byteLength).toString('base64url')}`)
   return params.length === 0 ? `/shoal/v1/blobs/${digest}` : `/shoal/v1/blobs/${digest}?${params.join('&')}`
 }
 

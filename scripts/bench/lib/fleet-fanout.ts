@@ -14,7 +14,7 @@
  * Used by scripts/bench/fanout.ts and test/e2e/fanout.test.ts.
  */
 import { createHash } from 'node:crypto'
-import { createReadStream, readFileSync } from 'node:fs'
+import { createReadStream } from 'node:fs'
 import { mkdir, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
@@ -33,7 +33,7 @@ import {
   writeSwarmKey,
 } from './fleet-shoal.js'
 import { Fleet, type Host } from './netns.js'
-import { processCpuTimes } from './measure.js'
+import { machineCpuTimes, processCpuTimes } from './measure.js'
 
 export type Client = 'light' | 'ctr'
 export type Mode = 'shoal' | 'baseline'
@@ -301,7 +301,7 @@ export class FanoutFleet {
     if (mode === 'shoal') for (const n of this.nodes) before.set(n.name, await this.counters(n))
     const logMark = this.origin.accessLog().length
     const tx0 = await this.origin.txBytes()
-    const cpu0 = cpuTimes()
+    const cpu0 = machineCpuTimes()
     const shoalPids = this.nodes.flatMap((n) => (n.shoal?.running() === true && n.shoal.child.pid !== undefined ? [n.shoal.child.pid] : []))
     const agentPids = this.nodes.flatMap((n) => (n.agent.child.pid === undefined ? [] : [n.agent.child.pid]))
     const originPids = this.origin.pid === undefined ? [] : [this.origin.pid]
@@ -327,7 +327,7 @@ export class FanoutFleet {
     const [replies, sideError] = await Promise.all([pulls, side.then(() => undefined, (err: unknown) => err ?? new Error('during() failed'))])
     if (sideError !== undefined) throw sideError
     const txAtLastFinish = await this.origin.txBytes()
-    const cpu1 = cpuTimes()
+    const cpu1 = machineCpuTimes()
     const spent = (pids: number[], part: 'user' | 'system' | 'both' = 'both'): number =>
       pids.reduce((a, pid) => {
         const was = proc0.get(pid)
@@ -493,20 +493,5 @@ async function withTimeout(p: Promise<AgentReply>, ms: number): Promise<AgentRep
     return await Promise.race([p.catch((err: Error) => ({ id: 0, ok: false, error: err.message })), timeout])
   } finally {
     clearTimeout(timer)
-  }
-}
-
-/** whole-machine CPU seconds from /proc/stat: busy, total, and the busy time's user (with nice), system, interrupt and softirq parts */
-function cpuTimes(): { busy: number; total: number; user: number; system: number; irq: number; softirq: number } {
-  try {
-    const line = readFileSync('/proc/stat', 'latin1').split('\n')[0] ?? ''
-    const f = line.trim().split(/\s+/).slice(1).map(Number)
-    const at = (i: number): number => (f[i] ?? 0) / 100
-    const idle = at(3) + at(4)
-    const total = f.slice(0, 8).reduce((a, b) => a + b, 0) / 100
-    return { busy: total - idle, total, user: at(0) + at(1), system: at(2), irq: at(5), softirq: at(6) }
-  } catch {
-    const nan = Number.NaN
-    return { busy: nan, total: nan, user: nan, system: nan, irq: nan, softirq: nan }
   }
 }

@@ -166,6 +166,21 @@ function ticksPerSecond(): number {
   return clockTicks
 }
 
+/** whole-machine CPU seconds from /proc/stat: busy, total, and the busy time's user (with nice), system, interrupt and softirq parts */
+export function machineCpuTimes(): { busy: number; total: number; user: number; system: number; irq: number; softirq: number } {
+  try {
+    const line = readFileSync('/proc/stat', 'latin1').split('\n')[0] ?? ''
+    const f = line.trim().split(/\s+/).slice(1).map(Number)
+    const at = (i: number): number => (f[i] ?? 0) / ticksPerSecond()
+    const idle = at(3) + at(4)
+    const total = f.slice(0, 8).reduce((a, b) => a + b, 0) / ticksPerSecond()
+    return { busy: total - idle, total, user: at(0) + at(1), system: at(2), irq: at(5), softirq: at(6) }
+  } catch {
+    const nan = Number.NaN
+    return { busy: nan, total: nan, user: nan, system: nan, irq: nan, softirq: nan }
+  }
+}
+
 /** user and system CPU seconds of a process (all its threads) with its reaped children, or undefined when it is gone */
 export function processCpuTimes(pid: number): { user: number; system: number } | undefined {
   try {
