@@ -12,7 +12,7 @@ import { planChunks } from './chunks/plan.js'
 import { OriginTurns, RequestSlots, TableMismatchError } from './chunks/scheduler.js'
 import { ChunkState } from './chunks/state.js'
 import { createBlobReader, Download, type ReadTarget } from './download.js'
-import { FANOUT_ORIGIN_INFLIGHT, MAX_HELD_BYTES, runSwarmDownload, type SwarmHooks, type SwarmPlan } from './swarm-download.js'
+import { FANOUT_ORIGIN_INFLIGHT, MAX_HELD_BYTES, hotChunks, runSwarmDownload, type SwarmHooks, type SwarmPlan } from './swarm-download.js'
 import { type BlobLocator, type BlobSource, type ByteSource, bytesFrom, type SourceBody } from './types.js'
 
 /** An open blob: its size, and a way to stream any byte range of it. */
@@ -69,10 +69,12 @@ export class BlobService {
     this.log = opts.logger
     if (opts.swarm !== undefined) {
       // Chunk buffers kept for reuse while downloads run: as many as can be live at once (one per
-      // request in flight, and the chunks held ahead of a download's prefix), so that none is
-      // taken fresh once the first are made (a fresh 1 MiB buffer is 256 pages to fault in, and
-      // garbage for a full collection). 72 at the defaults, 72 MiB, let go once no download runs.
-      this.buffers = new ChunkBuffers(opts.swarm.chunkSize, opts.swarm.maxRequests + Math.ceil(MAX_HELD_BYTES / opts.swarm.chunkSize))
+      // request in flight, the chunks held ahead of a download's prefix, and its last chunks kept
+      // for peers and readers), so that none is taken fresh once the first are made (a fresh 1 MiB
+      // buffer is 256 pages to fault in, and garbage for a full collection). 80 at the defaults,
+      // 80 MiB, let go once no download runs.
+      const { chunkSize, maxRequests } = opts.swarm
+      this.buffers = new ChunkBuffers(chunkSize, maxRequests + Math.ceil(MAX_HELD_BYTES / chunkSize) + hotChunks(chunkSize))
       this.slots = new RequestSlots(opts.swarm.maxRequests)
       this.originTurns = new OriginTurns(FANOUT_ORIGIN_INFLIGHT)
     }

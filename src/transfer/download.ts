@@ -11,6 +11,12 @@ const POOLED_READS = 4
 /** Streams bytes [start, end] of the blob straight from a source, bypassing the store. */
 export type StreamThrough = (start: number, end: number) => Readable
 
+/** Verified chunks of a download still in memory, by index: read from there instead of its file. */
+export interface ChunkMemory {
+  readonly chunkSize: number
+  get(index: number): Uint8Array | undefined
+}
+
 /** What a reader follows: a download's partial file (it grows), or a stored blob's file. */
 export interface ReadTarget {
   /** set once the target can give no more bytes */
@@ -58,6 +64,10 @@ export class Download implements ReadTarget {
    * an origin fetcher that its share moves (bytes from peers say nothing about that)
    */
   received = 0
+  /** set while the download holds verified chunks in memory (a swarm download) */
+  memory: ChunkMemory | undefined
+  /** reads served from memory and from the file */
+  readonly reads = { memory: 0, file: 0 }
   private error: Error | undefined
   private waiters: (() => void)[] = []
   /** the download itself holds one reference; each reader holds one */
@@ -148,8 +158,10 @@ export class Download implements ReadTarget {
    */
   async readInto(start: number, into: Uint8Array): Promise<void> {
     if (this.writer === undefined || this.state === 'failed') throw new StoreError('NOT_STARTED', 'download is not running')
+    if (this.fromMemory(into, into.byteLength, start) === into.byteLength) return
     this.acquire()
     try {
+      this.reads.file++
       await readFully(this.writer.fh, into, start)
     } finally {
       this.release()
@@ -158,8 +170,26 @@ export class Download implements ReadTarget {
 
   async readAt(buf: Buffer, length: number, position: number): Promise<number> {
     if (this.writer === undefined) throw new StoreError('NOT_STARTED', 'download has not started')
+    const copied = this.fromMemory(buf, length, position)
+    if (copied > 0) return copied
+    this.reads.file++
     const { bytesRead } = await this.writer.fh.read(buf, 0, length, position)
     return bytesRead
+  }
+
+  /** copies up to `length` bytes from `position` out of a chunk held in memory into `into`: how many (0: that chunk is not in memory) */
+  private fromMemory(into: Uint8Array, length: number, position: number): number {
+    const memory = this.memory
+    if (memory === undefined) return 0
+    const index = Math.floor(position / memory.chunkSize)
+    const bytes = memory.get(index)
+    if (bytes === undefined) return 0
+    const offset = position - index * memory.chunkSize
+    const n = Math.min(length, bytes.byteLength - offset)
+    if (n <= 0) return 0
+    into.set(bytes.subarray(offset, offset + n))
+    this.reads.memory++
+    return n
   }
 }
 

@@ -1,6 +1,7 @@
 import type { Logger } from 'pino'
 import type { BlobWriter } from '../store/blob-store.js'
 import { ChunkBuffers } from './chunks/buffers.js'
+import { HotChunks } from './chunks/hot.js'
 import { type ChunkPlan, chunkBounds, chunkHash } from './chunks/plan.js'
 import { OriginChunkSource } from './chunks/origin-source.js'
 import { ChunkScheduler, type ChunkSource, type OriginTurns, RequestSlots, TableMismatchError } from './chunks/scheduler.js'
@@ -66,6 +67,17 @@ const ORIGIN_CHUNK_TIMEOUT_MS = 120_000
  * are read back (slower, bounded memory).
  */
 export const MAX_HELD_BYTES = 64 * 1024 * 1024
+/**
+ * Bytes of the last chunks written that a download keeps in memory for peers and for the
+ * runtime's stream (HotChunks). With 8 MiB, 86% of the chunk reads of a 16-node fan-out were
+ * served from memory (chunks held ahead of the prefix included); with 16 MiB, 95%.
+ */
+const HOT_BYTES = 8 * 1024 * 1024
+
+/** how many chunks of `chunkSize` a download keeps after writing them (at least 2) */
+export function hotChunks(chunkSize: number): number {
+  return Math.max(2, Math.floor(HOT_BYTES / chunkSize))
+}
 
 /**
  * Why an origin fetcher should be given up, if it should: it refuses connections, has been
@@ -221,20 +233,23 @@ export async function runSwarmDownload(opts: SwarmDownloadOptions): Promise<void
   const buffers = opts.buffers ?? new ChunkBuffers(plan.plan.chunkSize, 0)
   const held = new Map<number, Uint8Array>()
   let heldBytes = 0
+  let heldPeak = 0
+  const hot = new HotChunks(plan.plan.chunkSize, hotChunks(plan.plan.chunkSize), held, (b) => buffers.give(b))
+  download.memory = hot
   /** when the last chunk was accepted (or the download began), for the no-progress safety net */
   let lastChunk = Date.now()
   const accept = async (index: number, bytes: Uint8Array): Promise<void> => {
     const { start } = chunkBounds(plan.plan, index)
     if (start === writer.written) {
       await writer.write(bytes)
-      buffers.give(bytes)
+      hot.keep(index, bytes)
       for (let next = index + 1; pending.has(next); next++) {
         const kept = held.get(next)
         if (kept !== undefined) {
           writer.advanceOver(kept)
           held.delete(next)
           heldBytes -= kept.byteLength
-          buffers.give(kept)
+          hot.keep(next, kept)
         } else {
           const b = chunkBounds(plan.plan, next)
           await writer.advance(b.end - b.start)
@@ -247,6 +262,7 @@ export async function runSwarmDownload(opts: SwarmDownloadOptions): Promise<void
       if (heldBytes + bytes.byteLength <= MAX_HELD_BYTES) {
         held.set(index, bytes)
         heldBytes += bytes.byteLength
+        heldPeak = Math.max(heldPeak, heldBytes)
       } else buffers.give(bytes)
     }
     state.mark(index, table[index] as string)
@@ -415,6 +431,8 @@ export async function runSwarmDownload(opts: SwarmDownloadOptions): Promise<void
         wasted: result.wasted,
         sources: sources.size,
         lookups,
+        reads: download.reads,
+        heldPeakBytes: heldPeak,
         ...(stripes === undefined ? {} : { stolen }),
       },
       'blob fetched through the swarm',
@@ -427,6 +445,8 @@ export async function runSwarmDownload(opts: SwarmDownloadOptions): Promise<void
     throw err
   } finally {
     for (const t of timers) clearInterval(t)
+    download.memory = undefined
+    hot.clear()
   }
   swarm.completed(digest, table as string[])
 }

@@ -8,6 +8,7 @@ import { afterEach, beforeEach, describe, test } from 'node:test'
 import { pino } from 'pino'
 import { parseDigest } from '../../src/oci/digest.js'
 import { BlobStore } from '../../src/store/blob-store.js'
+import { HotChunks } from '../../src/transfer/chunks/hot.js'
 import { chunkBounds, chunkHash, planChunks } from '../../src/transfer/chunks/plan.js'
 import { OriginStripes } from '../../src/transfer/chunks/stripes.js'
 import { Download } from '../../src/transfer/download.js'
@@ -93,9 +94,8 @@ describe('swarm download', () => {
     await rm(dir, { recursive: true, force: true })
   })
 
-  async function run(sources: PeerSource[], stripes: OriginStripes | undefined, noProgressMs?: number, swarm: SwarmHooks = hooks()) {
+  async function run(sources: PeerSource[], stripes: OriginStripes | undefined, noProgressMs?: number, swarm: SwarmHooks = hooks(), download = new Download(digest, log)) {
     const writer = await store.createWriter(parseDigest(digest), bytes.length)
-    const download = new Download(digest, log)
     download.begin(writer)
     const o = origin()
     try {
@@ -151,4 +151,55 @@ describe('swarm download', () => {
       assert.deepEqual(announces, [{ committed: fanout, spread: fanout }], 'announced once')
     })
   }
+
+  test('chunks just written are read from memory, by peers and by the stream, and hold the right bytes', async () => {
+    const download = new Download(digest, log)
+    const peerReads: Promise<Buffer>[] = []
+    const swarm: SwarmHooks = {
+      ...hooks(),
+      // at the first chunk (no fan-out): a peer asks for it
+      announce: () => {
+        const into = Buffer.alloc(CHUNK)
+        peerReads.push(download.readInto(0, into).then(() => into))
+      },
+    }
+    // the stream reads every byte as the prefix grows (from memory while the chunks are hot),
+    // but the last, which only a finished download gives (the blob service's part)
+    const streamed = (async () => {
+      const parts: Buffer[] = []
+      for (let at = 0; at < bytes.length - 1; ) {
+        if (download.readable() <= at) {
+          if (download.failed !== undefined) throw download.failed
+          await download.waitForProgress()
+          continue
+        }
+        // (reads that straddle chunks, as a range request's would)
+        const buf = Buffer.alloc(3000)
+        const n = await download.readAt(buf, Math.min(buf.length, download.readable() - at), at)
+        parts.push(buf.subarray(0, n))
+        at += n
+      }
+      return Buffer.concat(parts)
+    })()
+    await run([], undefined, undefined, swarm, download)
+    assert.equal(peerReads.length, 1)
+    assert.deepEqual(await peerReads[0], bytes.subarray(0, CHUNK), "the peer's chunk")
+    assert.deepEqual(await streamed, bytes.subarray(0, -1), 'the streamed blob')
+    assert.ok(download.reads.memory >= 2, `reads from memory: ${download.reads.memory}`)
+    assert.equal(download.memory, undefined, 'no chunk stays in memory once the download is over')
+  })
+})
+
+test('the hot chunk window keeps the last chunks written, gives back the older ones, and looks up the held ones too', () => {
+  const released: number[] = []
+  const held = new Map<number, Uint8Array>([[9, Uint8Array.of(9)]])
+  const hot = new HotChunks(1, 2, held, (b) => released.push(b[0] as number))
+  for (const i of [1, 2, 3]) hot.keep(i, Uint8Array.of(i))
+  assert.deepEqual(released, [1], 'the oldest went back when a third came')
+  assert.equal(hot.get(1), undefined)
+  assert.deepEqual([hot.get(2)?.[0], hot.get(3)?.[0], hot.get(9)?.[0]], [2, 3, 9])
+  hot.clear()
+  assert.deepEqual(released, [1, 2, 3])
+  assert.equal(hot.get(3), undefined)
+  assert.equal(hot.get(9)?.[0], 9, 'held chunks belong to the download, not the window')
 })
