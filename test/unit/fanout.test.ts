@@ -21,7 +21,9 @@ import type { PeerChunkClient } from '../../src/swarm/types.js'
 import { StoreChunkProvider } from '../../src/swarm/provider.js'
 import { chunkBounds, chunkHash, planChunks } from '../../src/transfer/chunks/plan.js'
 import { ChunkScheduler, type ChunkSource, NoSourceError } from '../../src/transfer/chunks/scheduler.js'
+import { ChunkState } from '../../src/transfer/chunks/state.js'
 import { OriginStripes } from '../../src/transfer/chunks/stripes.js'
+import { Download } from '../../src/transfer/download.js'
 import { prng } from '../helpers/random.js'
 import { putBlob } from '../helpers/store.js'
 
@@ -519,6 +521,49 @@ describe('chunk provider over the store', () => {
       const failing = new StoreChunkProvider({ store, download: () => undefined, chunkSize, uploadBuffers: 1, logger: log, near: async () => Promise.reject(new Error('stopped')) })
       assert.equal(await failing.wantInfo(unknown, asker), undefined)
       assert.equal((await failing.wantInfo(digest, asker))?.near, undefined)
+    } finally {
+      await store.close()
+      await rm(dir, { recursive: true, force: true })
+    }
+  })
+
+  test('a holdings long poll is answered at the first chunk, then once two more are held, and at the last whatever their number', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'shoal-provider-'))
+    const store = await BlobStore.open(dir, log)
+    try {
+      const digest = `sha256:${'1'.repeat(64)}`
+      const chunkSize = 4096
+      const download = new Download(digest, log)
+      const chunks = new ChunkState(planChunks(4 * chunkSize, chunkSize))
+      download.chunks = chunks
+      const provider = new StoreChunkProvider({ store, download: (d) => (d === digest ? download : undefined), chunkSize, uploadBuffers: 1, logger: log })
+      const gain = async (index: number): Promise<void> => {
+        chunks.mark(index, chunkHash(Buffer.from([index])))
+        download.progress()
+        await sleep(20)
+      }
+      /** a long poll by an asker that knows of `held` chunks; `answered` once it is */
+      const poll = (held: number): { answered: boolean; info: Promise<BlobInfo | undefined> } => {
+        const p = { answered: false, info: Promise.resolve<BlobInfo | undefined>(undefined) }
+        p.info = provider.info(digest, { held, signal: AbortSignal.timeout(5_000) }).then((info) => {
+          p.answered = true
+          return info
+        })
+        return p
+      }
+      const first = poll(0)
+      await sleep(20)
+      assert.equal(first.answered, false, 'nothing held yet')
+      await gain(0)
+      assert.deepEqual((await first.info)?.have, [true, false, false, false], 'the first chunk: at once')
+      const next = poll(1)
+      await gain(1)
+      assert.equal(next.answered, false, 'one chunk more: not yet')
+      await gain(2)
+      assert.deepEqual((await next.info)?.have, [true, true, true, false], 'two more')
+      const last = poll(3)
+      await gain(3)
+      assert.deepEqual((await last.info)?.have, [true, true, true, true], 'the last chunk: at once')
     } finally {
       await store.close()
       await rm(dir, { recursive: true, force: true })
