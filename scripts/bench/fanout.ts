@@ -160,10 +160,10 @@ function parseOptions(argv: string[]): Options {
   for (const kv of values['shoal-env'] ?? []) {
     const eq = kv.indexOf('=')
     // SHOAL_ settings, DEBUG for libp2p's own debug log (into the daemons' logs that --keep
-    // keeps), and NODE_OPTIONS for V8 flags Node allows there (e.g. --max-semi-space-size) or an
-    // --import preload
-    if (eq < 1 || !(kv.startsWith('SHOAL_') || kv.startsWith('DEBUG=') || kv.startsWith('NODE_OPTIONS='))) {
-      throw new Error(`bad --shoal-env "${kv}" (SHOAL_KEY=VALUE, DEBUG=… or NODE_OPTIONS=…)`)
+    // keeps), NODE_OPTIONS for V8 flags Node allows there (e.g. --max-semi-space-size) or an
+    // --import preload, and GLIBC_TUNABLES for the C library's allocator
+    if (eq < 1 || !(kv.startsWith('SHOAL_') || kv.startsWith('DEBUG=') || kv.startsWith('NODE_OPTIONS=') || kv.startsWith('GLIBC_TUNABLES='))) {
+      throw new Error(`bad --shoal-env "${kv}" (SHOAL_KEY=VALUE, DEBUG=…, NODE_OPTIONS=… or GLIBC_TUNABLES=…)`)
     }
     shoalEnv[kv.slice(0, eq)] = kv.slice(eq + 1)
   }
