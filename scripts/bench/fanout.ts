@@ -125,7 +125,7 @@ function parseOptions(argv: string[]): Options {
         '                            [--origin-rate-mbit R (default: --rate-mbit)] [--spread SECONDS (0: all at once)]',
         '                            [--mode both|shoal|baseline] [--client light|ctr] [--unpack]',
         '                            [--json FILE] [--svg FILE] [--check] [--log-level info] [--cold] [--rounds 1] [--gap 30]',
-        '                            [--shoal-env SHOAL_KEY=VALUE | DEBUG=NAMESPACES | NODE_OPTIONS=…]... [--daemon PATH/TO/dist/src/cli/main.js] [--node-flags=FLAGS] [--keep DIR] [--profile DIR] [--links]',
+        '                            [--shoal-env SHOAL_KEY=VALUE | DEBUG=NAMESPACES | NODE_OPTIONS=… | GLIBC_TUNABLES=…]... [--daemon PATH/TO/dist/src/cli/main.js] [--node-flags=FLAGS] [--keep DIR] [--profile DIR] [--links]',
         '  --client light  a verifying puller (manifest + blobs, sha256 while streaming) per node; ctr: containerd\'s ctr',
         '  --unpack        with --client ctr: `ctr images pull` (fetch and unpack) instead of `ctr content fetch`',
         '  --check         exit 3 when a target of the fan-out issue is missed (shoal mode)',

@@ -75,7 +75,7 @@ export class BlobService {
       // 80 MiB, let go once no download runs.
       const { chunkSize, maxRequests } = opts.swarm
       this.buffers = new ChunkBuffers(chunkSize, maxRequests + Math.ceil(MAX_HELD_BYTES / chunkSize) + hotChunks(chunkSize))
-      this.slots = new RequestSlots(opts.swarm.maxRequests)
+      this.slots = new RequestSlots(maxRequests)
       this.originTurns = new OriginTurns(FANOUT_ORIGIN_INFLIGHT)
     }
   }
