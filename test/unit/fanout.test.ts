@@ -527,14 +527,14 @@ describe('chunk provider over the store', () => {
     }
   })
 
-  test('a holdings long poll is answered at the first chunk, then once two more are held, and at the last whatever their number', async () => {
+  test('holdings long polls: each answered at one new chunk while few wait, at two while many do (the first and the last at once)', async () => {
     const dir = await mkdtemp(join(tmpdir(), 'shoal-provider-'))
     const store = await BlobStore.open(dir, log)
     try {
       const digest = `sha256:${'1'.repeat(64)}`
       const chunkSize = 4096
       const download = new Download(digest, log)
-      const chunks = new ChunkState(planChunks(4 * chunkSize, chunkSize))
+      const chunks = new ChunkState(planChunks(5 * chunkSize, chunkSize))
       download.chunks = chunks
       const provider = new StoreChunkProvider({ store, download: (d) => (d === digest ? download : undefined), chunkSize, uploadBuffers: 1, logger: log })
       const gain = async (index: number): Promise<void> => {
@@ -555,15 +555,24 @@ describe('chunk provider over the store', () => {
       await sleep(20)
       assert.equal(first.answered, false, 'nothing held yet')
       await gain(0)
-      assert.deepEqual((await first.info)?.have, [true, false, false, false], 'the first chunk: at once')
-      const next = poll(1)
+      assert.deepEqual((await first.info)?.have, [true, false, false, false, false], 'the first chunk: at once')
+      // four polls waiting: each answered at the next chunk
+      const few = [1, 1, 1, 1].map(poll)
+      await sleep(20)
       await gain(1)
-      assert.equal(next.answered, false, 'one chunk more: not yet')
+      assert.ok(few.every((p) => p.answered), 'few waiting: one chunk more is enough')
+      // five waiting: the answers wait for two chunks more
+      const many = [2, 2, 2, 2, 2].map(poll)
+      await sleep(20)
       await gain(2)
-      assert.deepEqual((await next.info)?.have, [true, true, true, false], 'two more')
-      const last = poll(3)
+      assert.ok(many.every((p) => !p.answered), 'many waiting: one chunk more is not enough')
       await gain(3)
-      assert.deepEqual((await last.info)?.have, [true, true, true, true], 'the last chunk: at once')
+      assert.ok(many.every((p) => p.answered), 'two chunks more')
+      assert.deepEqual((await (many[0] as { info: Promise<BlobInfo | undefined> }).info)?.have, [true, true, true, true, false])
+      const last = [4, 4, 4, 4, 4].map(poll)
+      await sleep(20)
+      await gain(4)
+      assert.ok(last.every((p) => p.answered), 'the last chunk: answered, though only one more')
     } finally {
       await store.close()
       await rm(dir, { recursive: true, force: true })
