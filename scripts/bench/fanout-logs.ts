@@ -2,6 +2,9 @@
  * Counts from the daemon logs a fan-out run kept (`scripts/bench/fanout --mode shoal --keep DIR
  * --json F`), split at the round's start (the first client's `startedAt` in F):
  * - `infoAnswered` and `infoBytes`: holdings answers and their bytes, summed over the `peer data server closed` lines;
+ * - chunk reads of swarm downloads served from memory and from the file, and the median peak
+ *   of the chunks held ahead of the prefix, over the blobs of 1 MiB or more (`blob fetched
+ *   through the swarm` lines, every round);
  * - origin fetchers (chosen during the round): for each blob, how many nodes chose each pair (`origin fetchers chosen`),
  *   and how many took candidates from the near nodes their fetchers named (`near` > 0); and the
  *   median time from a blob's request to its fetchers' answers (`ms`) over all those lines;
@@ -53,6 +56,8 @@ function main(): void {
   const end = Math.max(...nodes.map((n) => n.startedAt + n.seconds * 1000))
   let infoAnswered = 0
   let infoBytes = 0
+  const reads = { memory: 0, file: 0 }
+  const heldPeaks: number[] = []
   const fetchers = new Map<string, Map<string, number>>()
   /** per blob, the nodes that added candidates from the near nodes named by the fetchers they asked */
   const tookNear = new Map<string, number>()
@@ -70,7 +75,21 @@ function main(): void {
   for (const file of readdirSync(dir).filter((f) => /^shoal-.*\.log$/.test(f))) {
     for (const line of readFileSync(join(dir, file), 'utf8').split('\n')) {
       if (line.startsWith('{')) {
-        let entry: { msg?: string; time?: string; infoAnswered?: number; infoBytes?: number; digest?: string; fetchers?: string[]; near?: number; ms?: number; walked?: boolean; peers?: number }
+        let entry: {
+          msg?: string
+          time?: string
+          infoAnswered?: number
+          infoBytes?: number
+          digest?: string
+          fetchers?: string[]
+          near?: number
+          ms?: number
+          walked?: boolean
+          peers?: number
+          size?: number
+          reads?: { memory: number; file: number }
+          heldPeakBytes?: number
+        }
         try {
           entry = JSON.parse(line) as typeof entry
         } catch {
@@ -79,6 +98,10 @@ function main(): void {
         if (entry.msg === 'peer data server closed') {
           infoAnswered += entry.infoAnswered ?? 0
           infoBytes += entry.infoBytes ?? 0
+        } else if (entry.msg === 'blob fetched through the swarm' && (entry.size ?? 0) >= 2 ** 20 && entry.reads !== undefined) {
+          reads.memory += entry.reads.memory
+          reads.file += entry.reads.file
+          if (entry.heldPeakBytes !== undefined) heldPeaks.push(entry.heldPeakBytes)
         }
         else if (entry.msg === 'origin fetchers chosen' && entry.digest !== undefined && inRound(Date.parse(entry.time ?? ''))) {
           const byPair = fetchers.get(entry.digest) ?? new Map<string, number>()
@@ -114,6 +137,12 @@ function main(): void {
     }
   }
   console.log(`info answers: ${infoAnswered}, ${(infoBytes / 2 ** 20).toFixed(1)} MiB`)
+  if (reads.memory + reads.file > 0) {
+    const share = (100 * reads.memory) / (reads.memory + reads.file)
+    const peak = [...heldPeaks].sort((a, b) => a - b)[Math.floor(heldPeaks.length / 2)]
+    const held = peak === undefined ? '' : `; held ahead of the prefix, median peak per blob: ${(peak / 2 ** 20).toFixed(0)} MiB`
+    console.log(`chunk reads from memory: ${reads.memory} of ${reads.memory + reads.file} (${share.toFixed(0)}%)${held}`)
+  }
   printOriginAnswers(dir, nodes, start, end)
   console.log('origin fetchers chosen, nodes per pair (last 6 characters of each peer id), and nodes that added near nodes to their candidates:')
   for (const [digest, byPair] of fetchers) {

@@ -225,6 +225,7 @@ function roundJson(r: RoundResult, s: ModeSummary) {
     machineCpuSeconds: Object.fromEntries(Object.entries(r.cpu.machine).map(([k, v]) => [k, round(v, 2)])),
     shoalCpuSeconds: round(r.cpu.shoalSeconds, 2),
     shoalSystemCpuSeconds: round(r.cpu.shoalSystemSeconds, 2),
+    shoalMinorFaults: r.cpu.shoalMinorFaults,
     clientCpuSeconds: round(r.cpu.clientSeconds, 2),
     originCpuSeconds: round(r.cpu.originSeconds, 2),
     nodes: r.nodes.map((n) => ({ ...n, seconds: round(n.seconds, 4) })),
@@ -346,7 +347,9 @@ async function main(): Promise<void> {
       const m = r.cpu.machine
       process.stdout.write(`${summaries[i]?.mode}: machine CPU s during the round: user ${m.user.toFixed(1)}, system ${m.system.toFixed(1)}, softirq ${m.softirq.toFixed(1)}, irq ${m.irq.toFixed(1)}\n`)
       if (r.mode === 'shoal') {
-        process.stdout.write(`${summaries[i]?.mode}: the daemons' CPU s: ${r.cpu.shoalSeconds.toFixed(1)}, of it system ${r.cpu.shoalSystemSeconds.toFixed(1)}\n`)
+        process.stdout.write(
+          `${summaries[i]?.mode}: the daemons' CPU s: ${r.cpu.shoalSeconds.toFixed(1)}, of it system ${r.cpu.shoalSystemSeconds.toFixed(1)}; fresh memory (minor faults) per daemon: ${((r.cpu.shoalMinorFaults * 4) / 1024 / Math.max(1, r.nodes.length)).toFixed(0)} MiB\n`,
+        )
         // chunk bytes the peers sent, against those the downloads accepted: the rest was cut off or thrown away
         const sum = (pick: (c: NonNullable<NodeResult['shoal']>) => number): number => r.nodes.reduce((a, n) => a + (n.shoal === undefined ? 0 : pick(n.shoal)), 0)
         process.stdout.write(`${summaries[i]?.mode}: peers sent ${formatBytes(sum((c) => c.bytesToPeers))}, downloads accepted ${formatBytes(sum((c) => c.bytesFromPeers))}\n`)

@@ -2,6 +2,7 @@ import { Readable } from 'node:stream'
 import type { Logger } from 'pino'
 import { type BlobWriter, readFully } from '../store/blob-store.js'
 import { StoreError } from '../store/errors.js'
+import type { ChunkMemory } from './chunks/hot.js'
 import type { ChunkState } from './chunks/state.js'
 
 const READ_CHUNK = 1024 * 1024
@@ -10,12 +11,6 @@ const POOLED_READS = 4
 
 /** Streams bytes [start, end] of the blob straight from a source, bypassing the store. */
 export type StreamThrough = (start: number, end: number) => Readable
-
-/** Verified chunks of a download still in memory, by index: read from there instead of its file. */
-export interface ChunkMemory {
-  readonly chunkSize: number
-  get(index: number): Uint8Array | undefined
-}
 
 /** What a reader follows: a download's partial file (it grows), or a stored blob's file. */
 export interface ReadTarget {
@@ -158,11 +153,12 @@ export class Download implements ReadTarget {
    */
   async readInto(start: number, into: Uint8Array): Promise<void> {
     if (this.writer === undefined || this.state === 'failed') throw new StoreError('NOT_STARTED', 'download is not running')
-    if (this.fromMemory(into, into.byteLength, start) === into.byteLength) return
+    const copied = this.fromMemory(into, into.byteLength, start)
+    if (copied === into.byteLength) return
     this.acquire()
     try {
       this.reads.file++
-      await readFully(this.writer.fh, into, start)
+      await readFully(this.writer.fh, into.subarray(copied), start + copied)
     } finally {
       this.release()
     }

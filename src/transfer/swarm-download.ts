@@ -229,12 +229,9 @@ export async function runSwarmDownload(opts: SwarmDownloadOptions): Promise<void
   }
 
   // Chunks ahead of the prefix: written at once (peers and readers may take them), hashed into
-  // the digest when the prefix reaches them, from memory (`held`) or, past MAX_HELD_BYTES, from the file.
+  // the digest when the prefix reaches them, from memory (`hot.hold`) or, past MAX_HELD_BYTES, from the file.
   const buffers = opts.buffers ?? new ChunkBuffers(plan.plan.chunkSize, 0)
-  const held = new Map<number, Uint8Array>()
-  let heldBytes = 0
-  let heldPeak = 0
-  const hot = new HotChunks(plan.plan.chunkSize, hotChunks(plan.plan.chunkSize), held, (b) => buffers.give(b))
+  const hot = new HotChunks(plan.plan.chunkSize, hotChunks(plan.plan.chunkSize), MAX_HELD_BYTES, (b) => buffers.give(b))
   download.memory = hot
   /** when the last chunk was accepted (or the download began), for the no-progress safety net */
   let lastChunk = Date.now()
@@ -244,11 +241,9 @@ export async function runSwarmDownload(opts: SwarmDownloadOptions): Promise<void
       await writer.write(bytes)
       hot.keep(index, bytes)
       for (let next = index + 1; pending.has(next); next++) {
-        const kept = held.get(next)
+        const kept = hot.unhold(next)
         if (kept !== undefined) {
           writer.advanceOver(kept)
-          held.delete(next)
-          heldBytes -= kept.byteLength
           hot.keep(next, kept)
         } else {
           const b = chunkBounds(plan.plan, next)
@@ -259,11 +254,7 @@ export async function runSwarmDownload(opts: SwarmDownloadOptions): Promise<void
     } else {
       await writer.writeAt(start, bytes)
       pending.add(index)
-      if (heldBytes + bytes.byteLength <= MAX_HELD_BYTES) {
-        held.set(index, bytes)
-        heldBytes += bytes.byteLength
-        heldPeak = Math.max(heldPeak, heldBytes)
-      } else buffers.give(bytes)
+      if (!hot.hold(index, bytes)) buffers.give(bytes)
     }
     state.mark(index, table[index] as string)
     lastChunk = Date.now()
@@ -432,7 +423,7 @@ export async function runSwarmDownload(opts: SwarmDownloadOptions): Promise<void
         sources: sources.size,
         lookups,
         reads: download.reads,
-        heldPeakBytes: heldPeak,
+        heldPeakBytes: hot.heldPeakBytes,
         ...(stripes === undefined ? {} : { stolen }),
       },
       'blob fetched through the swarm',

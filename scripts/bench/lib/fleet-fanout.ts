@@ -129,6 +129,8 @@ export interface RoundResult {
     shoalSeconds: number
     /** the system (kernel) part of shoalSeconds: the daemons' system calls, their sockets' packet paths included */
     shoalSystemSeconds: number
+    /** the daemons' minor page faults (4 KiB pages of fresh memory) */
+    shoalMinorFaults: number
     clientSeconds: number
     originSeconds: number
   }
@@ -328,17 +330,18 @@ export class FanoutFleet {
     if (sideError !== undefined) throw sideError
     const txAtLastFinish = await this.origin.txBytes()
     const cpu1 = machineCpuTimes()
-    const spent = (pids: number[], part: 'user' | 'system' | 'both' = 'both'): number =>
+    const spent = (pids: number[], part: 'user' | 'system' | 'both' | 'minorFaults' = 'both'): number =>
       pids.reduce((a, pid) => {
         const was = proc0.get(pid)
         const now = processCpuTimes(pid) ?? was
         if (was === undefined || now === undefined) return a
-        const pick = (c: { user: number; system: number }): number => (part === 'both' ? c.user + c.system : c[part])
+        const pick = (c: NonNullable<typeof was>): number => (part === 'both' ? c.user + c.system : c[part])
         return a + Math.max(0, pick(now) - pick(was))
       }, 0)
     const procCpu = {
       shoalSeconds: spent(shoalPids),
       shoalSystemSeconds: spent(shoalPids, 'system'),
+      shoalMinorFaults: spent(shoalPids, 'minorFaults'),
       clientSeconds: spent(agentPids),
       originSeconds: spent(originPids),
     }

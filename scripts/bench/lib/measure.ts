@@ -181,13 +181,16 @@ export function machineCpuTimes(): { busy: number; total: number; user: number; 
   }
 }
 
-/** user and system CPU seconds of a process (all its threads) with its reaped children, or undefined when it is gone */
-export function processCpuTimes(pid: number): { user: number; system: number } | undefined {
+/**
+ * user and system CPU seconds of a process (all its threads) with its reaped children, and its
+ * minor page faults (pages it touched for the first time: fresh memory), or undefined when it is gone
+ */
+export function processCpuTimes(pid: number): { user: number; system: number; minorFaults: number } | undefined {
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, 'latin1')
     const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
-    // utime, stime, cutime, cstime are fields 14-17 (f[11..14])
-    return { user: (Number(f[11]) + Number(f[13])) / ticksPerSecond(), system: (Number(f[12]) + Number(f[14])) / ticksPerSecond() }
+    // minflt is field 10 (f[7]); utime, stime, cutime, cstime are fields 14-17 (f[11..14])
+    return { user: (Number(f[11]) + Number(f[13])) / ticksPerSecond(), system: (Number(f[12]) + Number(f[14])) / ticksPerSecond(), minorFaults: Number(f[7]) }
   } catch {
     return undefined
   }

@@ -1,8 +1,13 @@
-import type { ChunkMemory } from '../download.js'
+/** Verified chunks of a download still in memory, by index: read from there instead of its file. */
+export interface ChunkMemory {
+  readonly chunkSize: number
+  get(index: number): Uint8Array | undefined
+}
 
 /**
- * A download's verified chunks that are still in memory: the last few it wrote (`keep`), and
- * those ahead of the in-order prefix that it holds for hashing (`held`, owned by the download).
+ * A download's verified chunks that are still in memory: those that arrived ahead of the
+ * in-order prefix, held until the prefix reaches them and hashes them into the blob's digest
+ * (`hold`, `unhold`), and the last few written behind the prefix (`keep`).
  * Peers ask for a chunk soon after this node got it (a fan-out passes every chunk on as it
  * lands) and the runtime's stream reads it as soon as the prefix reaches it: both copy it from
  * here instead of reading the file back, which costs a system call on the thread pool and its
@@ -15,17 +20,22 @@ import type { ChunkMemory } from '../download.js'
  */
 export class HotChunks implements ChunkMemory {
   readonly chunkSize: number
-  private readonly limit: number
-  private readonly held: ReadonlyMap<number, Uint8Array>
+  private readonly keepLimit: number
+  private readonly holdLimitBytes: number
   private readonly release: (bytes: Uint8Array) => void
-  /** chunk index → bytes, oldest first */
+  /** chunk index → bytes, ahead of the prefix */
+  private readonly held = new Map<number, Uint8Array>()
+  private heldBytes = 0
+  /** the most bytes held at once */
+  heldPeakBytes = 0
+  /** chunk index → bytes, written behind the prefix, oldest first */
   private readonly recent = new Map<number, Uint8Array>()
 
-  /** `limit`: chunks kept after they were written */
-  constructor(chunkSize: number, limit: number, held: ReadonlyMap<number, Uint8Array>, release: (bytes: Uint8Array) => void) {
+  /** `keepLimit`: chunks kept after they were written; `holdLimitBytes`: bytes held ahead of the prefix */
+  constructor(chunkSize: number, keepLimit: number, holdLimitBytes: number, release: (bytes: Uint8Array) => void) {
     this.chunkSize = chunkSize
-    this.limit = limit
-    this.held = held
+    this.keepLimit = keepLimit
+    this.holdLimitBytes = holdLimitBytes
     this.release = release
   }
 
@@ -33,19 +43,39 @@ export class HotChunks implements ChunkMemory {
     return this.recent.get(index) ?? this.held.get(index)
   }
 
+  /** Holds a chunk ahead of the prefix (the window takes the buffer); false past the limit (the caller keeps the buffer). */
+  hold(index: number, bytes: Uint8Array): boolean {
+    if (this.heldBytes + bytes.byteLength > this.holdLimitBytes) return false
+    this.held.set(index, bytes)
+    this.heldBytes += bytes.byteLength
+    this.heldPeakBytes = Math.max(this.heldPeakBytes, this.heldBytes)
+    return true
+  }
+
+  /** A held chunk the prefix reached, handed back to the caller (to hash, then keep()); undefined if it was not held. */
+  unhold(index: number): Uint8Array | undefined {
+    const bytes = this.held.get(index)
+    if (bytes === undefined) return undefined
+    this.held.delete(index)
+    this.heldBytes -= bytes.byteLength
+    return bytes
+  }
+
   /** Keeps a written chunk's bytes (the window takes the buffer); the oldest goes when over the limit. */
   keep(index: number, bytes: Uint8Array): void {
     this.recent.set(index, bytes)
-    while (this.recent.size > this.limit) {
+    while (this.recent.size > this.keepLimit) {
       const [oldest, old] = this.recent.entries().next().value as [number, Uint8Array]
       this.recent.delete(oldest)
       this.release(old)
     }
   }
 
-  /** Gives every kept buffer back. */
+  /** Gives every kept buffer back (the held ones are dropped: a download that ends with some held failed). */
   clear(): void {
     for (const bytes of this.recent.values()) this.release(bytes)
     this.recent.clear()
+    this.held.clear()
+    this.heldBytes = 0
   }
 }
