@@ -215,6 +215,11 @@ function summaryJson(s: ModeSummary) {
   }
 }
 
+/** the image bytes the round's clients received, MiB */
+function receivedMiB(r: RoundResult): number {
+  return r.nodes.reduce((a, n) => a + n.bytes, 0) / 2 ** 20
+}
+
 /** one round in the JSON report: its summary, and what only a round has */
 function roundJson(r: RoundResult, s: ModeSummary) {
   return {
@@ -226,6 +231,7 @@ function roundJson(r: RoundResult, s: ModeSummary) {
     shoalCpuSeconds: round(r.cpu.shoalSeconds, 2),
     shoalSystemCpuSeconds: round(r.cpu.shoalSystemSeconds, 2),
     shoalMinorFaults: r.cpu.shoalMinorFaults,
+    shoalSwitches: r.cpu.shoalSwitches,
     clientCpuSeconds: round(r.cpu.clientSeconds, 2),
     originCpuSeconds: round(r.cpu.originSeconds, 2),
     nodes: r.nodes.map((n) => ({ ...n, seconds: round(n.seconds, 4) })),
@@ -348,7 +354,7 @@ async function main(): Promise<void> {
       process.stdout.write(`${summaries[i]?.mode}: machine CPU s during the round: user ${m.user.toFixed(1)}, system ${m.system.toFixed(1)}, softirq ${m.softirq.toFixed(1)}, irq ${m.irq.toFixed(1)}\n`)
       if (r.mode === 'shoal') {
         process.stdout.write(
-          `${summaries[i]?.mode}: the daemons' CPU s: ${r.cpu.shoalSeconds.toFixed(1)}, of it system ${r.cpu.shoalSystemSeconds.toFixed(1)}; fresh memory (minor faults) per daemon: ${((r.cpu.shoalMinorFaults * 4) / 1024 / Math.max(1, r.nodes.length)).toFixed(0)} MiB\n`,
+          `${summaries[i]?.mode}: the daemons' CPU s: ${r.cpu.shoalSeconds.toFixed(1)}, of it system ${r.cpu.shoalSystemSeconds.toFixed(1)}; fresh memory (minor faults) per daemon: ${((r.cpu.shoalMinorFaults * 4) / 1024 / Math.max(1, r.nodes.length)).toFixed(0)} MiB; context switches per MiB received: ${(r.cpu.shoalSwitches / Math.max(1, receivedMiB(r))).toFixed(0)}\n`,
         )
         // chunk bytes the peers sent, against those the downloads accepted: the rest was cut off or thrown away
         const sum = (pick: (c: NonNullable<NodeResult['shoal']>) => number): number => r.nodes.reduce((a, n) => a + (n.shoal === undefined ? 0 : pick(n.shoal)), 0)

@@ -131,6 +131,8 @@ export interface RoundResult {
     shoalSystemSeconds: number
     /** the daemons' minor page faults (4 KiB pages of fresh memory) */
     shoalMinorFaults: number
+    /** the daemons' context switches (their threads' voluntary ones are mostly event-loop wake-ups) */
+    shoalSwitches: number
     clientSeconds: number
     originSeconds: number
   }
@@ -330,7 +332,7 @@ export class FanoutFleet {
     if (sideError !== undefined) throw sideError
     const txAtLastFinish = await this.origin.txBytes()
     const cpu1 = machineCpuTimes()
-    const spent = (pids: number[], part: 'user' | 'system' | 'both' | 'minorFaults' = 'both'): number =>
+    const spent = (pids: number[], part: 'user' | 'system' | 'both' | 'minorFaults' | 'switches' = 'both'): number =>
       pids.reduce((a, pid) => {
         const was = proc0.get(pid)
         const now = processCpuTimes(pid) ?? was
@@ -342,6 +344,7 @@ export class FanoutFleet {
       shoalSeconds: spent(shoalPids),
       shoalSystemSeconds: spent(shoalPids, 'system'),
       shoalMinorFaults: spent(shoalPids, 'minorFaults'),
+      shoalSwitches: spent(shoalPids, 'switches'),
       clientSeconds: spent(agentPids),
       originSeconds: spent(originPids),
     }

@@ -185,15 +185,37 @@ export function machineCpuTimes(): { busy: number; total: number; user: number; 
  * user and system CPU seconds of a process (all its threads) with its reaped children, and its
  * minor page faults (pages it touched for the first time: fresh memory), or undefined when it is gone
  */
-export function processCpuTimes(pid: number): { user: number; system: number; minorFaults: number } | undefined {
+export function processCpuTimes(pid: number): { user: number; system: number; minorFaults: number; switches: number } | undefined {
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, 'latin1')
     const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
     // minflt is field 10 (f[7]); utime, stime, cutime, cstime are fields 14-17 (f[11..14])
-    return { user: (Number(f[11]) + Number(f[13])) / ticksPerSecond(), system: (Number(f[12]) + Number(f[14])) / ticksPerSecond(), minorFaults: Number(f[7]) }
+    return {
+      user: (Number(f[11]) + Number(f[13])) / ticksPerSecond(),
+      system: (Number(f[12]) + Number(f[14])) / ticksPerSecond(),
+      minorFaults: Number(f[7]),
+      switches: contextSwitches(pid),
+    }
   } catch {
     return undefined
   }
+}
+
+/**
+ * Context switches of a process's threads alive now, voluntary (it waited: an event-loop wake-up
+ * each, mostly) and not (preempted), from /proc/<pid>/task/<tid>/status
+ */
+export function contextSwitches(pid: number): number {
+  let n = 0
+  for (const tid of readdirSync(`/proc/${pid}/task`)) {
+    try {
+      const status = readFileSync(`/proc/${pid}/task/${tid}/status`, 'latin1')
+      for (const m of status.matchAll(/^(?:voluntary|nonvoluntary)_ctxt_switches:\s+(\d+)$/gm)) n += Number(m[1])
+    } catch {
+      // the thread ended meanwhile
+    }
+  }
+  return n
 }
 
 /** user + system CPU seconds of a process (all its threads), from /proc/<pid>/stat */
