@@ -182,8 +182,9 @@ export function machineCpuTimes(): { busy: number; total: number; user: number; 
 }
 
 /**
- * user and system CPU seconds of a process (all its threads) with its reaped children, and its
- * minor page faults (pages it touched for the first time: fresh memory), or undefined when it is gone
+ * user and system CPU seconds of a process (all its threads) with its reaped children, its
+ * minor page faults (pages it touched for the first time: fresh memory) and its threads' context
+ * switches (see contextSwitches), or undefined when it is gone
  */
 export function processCpuTimes(pid: number): { user: number; system: number; minorFaults: number; switches: number } | undefined {
   try {
