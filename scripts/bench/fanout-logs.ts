@@ -26,6 +26,7 @@
  */
 import { readdirSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
+import { median } from './lib/measure.js'
 
 interface RoundJson {
   nodes: { name: string; addr: string; startedAt: number; seconds: number }[]
@@ -102,8 +103,7 @@ function main(): void {
           reads.memory += entry.reads.memory
           reads.file += entry.reads.file
           if (entry.heldPeakBytes !== undefined) heldPeaks.push(entry.heldPeakBytes)
-        }
-        else if (entry.msg === 'origin fetchers chosen' && entry.digest !== undefined && inRound(Date.parse(entry.time ?? ''))) {
+        } else if (entry.msg === 'origin fetchers chosen' && entry.digest !== undefined && inRound(Date.parse(entry.time ?? ''))) {
           const byPair = fetchers.get(entry.digest) ?? new Map<string, number>()
           increment(byPair, (entry.fetchers ?? []).map((id) => id.slice(-6)).join('+'))
           fetchers.set(entry.digest, byPair)
@@ -139,8 +139,7 @@ function main(): void {
   console.log(`info answers: ${infoAnswered}, ${(infoBytes / 2 ** 20).toFixed(1)} MiB`)
   if (reads.memory + reads.file > 0) {
     const share = (100 * reads.memory) / (reads.memory + reads.file)
-    const peak = [...heldPeaks].sort((a, b) => a - b)[Math.floor(heldPeaks.length / 2)]
-    const held = peak === undefined ? '' : `; held ahead of the prefix, median peak per blob: ${(peak / 2 ** 20).toFixed(0)} MiB`
+    const held = heldPeaks.length === 0 ? '' : `; held ahead of the prefix, median peak per blob: ${(median(heldPeaks) / 2 ** 20).toFixed(0)} MiB`
     console.log(`chunk reads from memory: ${reads.memory} of ${reads.memory + reads.file} (${share.toFixed(0)}%)${held}`)
   }
   printOriginAnswers(dir, nodes, start, end)
@@ -187,12 +186,6 @@ function printOriginAnswers(dir: string, nodes: RoundJson['nodes'], start: numbe
     const row = perSecond.get(second)
     console.log(`  ${String(second).padStart(3)} s  ${nodes.map((n) => String(row?.get(n.addr) ?? 0).padStart(n.name.length)).join(' ')}`)
   }
-}
-
-function median(values: number[]): number {
-  const sorted = [...values].sort((a, b) => a - b)
-  const mid = sorted.length >> 1
-  return sorted.length % 2 === 1 ? (sorted[mid] as number) : ((sorted[mid - 1] as number) + (sorted[mid] as number)) / 2
 }
 
 main()

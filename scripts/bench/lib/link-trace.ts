@@ -1,9 +1,11 @@
 /**
  * What a fan-out fleet's links carried during a round (the bench's `--links`): each host's bytes
  * in and out, second by second, from its bridge port's counters (`ip -n BRIDGE -s -j link`,
- * every SAMPLE_MS; the port sends what the host receives), and the TCP segments the hosts sent
- * and retransmitted over the round (each namespace's `/proc/net/snmp`).
+ * every SAMPLE_MS; the port sends what the host receives), the machine's busy share (`/proc/stat`:
+ * every process on it, the kernel's shaping included), and the TCP segments the hosts sent and
+ * retransmitted over the round (each namespace's `/proc/net/snmp`).
  */
+import { machineCpuTimes } from './measure.js'
 import { type Fleet, run } from './netns.js'
 
 const SAMPLE_MS = 250
@@ -17,6 +19,8 @@ interface PortBytes {
 interface Sample {
   at: number
   ports: Map<string, PortBytes>
+  /** the machine's CPU seconds, busy and in all */
+  cpu: { busy: number; total: number }
 }
 
 export class LinkTrace {
@@ -36,16 +40,18 @@ export class LinkTrace {
   /** samples the bridge ports until `done` */
   async follow(done: () => boolean): Promise<void> {
     while (!done()) {
-      this.samples.push({ at: Date.now(), ports: await portBytes(this.fleet.bridgeNs) })
+      const ports = await portBytes(this.fleet.bridgeNs)
+      const { busy, total } = machineCpuTimes()
+      this.samples.push({ at: Date.now(), ports, cpu: { busy, total } })
       await new Promise((resolve) => setTimeout(resolve, SAMPLE_MS))
     }
   }
 
-  /** MB/s in and out of every host for each second from `start` (ms since epoch), and the TCP retransmissions since `start()` */
+  /** the machine's busy share and MB/s in and out of every host for each second from `start` (ms since epoch), and the TCP retransmissions since `start()` */
   async report(start: number): Promise<string> {
     const hosts = this.fleet.hosts
     const at = (t: number): Sample | undefined => this.samples.findLast((s) => s.at <= t) ?? this.samples[0]
-    const rows = [`  s  ${hosts.map((h) => `${h.name} in/out`).join('  ')}  (MB/s)`]
+    const rows = [`  s  busy  ${hosts.map((h) => `${h.name} in/out`).join('  ')}  (MB/s)`]
     const last = this.samples.at(-1)?.at ?? start
     for (let second = 0; start + (second + 1) * 1000 <= last; second++) {
       const a = at(start + second * 1000)
@@ -53,7 +59,8 @@ export class LinkTrace {
       if (a === undefined || b === undefined || b.at <= a.at) continue
       const rate = (h: (typeof hosts)[number], dir: keyof PortBytes): string =>
         (((b.ports.get(h.bridgePort)?.[dir] ?? 0) - (a.ports.get(h.bridgePort)?.[dir] ?? 0)) / 1e3 / (b.at - a.at)).toFixed(2)
-      rows.push(`${String(second).padStart(3)}  ${hosts.map((h) => `${rate(h, 'in')}/${rate(h, 'out')}`).join('  ')}`)
+      const busy = (100 * (b.cpu.busy - a.cpu.busy)) / Math.max(1e-9, b.cpu.total - a.cpu.total)
+      rows.push(`${String(second).padStart(3)}  ${`${busy.toFixed(0)}%`.padStart(4)}  ${hosts.map((h) => `${rate(h, 'in')}/${rate(h, 'out')}`).join('  ')}`)
     }
     const tcp = await tcpSegments(this.fleet)
     const out = tcp.out - this.tcpAtStart.out
