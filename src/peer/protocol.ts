@@ -211,6 +211,18 @@ export function bitfield(flags: readonly boolean[]): Buffer {
   return bits
 }
 
+/** the first `count` flags of a bitfield (a byte at a time: a long poll's answer decodes the blob's whole bitfield) */
+function flags(bits: Uint8Array, count: number): boolean[] {
+  const out = new Array<boolean>(count).fill(false)
+  for (let byte = 0; byte < bits.length; byte++) {
+    const b = bits[byte] as number
+    if (b === 0) continue
+    const first = byte * 8
+    for (let i = first, mask = 0x80; mask !== 0 && i < count; i++, mask >>= 1) if ((b & mask) !== 0) out[i] = true
+  }
+  return out
+}
+
 function isSet(bits: Uint8Array | undefined, i: number): boolean {
   return bits !== undefined && ((bits[i >> 3] ?? 0) & (0x80 >> (i & 7))) !== 0
 }
@@ -220,34 +232,56 @@ function isSet(bits: Uint8Array | undefined, i: number): boolean {
  * with the reason. `known`: the chunks the asker said it knows, whose table entries may be empty.
  */
 export function checkInfo(info: BlobInfo, known?: Uint8Array): void {
-  const { size, chunkSize, table, have } = info
+  const count = checkShape(info)
+  const { table, have } = info
+  if (table !== undefined) {
+    if (!Array.isArray(table) || table.length !== count) throw new Error(`table has ${table.length} entries, expected ${count}`)
+    // a node still downloading knows the hashes of the chunks it holds: '' stands for the others
+    // (tested before the pattern: a long poll's answer names a few hashes in a table of '')
+    for (let i = 0; i < count; i++) {
+      const entry = table[i]
+      const ok = typeof entry === 'string' && (entry === '' ? !have[i] || isSet(known, i) : SHA256_HEX_RE.test(entry))
+      if (!ok) throw new Error('table entry is not 64 hex characters')
+    }
+  }
+}
+
+/** the size, chunk size and `have` of an info agree; returns the chunk count */
+function checkShape({ size, chunkSize, have }: BlobInfo): number {
   if (!Number.isSafeInteger(size) || size < 0) throw new Error('bad size')
   if (!Number.isSafeInteger(chunkSize) || chunkSize < 1) throw new Error('bad chunkSize')
   const count = chunkCount(size, chunkSize)
   if (count > MAX_CHUNKS) throw new Error(`too many chunks (${count} > ${MAX_CHUNKS})`)
   if (!Array.isArray(have) || have.length !== count) throw new Error(`have has ${have.length} entries, expected ${count}`)
-  if (table !== undefined) {
-    if (!Array.isArray(table) || table.length !== count) throw new Error(`table has ${table.length} entries, expected ${count}`)
-    // a node still downloading knows the hashes of the chunks it holds: '' stands for the others
-    table.forEach((entry, i) => {
-      const ok = typeof entry === 'string' && (SHA256_HEX_RE.test(entry) || (entry === '' && (!have[i] || isSet(known, i))))
-      if (!ok) throw new Error('table entry is not 64 hex characters')
-    })
-  }
+  return count
 }
 
 /**
  * An info answer; `known`: the chunks the asker knows. To such an asker the table goes as
  * `added`, the hashes of the chunks it holds that the asker does not know, so that the answer
  * does not grow with the blob (a table of empty entries still did, 3 bytes a chunk).
+ *
+ * What it writes is checked as it goes (a provider's bug throws here, it does not reach the
+ * peer): only the hashes it names, so that a long poll's answer costs what it says, not the
+ * blob's whole table (walking every hash of a 10 GiB layer took milliseconds per answer).
  */
 export function encodeInfo(info: BlobInfo, known?: Uint8Array): string {
-  const wire: InfoWire = { size: info.size, chunkSize: info.chunkSize, have: bitfield(info.have).toString('base64') }
-  if (info.table !== undefined && known !== undefined) {
-    const { table, have } = info
-    wire.added = []
-    for (let i = 0; i < table.length; i++) if (have[i] && !isSet(known, i)) wire.added.push([i, table[i] as string])
-  } else if (info.table !== undefined) wire.table = info.table
+  const { table, have } = info
+  let added: [number, string][] | undefined
+  if (table !== undefined && known !== undefined) {
+    const count = checkShape(info)
+    if (!Array.isArray(table) || table.length !== count) throw new Error(`table has ${table.length} entries, expected ${count}`)
+    added = []
+    for (let i = 0; i < count; i++) {
+      if (!have[i] || isSet(known, i)) continue
+      const hash = table[i]
+      if (typeof hash !== 'string' || !SHA256_HEX_RE.test(hash)) throw new Error('table entry is not 64 hex characters')
+      added.push([i, hash])
+    }
+  } else checkInfo(info)
+  const wire: InfoWire = { size: info.size, chunkSize: info.chunkSize, have: bitfield(have).toString('base64') }
+  if (added !== undefined) wire.added = added
+  else if (table !== undefined) wire.table = table
   if (info.received !== undefined) wire.received = info.received
   if (info.peers !== undefined && info.peers.length > 0) wire.peers = info.peers.slice(0, MAX_EXCHANGED_PEERS)
   if (info.near !== undefined && info.near.length > 0) wire.near = info.near.slice(0, MAX_NEAR_PEERS)
@@ -278,8 +312,7 @@ export function decodeInfo(text: string, known?: Uint8Array): BlobInfo {
   if (count > MAX_CHUNKS) throw new Error('info: too many chunks')
   const bits = Buffer.from(have, 'base64')
   if (bits.length !== Math.ceil(count / 8)) throw new Error('info: bitfield length does not match the chunk count')
-  const held: boolean[] = new Array(count)
-  for (let i = 0; i < count; i++) held[i] = isSet(bits, i)
+  const held = flags(bits, count)
   const info: BlobInfo = { size, chunkSize, have: held }
   if (table !== undefined) info.table = table as string[]
   else if (added !== undefined) info.table = fromAdded(added, count)

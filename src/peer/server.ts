@@ -26,7 +26,6 @@ import {
   TICKET_PROTOCOL,
   TLS_VERSION,
   type InfoQuery,
-  checkInfo,
   decodeTicketRequest,
   encodeInfo,
   encodeTicket,
@@ -251,10 +250,11 @@ class DataServer implements PeerDataServer {
       reply(res, 400, 'invalid digest')
       return
     }
-    const log = this.log.child({ peerId: ticket.peerId, digest: parsed.digest })
+    // the fields of the request's log lines (a child logger per request showed in fan-out profiles)
+    const about: RequestLog = { log: this.log, peerId: ticket.peerId, digest: parsed.digest }
     if (parsed.kind === 'info') {
       if (parsed.want !== undefined) this.provider.want?.(parsed.digest, parsed.want, ticket.peerId)
-      this.serveInfo(parsed.digest, parsed, ticket.peerId, res, log).catch((err: unknown) => fail(res, log, err))
+      this.serveInfo(parsed.digest, parsed, res, about).catch((err: unknown) => fail(res, about, err))
       return
     }
     if (this.counters.uploads >= this.maxUploads) {
@@ -262,10 +262,10 @@ class DataServer implements PeerDataServer {
       reply(res, 503, 'upload cap reached', { 'retry-after': RETRY_AFTER_SECONDS })
       return
     }
-    this.serveChunk(parsed.digest, parsed.index, res, log).catch((err: unknown) => fail(res, log, err))
+    this.serveChunk(parsed.digest, parsed.index, res, about).catch((err: unknown) => fail(res, about, err))
   }
 
-  private async serveInfo(digest: string, { held, want, known }: InfoQuery, asker: string, res: ServerResponse, log: Logger): Promise<void> {
+  private async serveInfo(digest: string, { held, want, known }: InfoQuery, res: ServerResponse, { log, peerId: asker }: RequestLog): Promise<void> {
     let info: BlobInfo | undefined
     if (held === undefined) {
       // an asker choosing its origin fetchers (only it pays for the peers near the blob's key)
@@ -288,17 +288,16 @@ class DataServer implements PeerDataServer {
       reply(res, 404, 'blob unknown')
       return
     }
-    checkInfo(info) // a provider bug answers 500, it does not reach the peer
-    const body = encodeInfo(info, known)
+    const body = encodeInfo(info, known) // (checks what it writes: a provider's bug answers 500, it does not reach the peer)
     this.counters.infoAnswered++
     this.counters.infoBytes += body.length
-    log.trace('served info')
+    log.trace({ peerId: asker, digest }, 'served info')
     if (res.destroyed) return
     res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) })
     res.end(body)
   }
 
-  private async serveChunk(digest: string, index: number, res: ServerResponse, log: Logger): Promise<void> {
+  private async serveChunk(digest: string, index: number, res: ServerResponse, { log, peerId }: RequestLog): Promise<void> {
     this.counters.uploads++
     this.counters.uploadsTotal++
     const controller = new AbortController()
@@ -339,16 +338,23 @@ class DataServer implements PeerDataServer {
     const done = (err: NodeJS.ErrnoException | null): void => {
       if (err === null || err === undefined) {
         this.counters.bytesSent += chunk.length
-        log.trace({ index, bytes: chunk.length }, 'served chunk')
+        log.trace({ peerId, digest, index, bytes: chunk.length }, 'served chunk')
       } else if (err.code === 'ERR_STREAM_PREMATURE_CLOSE') {
-        log.debug({ index }, 'peer hung up mid-chunk') // cancellation, not an error
+        log.debug({ peerId, digest, index }, 'peer hung up mid-chunk') // cancellation, not an error
       } else {
-        log.warn({ index, err }, 'chunk upload failed')
+        log.warn({ peerId, digest, index, err }, 'chunk upload failed')
       }
     }
     if (this.bucket === null) pipeline(chunk.body, res, done)
     else pipeline(chunk.body, new ThrottleStream(this.bucket), res, done)
   }
+}
+
+/** the server's logger and the fields of one request's log lines */
+interface RequestLog {
+  log: Logger
+  peerId: string
+  digest: string
 }
 
 function reply(res: ServerResponse, status: number, message: string, headers: Record<string, string> = {}): void {
@@ -358,13 +364,13 @@ function reply(res: ServerResponse, status: number, message: string, headers: Re
   res.end(body)
 }
 
-function fail(res: ServerResponse, log: Logger, err: unknown): void {
+function fail(res: ServerResponse, { log, peerId, digest }: RequestLog, err: unknown): void {
   // a requester that hung up (a hedge it no longer needs) aborted the read: not an error
   if (res.destroyed) {
-    log.debug({ err: (err as Error)?.message }, 'requester gone before the answer')
+    log.debug({ peerId, digest, err: (err as Error)?.message }, 'requester gone before the answer')
     return
   }
-  log.error({ err }, 'chunk provider failed')
+  log.error({ peerId, digest, err }, 'chunk provider failed')
   if (res.headersSent) res.destroy()
   else reply(res, 500, 'internal error')
 }

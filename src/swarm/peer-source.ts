@@ -11,6 +11,26 @@ export function unknownHoldings(plan: ChunkPlan): PeerBlobInfo {
 }
 
 /**
+ * Takes the chunks a peer's answer says it holds into what this node knows of it (`have` and
+ * `table`, by chunk): a bitfield only grows, and a claimed hash never changes, so only chunks
+ * new to `have` that come with a hash are taken. Returns how many were. An answer for another
+ * chunk count is ignored.
+ */
+export function mergeHoldings(have: boolean[], table: (string | undefined)[], info: PeerBlobInfo): number {
+  if (info.have.length !== have.length) return 0
+  let added = 0
+  for (let i = 0; i < have.length; i++) {
+    if (have[i] || info.have[i] !== true) continue
+    const hash = info.table?.[i]
+    if (typeof hash !== 'string' || hash.length !== 64) continue
+    have[i] = true
+    table[i] = hash
+    added++
+  }
+  return added
+}
+
+/**
  * The least time between two asks for the bitfield of a peer that is itself still downloading.
  * Each ask is a long poll (the peer answers when it holds a new chunk, or after LONG_POLL_MS),
  * so this only bounds the rate when the peer answers at once.
@@ -110,17 +130,10 @@ export class PeerChunkSource implements PeerSource {
             if (this.received >= 0) this.lastGrowth = Date.now()
             this.received = info.received
           }
-          if (info.have.length !== this.have.length) return
-          // a bitfield only grows, and a claimed hash never changes
-          for (let i = 0; i < this.have.length; i++) {
-            if (this.have[i] || info.have[i] !== true) continue
-            const hash = info.table?.[i]
-            if (typeof hash !== 'string' || hash.length !== 64) continue
-            this.have[i] = true
-            this.table[i] = hash
-            this.held++
-            this.lastGrowth = Date.now()
-          }
+          const added = mergeHoldings(this.have, this.table, info)
+          if (added === 0) return
+          this.held += added
+          this.lastGrowth = Date.now()
           this.complete = this.held === this.have.length
         },
         (err: unknown) => {

@@ -18,6 +18,7 @@ import { rankByDistance } from '../../src/routing/key.js'
 import { planFanout } from '../../src/swarm/fanout.js'
 import { PeerPenalties } from '../../src/swarm/penalties.js'
 import type { PeerChunkClient } from '../../src/swarm/types.js'
+import { mergeHoldings } from '../../src/swarm/peer-source.js'
 import { StoreChunkProvider } from '../../src/swarm/provider.js'
 import { chunkBounds, chunkHash, planChunks } from '../../src/transfer/chunks/plan.js'
 import { ChunkScheduler, type ChunkSource, NoSourceError } from '../../src/transfer/chunks/scheduler.js'
@@ -577,5 +578,34 @@ describe('chunk provider over the store', () => {
       await store.close()
       await rm(dir, { recursive: true, force: true })
     }
+  })
+})
+
+describe('holdings', () => {
+  test('a download’s info tells only the hashes of the chunks held, and follows its later chunks', () => {
+    const plan = planChunks(4 * 100, 100)
+    const known = ['a', 'b', 'c', 'd'].map((c) => c.repeat(64))
+    // a table learnt from peers: its hashes are not this node's to tell until it holds the chunks
+    const chunks = new ChunkState(plan, known)
+    const info = chunks.info()
+    assert.deepEqual(info, { size: 400, chunkSize: 100, table: ['', '', '', ''], have: [false, false, false, false] })
+    chunks.mark(2, known[2] as string)
+    assert.deepEqual(info.table, ['', '', known[2], ''], 'its own arrays, not copies: a long poll does not copy the blob’s table')
+    assert.deepEqual(info.have, [false, false, true, false])
+    assert.equal(encodeInfo(chunks.info(), Buffer.from([0])).includes(known[2] as string), true, 'on the wire')
+  })
+
+  test('a peer’s answer adds the chunks it newly holds with their hashes, and nothing else', () => {
+    const hash = (c: string): string => c.repeat(64)
+    const have = [true, false, false, false, false]
+    const table: (string | undefined)[] = [hash('a'), undefined, undefined, undefined, undefined]
+    const answer = { size: 5, chunkSize: 1, have: [true, true, true, false, true], table: ['', hash('b'), 'short', '', hash('e')] }
+    assert.equal(mergeHoldings(have, table, answer), 2, 'chunk 2 came without a hash: not taken')
+    assert.deepEqual(have, [true, true, false, false, true])
+    assert.deepEqual(table, [hash('a'), hash('b'), undefined, undefined, hash('e')], 'a known hash stays as it was')
+    assert.equal(mergeHoldings(have, table, answer), 0, 'the same answer again adds nothing')
+    assert.equal(mergeHoldings(have, table, { ...answer, have: [true, true, true, true, true, true] }), 0, 'another chunk count: ignored')
+    assert.equal(mergeHoldings(have, table, { size: 5, chunkSize: 1, have: [true, true, true, true, true] }), 0, 'no table: no hashes, nothing taken')
+    assert.deepEqual(have, [true, true, false, false, true])
   })
 })

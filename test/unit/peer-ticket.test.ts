@@ -148,6 +148,26 @@ describe('peer data: wire formats', () => {
     }
   })
 
+  it('checks what it writes, and only that: a provider’s bad hash never reaches the peer, a long poll’s answer does not walk the table', () => {
+    const have = [true, false, true, true, false, false, false, true, true, false]
+    const table = have.map((held, i) => (held ? 'abcdef0123'[i]!.repeat(64) : ''))
+    const info = { size: 10 * 100 - 7, chunkSize: 100, have, table }
+    const known = bitfield([true, false, true, false, false, false, false, false, true])
+    // a bad hash of a chunk it would name: to the asker that knows some chunks, and to one that knows none
+    for (const bad of ['', 'A'.repeat(64), 'a'.repeat(63)]) {
+      const broken = { ...info, table: table.map((hash, i) => (i === 7 ? bad : hash)) }
+      assert.throws(() => encodeInfo(broken, known), /64 hex/, `named in added: ${JSON.stringify(bad)}`)
+      assert.throws(() => encodeInfo(broken), /64 hex/, `named in the table: ${JSON.stringify(bad)}`)
+    }
+    // a bad hash of a chunk the asker knows is not named, so not walked
+    const knownBad = { ...info, table: table.map((hash, i) => (i === 2 ? 'not a hash' : hash)) }
+    assert.deepEqual((JSON.parse(encodeInfo(knownBad, known)) as { added: [number, string][] }).added.map(([i]) => i), [3, 7])
+    for (const shape of [{ size: -1 }, { chunkSize: 0 }, { have: have.slice(1) }, { table: table.slice(1) }]) {
+      assert.throws(() => encodeInfo({ ...info, ...shape }, known), JSON.stringify(shape))
+      assert.throws(() => encodeInfo({ ...info, ...shape }), JSON.stringify(shape))
+    }
+  })
+
   it('round-trips the peers near a blob’s key, and rejects what is not a short list of peer ids', () => {
     const ids = Array.from({ length: MAX_NEAR_PEERS + 1 }, (_, i) => `12D3KooW${'ABCDEFGHJKLMNPQRSTUVWXYZ'[i]!.repeat(44)}`)
     const near = ids.slice(0, MAX_NEAR_PEERS)

@@ -9,6 +9,8 @@ export class ChunkState {
   readonly plan: ChunkPlan
   readonly hashes: (string | undefined)[]
   readonly have: boolean[]
+  /** the hashes of the chunks held, '' for the others: the table peers are told of */
+  private readonly shown: string[]
   private heldCount = 0
   private seq: Hash | undefined
   private seqIndex = 0
@@ -18,6 +20,7 @@ export class ChunkState {
     this.plan = plan
     this.hashes = table ? [...table] : new Array(plan.count).fill(undefined)
     this.have = new Array(plan.count).fill(false)
+    this.shown = new Array(plan.count).fill('')
   }
 
   /** chunks held */
@@ -34,6 +37,7 @@ export class ChunkState {
     if (this.have[index]) return false
     this.have[index] = true
     this.hashes[index] = hash
+    this.shown[index] = hash
     this.heldCount++
     return true
   }
@@ -72,13 +76,12 @@ export class ChunkState {
     if (position % this.plan.chunkSize !== 0) this.seqIndex = this.plan.count // partial chunk: give up on the table
   }
 
-  /** The peer-protocol view: hashes only of chunks held. */
+  /**
+   * The peer-protocol view: hashes only of chunks held. Its arrays are this state's own, not
+   * copies (a long poll's answer copied two arrays of the blob's length): they grow as chunks
+   * are marked, both at once, and must not be written to.
+   */
   info(): { size: number; chunkSize: number; table: string[]; have: boolean[] } {
-    return {
-      size: this.plan.size,
-      chunkSize: this.plan.chunkSize,
-      table: this.hashes.map((h, i) => (this.have[i] && h !== undefined ? h : '')),
-      have: [...this.have],
-    }
+    return { size: this.plan.size, chunkSize: this.plan.chunkSize, table: this.shown, have: this.have }
   }
 }
