@@ -72,6 +72,8 @@ export class PeerChunkSource implements PeerSource {
   private readonly digest: string
   private readonly signal: AbortSignal
   private readonly want: string | undefined
+  /** the scheduler's wake-up, called when an answer names new chunks */
+  private wake: (() => void) | undefined
 
   /**
    * `want` (`registry/name`): ask the peer to fetch the blob if it has not started, as the
@@ -107,6 +109,10 @@ export class PeerChunkSource implements PeerSource {
     return into
   }
 
+  watch(wake: () => void): void {
+    this.wake = wake
+  }
+
   /** asks the peer for its holdings again, at most every REFRESH_INTERVAL_MS, until it is complete */
   poll(): void {
     if (!this.complete) this.maybeRefresh()
@@ -135,6 +141,7 @@ export class PeerChunkSource implements PeerSource {
           this.held += added
           this.lastGrowth = Date.now()
           this.complete = this.held === this.have.length
+          this.wake?.()
         },
         (err: unknown) => {
           this.nextRefresh = Date.now() + NOT_HELD_REFRESH_MS

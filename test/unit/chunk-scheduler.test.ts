@@ -33,6 +33,7 @@ interface FakeOpts {
 
 class FakeSource implements ChunkSource {
   readonly kind: 'peer' | 'origin'
+  watch?: (wake: () => void) => void
   requests = 0
   served = 0
   constructor(
@@ -359,6 +360,26 @@ describe('chunk scheduler', () => {
     assert.ok(out.equals(bytes))
     assert.equal(result.bySource.get('busy'), bytes.length, 'every chunk from the busy peer')
     assert.ok(busy.requests > 6)
+  })
+
+  test('a source whose holdings grow wakes the scheduler: its new chunks are asked for at once, not at the next timed pump', async () => {
+    const { bytes, table } = blob(4)
+    let holds = false
+    const grower = new FakeSource('grower', bytes, { holds: () => holds })
+    let wake: (() => void) | undefined
+    grower.watch = (w) => {
+      wake = w
+    }
+    setTimeout(() => {
+      holds = true
+      wake?.()
+    }, 50)
+    const started = Date.now()
+    // no timed pump within the test (pollMs and the hedge delay are a minute and more)
+    const { out, result } = await download(table, [grower], undefined, { pollMs: 60_000, hedgeAfterMs: 240_000, mayWait: () => true })
+    assert.ok(out.equals(bytes))
+    assert.equal(result.bySource.get('grower'), bytes.length)
+    assert.ok(Date.now() - started < 5_000, `took ${Date.now() - started} ms`)
   })
 
   test('every buffer comes back: accepted, refused, failed, hedged and wasted fetches alike', async () => {

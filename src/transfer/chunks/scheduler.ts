@@ -18,6 +18,12 @@ export interface ChunkSource {
    * turn back, see OriginTurns).
    */
   fetch(index: number, signal: AbortSignal, into: Buffer, onBytes?: (bytes: number) => void): Promise<Uint8Array>
+  /**
+   * Called when the scheduler takes the source: a source whose holdings grow (a peer's answer
+   * names new chunks) calls `wake`, and the scheduler gives them out at once instead of at its
+   * next timed pump.
+   */
+  watch?(wake: () => void): void
 }
 
 export interface SchedulerOptions {
@@ -281,6 +287,18 @@ export class ChunkScheduler {
   private finished = false
   /** this download's pump, as it waits in line for an origin turn */
   private readonly wake = (): void => this.pump()
+  /** a pump once the current turn's work is done (many sources may wake it at once) */
+  private readonly soon = (): void => {
+    if (this.pumpQueued) return
+    this.pumpQueued = true
+    queueMicrotask(() => {
+      this.pumpQueued = false
+      this.pump()
+    })
+  }
+  private pumpQueued = false
+  /** the holders of each chunk missing, counted again by every pump that gives out a chunk (one array, reused) */
+  private readonly holders: Int32Array
   private peersLeft = false
   private accepting = Promise.resolve()
   private hedgeTimer: NodeJS.Timeout | undefined
@@ -297,6 +315,8 @@ export class ChunkScheduler {
     this.buffers = opts.buffers ?? new ChunkBuffers(opts.plan.chunkSize, 0)
     this.done = new Set(opts.done ?? [])
     this.peers = [...opts.peers]
+    this.holders = new Int32Array(opts.plan.count)
+    for (const peer of this.peers) peer.watch?.(this.soon)
   }
 
   /** Resolves when every chunk is accepted; rejects when no source is left or the signal aborts. */
@@ -365,6 +385,7 @@ export class ChunkScheduler {
   addPeer(peer: ChunkSource): void {
     if (!this.takesPeers || this.peers.some((p) => p.id === peer.id)) return
     this.peers.push(peer)
+    peer.watch?.(this.soon)
     this.pump()
   }
 
@@ -379,14 +400,16 @@ export class ChunkScheduler {
   /**
    * How many peers hold each chunk still missing, counted once per pump (holdings only change
    * between pumps): picking for every source over every chunk and every peer was, with a dozen
-   * peers per blob, a fleet node's busiest code.
+   * peers per blob, a fleet node's busiest code. The array is the scheduler's own, valid until
+   * the next call; indexed loops, because a pump that runs before the compiler optimised it
+   * allocated an iterator and its results for every chunk.
    */
   private rarities(): Int32Array {
-    const count = new Int32Array(this.opts.plan.count)
+    const count = this.holders
+    const peers = this.peers
     for (let i = 0; i < count.length; i++) {
-      if (this.done.has(i)) continue
       let n = 0
-      for (const p of this.peers) if (p.has(i)) n++
+      if (!this.done.has(i)) for (let k = 0; k < peers.length; k++) if ((peers[k] as ChunkSource).has(i)) n++
       count[i] = n
     }
     return count
@@ -400,7 +423,8 @@ export class ChunkScheduler {
     }
     const now = Date.now()
     this.releaseIdleTurns(now)
-    const rarity = this.rarities()
+    // counted once a source has a free slot: most timed pumps find every slot taken
+    let rarity: Int32Array | undefined
     const hedgeDelay = this.hedgeDelay()
     const sources = this.sources()
     // Each pump starts one source further, so that with few request slots the same peers are
@@ -416,6 +440,7 @@ export class ChunkScheduler {
         if ((this.load.get(source) ?? 0) >= this.capacity(source)) continue
         if ((this.busyUntil.get(source) ?? 0) > now) continue
         if (source.kind === 'peer' && this.opts.slots?.mayStart(this.peerRequests) === false) continue
+        rarity ??= this.rarities()
         const index = this.pick(source, now, rarity, hedgeDelay)
         if (index === undefined) continue
         if (source.kind === 'origin' && this.opts.originTurns?.take(this.wake) === false) {
