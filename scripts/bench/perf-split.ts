@@ -20,7 +20,10 @@ import { parseArgs } from 'node:util'
 /** the event loop's and Node's dispatching frames, passed over to find who did the work */
 const PLUMBING = ['processTicksAndRejections', 'processTimers', 'listOnTimeout', 'onStreamRead', 'emit node', 'runMicrotasks', 'emitReadable_']
 
-/** samples (each its frames, innermost first) of `perf script -F tid,ip,sym` output */
+/**
+ * samples (each its frames, innermost first) of `perf script -F tid,ip,sym` output: a frame's
+ * line starts with a tab, a sample's header does not (perf pads the tid with spaces)
+ */
 function parse(text: string): string[][] {
   const samples: string[][] = []
   let current: string[] | undefined
@@ -28,8 +31,10 @@ function parse(text: string): string[][] {
     if (line.trim() === '') {
       if (current !== undefined) samples.push(current)
       current = undefined
-    } else if (!/^\s/.test(line)) current = []
-    else current?.push(line.trim().split(/\s+/).slice(1).join(' ') || '?')
+    } else if (!line.startsWith('\t')) {
+      if (current !== undefined) samples.push(current)
+      current = []
+    } else current?.push(line.trim().split(/\s+/).slice(1).join(' ') || '?')
   }
   if (current !== undefined) samples.push(current)
   return samples

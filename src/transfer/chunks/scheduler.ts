@@ -69,7 +69,7 @@ export interface SchedulerOptions {
    * that may open): the scheduler then waits instead of failing with NoSourceError.
    */
   mayWait?(): boolean
-  /** how often the scheduler looks again at sources whose holdings change (default 100 ms) */
+  /** how often the scheduler looks again at its sources (default 100 ms): for hedges and rests that are over, and holdings of sources that do not `watch` */
   pollMs?: number
   /** a peer sent bytes that failed verification */
   onBadPeer?(peer: string, index: number): void
