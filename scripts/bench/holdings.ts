@@ -15,6 +15,7 @@
  */
 import { createHash, randomBytes } from 'node:crypto'
 import { parseArgs } from 'node:util'
+import { parseBytes } from '../../src/config/load.js'
 import { bitfield, blobPath, decodeInfo, encodeInfo, parsePath } from '../../src/peer/protocol.js'
 import { mergeHoldings } from '../../src/swarm/peer-source.js'
 import { ChunkState } from '../../src/transfer/chunks/state.js'
@@ -29,15 +30,10 @@ const { values } = parseArgs({
   },
 })
 const COUNTS = values.chunks.split(',').map(Number)
-const CHUNK_SIZE = parseSize(values['chunk-size'])
+const CHUNK_SIZE = parseBytes(values['chunk-size']) ?? Number.NaN
+if (!(CHUNK_SIZE >= 1)) throw new Error(`bad --chunk-size "${values['chunk-size']}" (e.g. 1MiB)`)
 const RUNS = Number(values.runs)
 const DIGEST = `sha256:${'ab'.repeat(32)}`
-
-function parseSize(text: string): number {
-  const m = /^(\d+)\s*(KiB|MiB)?$/.exec(text)
-  if (m === null) throw new Error(`bad size ${text}`)
-  return Number(m[1]) * (m[2] === 'MiB' ? 1024 ** 2 : m[2] === 'KiB' ? 1024 : 1)
-}
 
 /** CPU ms per call of `fn`, median of RUNS timings of `calls` calls each (after a warm-up) */
 function cpuMsPerCall(calls: number, fn: () => void): number {

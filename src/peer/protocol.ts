@@ -231,11 +231,10 @@ function isSet(bits: Uint8Array | undefined, i: number): boolean {
  * Checks a provider's (local, trusted but possibly buggy) info, or a peer's decoded one; throws
  * with the reason. `known`: the chunks the asker said it knows, whose table entries may be empty.
  */
-export function checkInfo(info: BlobInfo, known?: Uint8Array): void {
+function checkInfo(info: BlobInfo, known?: Uint8Array): void {
   const count = checkShape(info)
   const { table, have } = info
   if (table !== undefined) {
-    if (!Array.isArray(table) || table.length !== count) throw new Error(`table has ${table.length} entries, expected ${count}`)
     // a node still downloading knows the hashes of the chunks it holds: '' stands for the others
     // (tested before the pattern: a long poll's answer names a few hashes in a table of '')
     for (let i = 0; i < count; i++) {
@@ -246,13 +245,14 @@ export function checkInfo(info: BlobInfo, known?: Uint8Array): void {
   }
 }
 
-/** the size, chunk size and `have` of an info agree; returns the chunk count */
-function checkShape({ size, chunkSize, have }: BlobInfo): number {
+/** the size, chunk size, `have` and `table` (if any) of an info agree in length; returns the chunk count */
+function checkShape({ size, chunkSize, have, table }: BlobInfo): number {
   if (!Number.isSafeInteger(size) || size < 0) throw new Error('bad size')
   if (!Number.isSafeInteger(chunkSize) || chunkSize < 1) throw new Error('bad chunkSize')
   const count = chunkCount(size, chunkSize)
   if (count > MAX_CHUNKS) throw new Error(`too many chunks (${count} > ${MAX_CHUNKS})`)
   if (!Array.isArray(have) || have.length !== count) throw new Error(`have has ${have.length} entries, expected ${count}`)
+  if (table !== undefined && (!Array.isArray(table) || table.length !== count)) throw new Error(`table has ${table.length} entries, expected ${count}`)
   return count
 }
 
@@ -270,7 +270,6 @@ export function encodeInfo(info: BlobInfo, known?: Uint8Array): string {
   let added: [number, string][] | undefined
   if (table !== undefined && known !== undefined) {
     const count = checkShape(info)
-    if (!Array.isArray(table) || table.length !== count) throw new Error(`table has ${table.length} entries, expected ${count}`)
     added = []
     for (let i = 0; i < count; i++) {
       if (!have[i] || isSet(known, i)) continue
