@@ -37,6 +37,7 @@
 import { type ChildProcess, spawn } from 'node:child_process'
 import { createHash, randomFillSync } from 'node:crypto'
 import { closeSync, createReadStream, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync, writeSync } from 'node:fs'
+import { type FileHandle, open } from 'node:fs/promises'
 import { createServer, request } from 'node:http'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -261,15 +262,17 @@ async function httpClient(url: string, digest: string): Promise<ClientResult> {
 /** a ChunkProvider over one file whose every chunk is held */
 export function fileProvider(fixture: BlobFixture): ChunkProvider {
   const info: BlobInfo = { size: fixture.size, chunkSize: fixture.chunkSize, table: fixture.table, have: fixture.table.map(() => true) }
+  let file: Promise<FileHandle> | undefined // (open for the process's life: the bench's server runs until it is killed)
   return {
     info: async (digest) => (digest === fixture.digest ? info : undefined),
     chunkCount: (digest) => (digest === fixture.digest ? chunkCount(fixture.size, fixture.chunkSize) : undefined),
     read: async (digest, index, signal) => {
       if (digest !== fixture.digest || index >= chunkCount(fixture.size, fixture.chunkSize)) return undefined
-      const start = index * fixture.chunkSize
-      const length = chunkLength(fixture, index)
-      const body = createReadStream(fixture.file, { start, end: start + length - 1, highWaterMark: fixture.readBuffer, signal })
-      return { length, body }
+      const bytes = Buffer.allocUnsafe(chunkLength(fixture, index))
+      file ??= open(fixture.file, 'r')
+      await (await file).read(bytes, 0, bytes.length, index * fixture.chunkSize)
+      signal.throwIfAborted()
+      return { bytes }
     }
   }
 }

@@ -9,11 +9,9 @@
  * path, the digest grammar, the chunk index against the blob's chunk count. Errors answer 4xx
  * (or 500 when the provider fails) and never take the server down.
  */
-import { type IncomingMessage, type Server, type ServerResponse, STATUS_CODES, createServer as createHttpServer } from 'node:http'
-import { createServer as createHttpsServer } from 'node:https'
-import type { Socket } from 'node:net'
 import { constants as cryptoConstants } from 'node:crypto'
-import { pipeline } from 'node:stream'
+import { STATUS_CODES } from 'node:http'
+import type { Socket } from 'node:net'
 import type { TLSSocket } from 'node:tls'
 import type { Libp2p } from 'libp2p'
 import type { Logger } from 'pino'
@@ -33,14 +31,14 @@ import {
   parseBearer,
   parsePath
 } from './protocol.js'
-import { ThrottleStream, TokenBucket } from './rate-limit.js'
+import { DataPort, type Exchange } from './data-port.js'
+import { TokenBucket } from './rate-limit.js'
 import { type Ticket, TicketBook } from './ticket.js'
-import type { BlobInfo, ChunkProvider, PeerDataServer, PeerDataServerStats } from './types.js'
+import type { BlobInfo, ChunkProvider, ChunkRead, PeerDataServer, PeerDataServerStats } from './types.js'
 import { timeoutSignal } from '../util/abort.js'
 
+/** TLS handshake, request head, idle connection (kept alive: clients drop theirs sooner, see client.ts) */
 export const DEFAULT_SERVER_TIMEOUT_MS = 30_000
-/** kept-alive idle connections close after this; clients drop theirs sooner (see client.ts) */
-export const SERVER_KEEP_ALIVE_TIMEOUT_MS = 30_000
 export const TICKET_EXCHANGE_TIMEOUT_MS = 5_000
 export const MAX_TICKET_STREAMS = 32
 export const MAX_DATA_CONNECTIONS = 512
@@ -49,6 +47,7 @@ const RETRY_AFTER_SECONDS = '1'
 export const LONG_POLL_MS = 4_000
 /** why a long poll's wait ended (one error for all: it is never thrown, and building one per poll costs a stack trace) */
 const LONG_POLL_OVER = new Error('long poll over')
+const JSON_TYPE = 'application/json'
 
 export interface PeerDataServerOptions {
   libp2p: Libp2p
@@ -81,9 +80,8 @@ class DataServer implements PeerDataServer {
   private readonly maxUploads: number
   private readonly bucket: TokenBucket | null
   private readonly book: TicketBook
-  private readonly http: Server
+  private readonly dataPort: DataPort
   private readonly listen: { host: string; port: number }
-  private readonly timeoutMs: number
   /** the ticket identity each TLS socket authenticated with */
   private readonly tlsIdentity = new WeakMap<Socket, string>()
   private readonly closing = new AbortController()
@@ -101,35 +99,24 @@ class DataServer implements PeerDataServer {
     this.bucket = options.uploadBytesPerSecond === undefined ? null : new TokenBucket({ rate: options.uploadBytesPerSecond })
     this.book = new TicketBook(options.ticketTtlMs === undefined ? {} : { ttlMs: options.ticketTtlMs })
     this.listen = options.listen
-    this.timeoutMs = options.timeoutMs ?? DEFAULT_SERVER_TIMEOUT_MS
 
-    const onRequest = (req: IncomingMessage, res: ServerResponse): void => this.onRequest(req, res)
-    this.http = this.encrypt
-      ? createHttpsServer(
-          {
+    this.dataPort = new DataPort({
+      tls: this.encrypt
+        ? {
             ciphers: PSK_CIPHERS,
             minVersion: TLS_VERSION,
             maxVersion: TLS_VERSION,
-            handshakeTimeout: this.timeoutMs,
             // no session resumption: a resumed session skips pskCallback, so the socket would carry
             // no ticket identity (and get 401). A PSK handshake is cheap (no public-key operations).
             secureOptions: cryptoConstants.SSL_OP_NO_TICKET,
             pskCallback: (socket, identity) => this.pskFor(socket, identity)
-          },
-          onRequest
-        )
-      : createHttpServer(onRequest)
-    this.http.keepAliveTimeout = SERVER_KEEP_ALIVE_TIMEOUT_MS
-    this.http.headersTimeout = this.timeoutMs
-    this.http.requestTimeout = this.timeoutMs
-    this.http.timeout = this.timeoutMs
-    this.http.maxConnections = MAX_DATA_CONNECTIONS
-    this.http.on('tlsClientError', (err: Error & { code?: string }) => {
-      this.log.debug({ err: { message: err.message, code: err.code } }, 'TLS handshake failed')
-    })
-    this.http.on('clientError', (err: Error & { code?: string }, socket: Socket) => {
-      this.log.debug({ err: { message: err.message, code: err.code } }, 'bad HTTP from a peer')
-      socket.destroy()
+          }
+        : undefined,
+      timeoutMs: options.timeoutMs ?? DEFAULT_SERVER_TIMEOUT_MS,
+      maxConnections: MAX_DATA_CONNECTIONS,
+      onRequest: (exchange) => this.onRequest(exchange),
+      onBadPeer: (reason, code) => this.log.debug({ reason, code }, 'dropped a data connection'),
+      onError: (err) => this.log.error({ err }, 'data server error')
     })
   }
 
@@ -138,23 +125,17 @@ class DataServer implements PeerDataServer {
   }
 
   async start(): Promise<void> {
-    await new Promise<void>((resolve, reject) => {
-      const onError = (err: Error): void => reject(new PeerDataError(`cannot listen on ${this.listen.host}:${this.listen.port}`, 'ERR_PEER_DATA_LISTEN', { cause: err }))
-      this.http.once('error', onError)
-      this.http.listen({ host: this.listen.host, port: this.listen.port }, () => {
-        this.http.off('error', onError)
-        resolve()
-      })
-    })
-    this.http.on('error', (err) => this.log.error({ err }, 'data server error'))
-    const address = this.http.address()
-    this.boundPort = address !== null && typeof address === 'object' ? address.port : this.listen.port
+    try {
+      this.boundPort = await this.dataPort.listen(this.listen.host, this.listen.port)
+    } catch (err) {
+      throw new PeerDataError(`cannot listen on ${this.listen.host}:${this.listen.port}`, 'ERR_PEER_DATA_LISTEN', { cause: err })
+    }
     try {
       await this.libp2p.handle(TICKET_PROTOCOL, (stream, connection) => this.onTicketStream(stream, connection), {
         maxInboundStreams: MAX_TICKET_STREAMS
       })
     } catch (err) {
-      await new Promise((resolve) => this.http.close(resolve))
+      await this.dataPort.close()
       throw new PeerDataError(`cannot register ${TICKET_PROTOCOL}`, 'ERR_PEER_DATA_PROTOCOL', { cause: err })
     }
     this.log.info({ port: this.boundPort, host: this.listen.host, encrypt: this.encrypt, maxUploads: this.maxUploads, uploadBytesPerSecond: this.bucket?.rate }, 'peer data server listening')
@@ -169,9 +150,7 @@ class DataServer implements PeerDataServer {
     this.closed ??= (async () => {
       this.closing.abort()
       await this.libp2p.unhandle(TICKET_PROTOCOL).catch((err: unknown) => this.log.debug({ err }, 'unhandle failed'))
-      const closed = new Promise<void>((resolve) => this.http.close(() => resolve()))
-      this.http.closeAllConnections()
-      await closed
+      await this.dataPort.close()
       this.book.clear()
       this.log.info({ ...this.counters }, 'peer data server closed')
     })()
@@ -218,135 +197,113 @@ class DataServer implements PeerDataServer {
     return ticket.key
   }
 
-  private ticketOf(req: IncomingMessage): Ticket | undefined {
+  private ticketOf(exchange: Exchange): Ticket | undefined {
     if (this.encrypt) {
-      const identity = this.tlsIdentity.get(req.socket)
+      const identity = this.tlsIdentity.get(exchange.socket)
       return identity === undefined ? undefined : this.book.get(identity)
     }
-    const bearer = parseBearer(req.headers.authorization)
+    const bearer = parseBearer(exchange.authorization)
     return bearer === undefined ? undefined : this.book.verifyBearer(bearer.identity, bearer.key, false)
   }
 
   // ------------------------------------------------------------ HTTP
 
-  private onRequest(req: IncomingMessage, res: ServerResponse): void {
-    req.resume() // a GET has no body worth reading
-    const ticket = this.ticketOf(req)
+  private onRequest(exchange: Exchange): void {
+    const ticket = this.ticketOf(exchange)
     if (ticket === undefined) {
       this.counters.rejectedUnauthorized++
-      reply(res, 401, 'no valid ticket', { connection: 'close' })
+      reply(exchange, 401, 'no valid ticket', '', true)
       return
     }
-    if (req.method !== 'GET') {
-      reply(res, 405, 'only GET', { allow: 'GET' })
+    if (exchange.method !== 'GET') {
+      reply(exchange, 405, 'only GET', 'allow: GET\r\n', true)
       return
     }
-    const parsed = parsePath(req.url ?? '')
+    const parsed = parsePath(exchange.target)
     if (parsed === undefined) {
-      reply(res, 404, 'no such route')
+      reply(exchange, 404, 'no such route')
       return
     }
     if (!isDigest(parsed.digest)) {
-      reply(res, 400, 'invalid digest')
+      reply(exchange, 400, 'invalid digest')
       return
     }
     // the fields of the request's log lines (a child logger per request showed in fan-out profiles)
     const about: RequestLog = { log: this.log, peerId: ticket.peerId, digest: parsed.digest }
     if (parsed.kind === 'info') {
       if (parsed.want !== undefined) this.provider.want?.(parsed.digest, parsed.want, ticket.peerId)
-      this.serveInfo(parsed.digest, parsed, res, about).catch((err: unknown) => fail(res, about, err))
+      this.serveInfo(parsed.digest, parsed, exchange, about).catch((err: unknown) => fail(exchange, about, err))
       return
     }
     if (this.counters.uploads >= this.maxUploads) {
       this.counters.rejectedBusy++
-      reply(res, 503, 'upload cap reached', { 'retry-after': RETRY_AFTER_SECONDS })
+      reply(exchange, 503, 'upload cap reached', `retry-after: ${RETRY_AFTER_SECONDS}\r\n`)
       return
     }
-    this.serveChunk(parsed.digest, parsed.index, res, about).catch((err: unknown) => fail(res, about, err))
+    this.serveChunk(parsed.digest, parsed.index, exchange, about).catch((err: unknown) => fail(exchange, about, err))
   }
 
-  private async serveInfo(digest: string, { held, want, known }: InfoQuery, res: ServerResponse, { log, peerId: asker }: RequestLog): Promise<void> {
+  private async serveInfo(digest: string, { held, want, known }: InfoQuery, exchange: Exchange, { log, peerId: asker }: RequestLog): Promise<void> {
     let info: BlobInfo | undefined
     if (held === undefined) {
       // an asker choosing its origin fetchers (only it pays for the peers near the blob's key)
       info = want !== undefined && this.provider.wantInfo !== undefined ? await this.provider.wantInfo(digest, asker) : await this.provider.info(digest, undefined, asker)
     } else {
-      // a long poll: ends after LONG_POLL_MS, or early when the requester goes away (one
-      // controller and a timer: a composite signal per poll showed in profiles of a fan-out)
-      const over = new AbortController()
-      const end = (): void => over.abort(LONG_POLL_OVER)
-      res.once('close', end)
-      const timer = setTimeout(end, LONG_POLL_MS)
+      // a long poll: ends after LONG_POLL_MS, or early when the requester goes away (the
+      // exchange's signal, and a timer: a composite signal per poll showed in profiles of a fan-out)
+      const timer = setTimeout(() => exchange.abort(LONG_POLL_OVER), LONG_POLL_MS)
       try {
-        info = await this.provider.info(digest, { held, signal: over.signal }, asker)
+        info = await this.provider.info(digest, { held, signal: exchange.signal }, asker)
       } finally {
         clearTimeout(timer)
-        res.off('close', end)
       }
     }
     if (info === undefined) {
-      reply(res, 404, 'blob unknown')
+      reply(exchange, 404, 'blob unknown')
       return
     }
     const body = encodeInfo(info, known) // (checks what it writes: a provider's bug answers 500, it does not reach the peer)
     this.counters.infoAnswered++
     this.counters.infoBytes += body.length
     log.trace({ peerId: asker, digest }, 'served info')
-    if (res.destroyed) return
-    res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) })
-    res.end(body)
+    exchange.reply(200, JSON_TYPE, body)
   }
 
-  private async serveChunk(digest: string, index: number, res: ServerResponse, { log, peerId }: RequestLog): Promise<void> {
-    this.counters.uploads++
-    this.counters.uploadsTotal++
-    const controller = new AbortController()
-    let released = false
-    res.once('close', () => {
-      if (!released) {
-        released = true
-        this.counters.uploads--
-      }
-      if (!res.writableFinished) controller.abort()
-    })
-
+  private async serveChunk(digest: string, index: number, exchange: Exchange, { log, peerId }: RequestLog): Promise<void> {
     // (no holdings answer per chunk: the read finds out whether the chunk is held)
     const count = this.provider.chunkCount(digest)
     if (count === undefined) {
-      reply(res, 404, 'blob unknown')
+      reply(exchange, 404, 'blob unknown')
       return
     }
     if (index >= count) {
-      reply(res, 416, 'chunk index out of range')
+      reply(exchange, 416, 'chunk index out of range')
       return
     }
-    if (res.destroyed) return
-    const chunk = await this.provider.read(digest, index, controller.signal)
+    this.counters.uploads++
+    this.counters.uploadsTotal++
+    let chunk: ChunkRead | undefined
+    try {
+      chunk = await this.provider.read(digest, index, exchange.signal)
+    } catch (err) {
+      this.counters.uploads--
+      throw err
+    }
     if (chunk === undefined) {
-      reply(res, 404, 'chunk not held')
+      this.counters.uploads--
+      reply(exchange, 404, 'chunk not held')
       return
     }
-    if (res.destroyed) {
-      chunk.body.destroy()
-      chunk.release?.()
-      return
-    }
-    // the body's memory is free again once the response is over: nothing writes from it after 'close'
-    if (chunk.release !== undefined) res.once('close', chunk.release)
-    res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': chunk.length })
-    res.flushHeaders() // the requester learns at once that the chunk is coming (and stops its header timer)
-    const done = (err: NodeJS.ErrnoException | null): void => {
-      if (err === null || err === undefined) {
-        this.counters.bytesSent += chunk.length
-        log.trace({ peerId, digest, index, bytes: chunk.length }, 'served chunk')
-      } else if (err.code === 'ERR_STREAM_PREMATURE_CLOSE') {
-        log.debug({ peerId, digest, index }, 'peer hung up mid-chunk') // cancellation, not an error
-      } else {
-        log.warn({ peerId, digest, index, err }, 'chunk upload failed')
-      }
-    }
-    if (this.bucket === null) pipeline(chunk.body, res, done)
-    else pipeline(chunk.body, new ThrottleStream(this.bucket), res, done)
+    const { bytes, release } = chunk
+    // the slot and the chunk's memory are free again once nothing writes from it
+    exchange.send('application/octet-stream', bytes, this.bucket, (err) => {
+      this.counters.uploads--
+      release?.()
+      if (err === null) {
+        this.counters.bytesSent += bytes.length
+        log.trace({ peerId, digest, index, bytes: bytes.length }, 'served chunk')
+      } else log.debug({ peerId, digest, index }, 'peer hung up mid-chunk') // cancellation, not an error
+    })
   }
 }
 
@@ -357,20 +314,17 @@ interface RequestLog {
   digest: string
 }
 
-function reply(res: ServerResponse, status: number, message: string, headers: Record<string, string> = {}): void {
-  if (res.headersSent || res.destroyed) return
-  const body = JSON.stringify({ error: STATUS_CODES[status] ?? 'error', message })
-  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body), ...headers })
-  res.end(body)
+/** an error answer: `{error, message}`; `close`: the connection closes after it */
+function reply(exchange: Exchange, status: number, message: string, extra = '', close = false): void {
+  exchange.reply(status, JSON_TYPE, JSON.stringify({ error: STATUS_CODES[status] ?? 'error', message }), extra, close)
 }
 
-function fail(res: ServerResponse, { log, peerId, digest }: RequestLog, err: unknown): void {
+function fail(exchange: Exchange, { log, peerId, digest }: RequestLog, err: unknown): void {
   // a requester that hung up (a hedge it no longer needs) aborted the read: not an error
-  if (res.destroyed) {
+  if (exchange.gone) {
     log.debug({ peerId, digest, err: (err as Error)?.message }, 'requester gone before the answer')
     return
   }
   log.error({ peerId, digest, err }, 'chunk provider failed')
-  if (res.headersSent) res.destroy()
-  else reply(res, 500, 'internal error')
+  reply(exchange, 500, 'internal error')
 }

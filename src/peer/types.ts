@@ -1,5 +1,3 @@
-import type { Readable } from 'node:stream'
-
 /** What a node knows about a blob it can (partly) serve. */
 export interface BlobInfo {
   /** blob size in bytes */
@@ -37,10 +35,9 @@ export interface ChunkProvider {
    */
   chunkCount(digest: string): number | undefined
   /**
-   * A readable of the verified bytes of chunk `index`; undefined when this node does not hold
-   * it verified. `length` is the exact number of bytes `body` yields. The provider must stop
-   * (destroy `body`) when `signal` aborts. `release`, when given, is called once the upload has
-   * ended (sent or not) and nothing reads the body's memory any more: a provider reusing its
+   * The verified bytes of chunk `index`; undefined when this node does not hold it verified.
+   * The provider stops (rejects) when `signal` aborts. `release`, when given, is called once the
+   * upload has ended (sent or not) and nothing reads `bytes` any more: a provider reusing its
    * buffers takes them back then.
    */
   read(digest: string, index: number, signal: AbortSignal): Promise<ChunkRead | undefined>
@@ -59,8 +56,7 @@ export interface ChunkProvider {
 
 /** A chunk on its way to a peer (see ChunkProvider.read). */
 export interface ChunkRead {
-  length: number
-  body: Readable
+  bytes: Buffer
   release?(): void
 }
 

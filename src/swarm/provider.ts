@@ -1,4 +1,3 @@
-import { Readable } from 'node:stream'
 import type { Logger } from 'pino'
 import { MAX_EXCHANGED_PEERS, MAX_NEAR_PEERS } from '../peer/protocol.js'
 import type { BlobInfo, ChunkProvider, ChunkRead } from '../peer/types.js'
@@ -18,13 +17,6 @@ const MAX_EXCHANGE_DIGESTS = 256
  * server's upload slots: 16 MiB at the defaults).
  */
 const UPLOAD_BUFFERS_IDLE_MS = 30_000
-/**
- * A chunk goes out in pieces of this size. A TLS socket encrypts each write whole into buffers
- * it allocates (OpenSSL's output BIO): one 4 MiB write per chunk made every chunk served fault
- * in and zero 4 MiB of fresh pages, the largest source of page faults in a 16-node fan-out
- * (profiled with perf). Written piece by piece, with backpressure, the buffers stay few and reused.
- */
-const UPLOAD_PIECE_BYTES = 256 * 1024
 /**
  * While more than LONG_POLL_BATCH_WAITING long polls wait on a blob, each is answered once this
  * node holds LONG_POLL_NEW_CHUNKS chunks more than its asker knows of (the first chunk, and a
@@ -170,7 +162,7 @@ export class StoreChunkProvider implements ChunkProvider {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined
       throw err
     }
-    return { length: bytes.byteLength, body: Readable.from(pieces(bytes)), release }
+    return { bytes, release }
   }
 
   /** Where chunk `index` of a blob is read from: the stored blob, or a verified chunk of its download in flight. */
@@ -245,8 +237,4 @@ export class StoreChunkProvider implements ChunkProvider {
     await store.putChunkTable(digest, { chunkSize, hashes })
     return hashes
   }
-}
-
-function* pieces(bytes: Buffer): Generator<Buffer> {
-  for (let at = 0; at < bytes.byteLength; at += UPLOAD_PIECE_BYTES) yield bytes.subarray(at, at + UPLOAD_PIECE_BYTES)
 }

@@ -4,7 +4,6 @@
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { Readable } from 'node:stream'
 import { pino } from 'pino'
 import { createPeerNode, type PeerNode } from '../../src/p2p/node.js'
 import { type BlobInfo, type ChunkProvider, chunkLength, createPeerDataClient, createPeerDataServer, type PeerDataClient, type PeerDataServer } from '../../src/peer/index.js'
@@ -76,7 +75,7 @@ export async function startBadPeer(opts: StartBadPeerOptions): Promise<BadPeer> 
       const bytes = Buffer.from(await honestChunk(digest, index, signal))
       if (bytes.length > 0) bytes[bytes.length >> 1]! ^= 0x01
       served++
-      return { length: bytes.length, body: Readable.from([bytes]) }
+      return { bytes }
     },
   }
 

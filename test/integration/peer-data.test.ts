@@ -6,7 +6,7 @@ import { createServer as createHttpServer, request as httpRequest } from 'node:h
 import type { AddressInfo } from 'node:net'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
-import { Readable } from 'node:stream'
+import type { Readable } from 'node:stream'
 import { after, afterEach, before, describe, it } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { connect as tlsConnect } from 'node:tls'
@@ -15,6 +15,7 @@ import { type PeerNode, createPeerNode, generateSwarmKey } from '../../src/p2p/n
 import {
   type BlobInfo,
   type ChunkProvider,
+  type ChunkRead,
   ChunkUnavailableError,
   PeerBusyError,
   PeerDataArgumentError,
@@ -69,19 +70,15 @@ class FakeProvider implements ChunkProvider {
     return digest === DIGEST ? CHUNKS.length : undefined
   }
 
-  async read(digest: string, index: number, signal: AbortSignal): Promise<{ length: number; body: Readable } | undefined> {
+  async read(digest: string, index: number, signal: AbortSignal): Promise<ChunkRead | undefined> {
     if (digest !== DIGEST || index === NOT_HELD || index >= CHUNKS.length) return undefined
     this.reads++
-    const bytes = CHUNKS[index]!
-    const gate = this.gate
     signal.addEventListener('abort', () => this.aborted++, { once: true })
-    const body = Readable.from(
-      (async function* () {
-        if (gate !== undefined) await gate
-        yield bytes
-      })()
-    )
-    return { length: bytes.length, body }
+    if (this.gate !== undefined) {
+      const aborted = new Promise<never>((_, reject) => signal.addEventListener('abort', () => reject(signal.reason), { once: true }))
+      await Promise.race([this.gate, aborted])
+    }
+    return { bytes: CHUNKS[index]! }
   }
 }
 

@@ -464,10 +464,7 @@ describe('chunk provider over the store', () => {
       assert.deepEqual((await store.getChunkTable(digest))?.hashes, expected, 'recorded in the index')
       const read = await provider.read(digest, 2, AbortSignal.timeout(5_000))
       assert.ok(read)
-      const parts: Buffer[] = []
-      for await (const part of read.body) parts.push(part as Buffer)
-      assert.equal(read.length, 10 * 1024 + 17 - 8192)
-      assert.deepEqual(Buffer.concat(parts), bytes.subarray(8192))
+      assert.deepEqual(read.bytes, bytes.subarray(8192))
       assert.equal(await provider.read(digest, 3, AbortSignal.timeout(5_000)), undefined, 'past the last chunk')
       assert.equal(await provider.info(`sha256:${'0'.repeat(64)}`), undefined, 'unknown blob')
       assert.equal(provider.chunkCount(digest), 3)
