@@ -263,16 +263,25 @@ async function httpClient(url: string, digest: string): Promise<ClientResult> {
 export function fileProvider(fixture: BlobFixture): ChunkProvider {
   const info: BlobInfo = { size: fixture.size, chunkSize: fixture.chunkSize, table: fixture.table, have: fixture.table.map(() => true) }
   let file: Promise<FileHandle> | undefined // (open for the process's life: the bench's server runs until it is killed)
+  const free: Buffer[] = []
   return {
     info: async (digest) => (digest === fixture.digest ? info : undefined),
     chunkCount: (digest) => (digest === fixture.digest ? chunkCount(fixture.size, fixture.chunkSize) : undefined),
     read: async (digest, index, signal) => {
       if (digest !== fixture.digest || index >= chunkCount(fixture.size, fixture.chunkSize)) return undefined
-      const bytes = Buffer.allocUnsafe(chunkLength(fixture, index))
-      file ??= open(fixture.file, 'r')
-      await (await file).read(bytes, 0, bytes.length, index * fixture.chunkSize)
-      signal.throwIfAborted()
-      return { bytes }
+      // buffers reused as the daemon's provider does (a fresh one per chunk faults its pages in)
+      const length = chunkLength(fixture, index)
+      const buffer = free.pop() ?? Buffer.allocUnsafeSlow(fixture.chunkSize)
+      const release = (): void => void free.push(buffer)
+      try {
+        file ??= open(fixture.file, 'r')
+        await (await file).read(buffer, 0, length, index * fixture.chunkSize)
+        signal.throwIfAborted()
+      } catch (err) {
+        release()
+        throw err
+      }
+      return { bytes: buffer.subarray(0, length), release }
     }
   }
 }
