@@ -21,12 +21,14 @@ import { parseArgs } from 'node:util'
 const PLUMBING = ['processTicksAndRejections', 'processTimers', 'listOnTimeout', 'onStreamRead', 'emit node', 'runMicrotasks', 'emitReadable_']
 
 /**
- * samples (each its frames, innermost first) of `perf script -F tid,ip,sym` output: a frame's
- * line starts with a tab, a sample's header does not (perf pads the tid with spaces)
+ * samples (each its frames, innermost first) of `perf script -F tid,ip,sym` output (or
+ * `-F pid,tid,ip,sym`, for `resolve`): a frame's line starts with a tab, a sample's header does
+ * not (perf pads the tid with spaces). `resolve` may rename a frame by its process and address.
  */
-function parse(text: string): string[][] {
+function parse(text: string, resolve?: (pid: string, ip: number) => string | undefined): string[][] {
   const samples: string[][] = []
   let current: string[] | undefined
+  let pid = ''
   for (const line of text.split('\n')) {
     if (line.trim() === '') {
       if (current !== undefined) samples.push(current)
@@ -34,10 +36,75 @@ function parse(text: string): string[][] {
     } else if (!line.startsWith('\t')) {
       if (current !== undefined) samples.push(current)
       current = []
-    } else current?.push(line.trim().split(/\s+/).slice(1).join(' ') || '?')
+      pid = line.trim().split(/[\s/]/)[0] ?? ''
+    } else {
+      const [ip, ...parts] = line.trim().split(/\s+/)
+      const sym = parts.join(' ') || '?'
+      // (only what perf named from the JIT's map: native code is named from its binary)
+      const jit = resolve !== undefined && (sym.startsWith('JS:') || sym.startsWith('Eval:'))
+      current?.push((jit ? resolve(pid, Number.parseInt(ip ?? '', 16)) : undefined) ?? sym)
+    }
   }
   if (current !== undefined) samples.push(current)
   return samples
+}
+
+/**
+ * Names JIT code by V8's perf map files (`DIR/perf-<pid>.map`, written by --perf-basic-prof),
+ * the latest entry at an address winning. perf itself may name a frame by an older entry whose
+ * code was freed and its address reused (bytecode is flushed, code moves): in a 16-node round,
+ * frames named after modules' top-level code (ajv, yaml, prom-client, run once at start-up) took
+ * a tenth of the samples with a JavaScript frame. The latest entry is right for code that still
+ * lived when the map was last written to; a sample in code freed before the round ended may
+ * still be misnamed.
+ */
+function mapResolver(dir: string): (pid: string, ip: number) => string | undefined {
+  interface Entry {
+    start: number
+    end: number
+    name: string
+    seq: number
+  }
+  const maps = new Map<string, { entries: Entry[]; longest: number } | null>()
+  // (entries of the JIT's code only: the map also names builtins inside the node binary)
+  const load = (pid: string): { entries: Entry[]; longest: number } | null => {
+    let text: string
+    try {
+      text = readFileSync(`${dir}/perf-${pid}.map`, 'utf8')
+    } catch {
+      return null
+    }
+    const entries = text
+      .split('\n')
+      .map((l, seq): Entry => {
+        const [start, size, ...name] = l.split(' ')
+        const at = Number.parseInt(start ?? '', 16)
+        return { start: at, end: at + Number.parseInt(size ?? '', 16), name: name.join(' '), seq }
+      })
+      .filter((e) => e.name.startsWith('JS:') || e.name.startsWith('Eval:'))
+      .sort((a, b) => a.start - b.start)
+    return { entries, longest: entries.reduce((n, e) => Math.max(n, e.end - e.start), 0) }
+  }
+  return (pid, ip) => {
+    if (!maps.has(pid)) maps.set(pid, load(pid))
+    const map = maps.get(pid)
+    if (map === null || map === undefined || Number.isNaN(ip)) return undefined
+    const { entries, longest } = map
+    // the last entry starting at or before ip; then back over every entry that could reach ip
+    let lo = 0
+    let hi = entries.length - 1
+    while (lo <= hi) {
+      const mid = (lo + hi) >> 1
+      if ((entries[mid] as Entry).start <= ip) lo = mid + 1
+      else hi = mid - 1
+    }
+    let best: Entry | undefined
+    for (let i = hi; i >= 0 && (entries[i] as Entry).start > ip - longest; i--) {
+      const entry = entries[i] as Entry
+      if (ip < entry.end && (best === undefined || entry.seq > best.seq)) best = entry
+    }
+    return best?.name
+  }
 }
 
 /** a frame without the build's absolute path */
@@ -69,11 +136,11 @@ function print(title: string, m: Map<string, number>, unit: number, top: number)
 }
 
 function main(): void {
-  const { values, positionals } = parseArgs({ allowPositionals: true, options: { top: { type: 'string' }, under: { type: 'string' } } })
+  const { values, positionals } = parseArgs({ allowPositionals: true, options: { top: { type: 'string' }, under: { type: 'string' }, maps: { type: 'string' } } })
   const file = positionals[0]
-  if (file === undefined) throw new Error('usage: perf-split.js FILE [--top 15] [--under NAME]')
+  if (file === undefined) throw new Error('usage: perf-split.js FILE [--top 15] [--under NAME] [--maps DIR]')
   const top = Number(values.top ?? 15)
-  const samples = parse(readFileSync(file, 'utf8'))
+  const samples = parse(readFileSync(file, 'utf8'), values.maps === undefined ? undefined : mapResolver(values.maps))
   const unit = samples.filter((s) => s[0]?.includes('sha256_block')).length
   if (unit === 0) throw new Error('no sha256 samples: nothing to measure against')
   const native = new Map<string, number>()
