@@ -99,7 +99,6 @@ export class PeerChunkSource implements PeerSource {
   }
 
   has(index: number): boolean {
-    if (!this.complete) this.maybeRefresh()
     return this.have[index] === true
   }
 
@@ -113,7 +112,7 @@ export class PeerChunkSource implements PeerSource {
     this.wake = wake
   }
 
-  /** asks the peer for its holdings again, at most every REFRESH_INTERVAL_MS, until it is complete */
+  /** asks the peer for its holdings again, at most every REFRESH_INTERVAL_MS, until it is complete (the scheduler calls it on every pump) */
   poll(): void {
     if (!this.complete) this.maybeRefresh()
   }

@@ -34,6 +34,7 @@ interface FakeOpts {
 class FakeSource implements ChunkSource {
   readonly kind: 'peer' | 'origin'
   watch?: (wake: () => void) => void
+  poll?: () => void
   requests = 0
   served = 0
   constructor(
@@ -380,6 +381,29 @@ describe('chunk scheduler', () => {
     assert.ok(out.equals(bytes))
     assert.equal(result.bySource.get('grower'), bytes.length)
     assert.ok(Date.now() - started < 5_000, `took ${Date.now() - started} ms`)
+  })
+
+  test('a source that learns its holdings by asking is polled on every pump; has() only looks up', async () => {
+    const { bytes, table } = blob(4)
+    let holds = false
+    let polls = 0
+    let asked = 0
+    const asker = new FakeSource('asker', bytes, {
+      holds: () => {
+        asked++
+        return holds
+      },
+    })
+    // the answer to the third poll names every chunk (the timed pump polls: every 20 ms here)
+    asker.poll = () => {
+      if (++polls === 3) holds = true
+    }
+    const alive = setInterval(() => {}, 1_000) // (the scheduler's timer does not hold the process open)
+    const { out, result } = await download(table, [asker], undefined, { pollMs: 20, hedgeAfterMs: 240_000, mayWait: () => true }).finally(() => clearInterval(alive))
+    assert.ok(out.equals(bytes))
+    assert.equal(result.bySource.get('asker'), bytes.length)
+    assert.ok(polls >= 3, `${polls} polls`)
+    assert.ok(asked > polls, 'has() is asked per chunk, more often than the source is polled')
   })
 
   test('every buffer comes back: accepted, refused, failed, hedged and wasted fetches alike', async () => {

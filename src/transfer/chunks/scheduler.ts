@@ -7,8 +7,14 @@ export interface ChunkSource {
   /** peer id, or 'origin' */
   readonly id: string
   readonly kind: 'peer' | 'origin'
-  /** whether the source holds chunk `index` (a peer's bitfield; origin holds all) */
+  /** whether the source holds chunk `index` (a peer's bitfield; origin holds all); a lookup, asked per chunk and source */
   has(index: number): boolean
+  /**
+   * Called on every pump: a source that learns its holdings by asking (a peer) asks again if
+   * it is time. (Not in `has`: that is asked for every chunk, and reading the clock there,
+   * as many times per pump, showed in a fan-out's allocation profile.)
+   */
+  poll?(): void
   /**
    * The bytes of chunk `index`; the scheduler verifies them. A source that is busy (it serves
    * others up to its cap) rejects with an error carrying `retryAfterMs`: not a failure, it is
@@ -423,6 +429,7 @@ export class ChunkScheduler {
     }
     const now = Date.now()
     this.releaseIdleTurns(now)
+    for (let k = 0; k < this.peers.length; k++) (this.peers[k] as ChunkSource).poll?.()
     // counted once a source has a free slot: most timed pumps find every slot taken
     let rarity: Int32Array | undefined
     const hedgeDelay = this.hedgeDelay()
