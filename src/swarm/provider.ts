@@ -128,13 +128,15 @@ export class StoreChunkProvider implements ChunkProvider {
 
   /** `info` naming the peers that asked about the blob lately, most recent first, but `asker` */
   private withAskers(info: BlobInfo, digest: string, asker: string | undefined): BlobInfo {
+    const seen = this.askers.get(digest)
+    if (seen === undefined) return info
+    // (oldest first in the map; walked without a copy of it: this runs for every answer)
     const since = Date.now() - EXCHANGE_WINDOW_MS
-    const peers: string[] = []
-    for (const [id, at] of [...(this.askers.get(digest) ?? [])].reverse()) {
-      if (at < since || peers.length >= MAX_EXCHANGED_PEERS) break
-      if (id !== asker) peers.push(id)
-    }
-    if (peers.length > 0) info.peers = peers
+    const recent: string[] = []
+    seen.forEach((at, id) => {
+      if (at >= since && id !== asker) recent.push(id)
+    })
+    if (recent.length > 0) info.peers = recent.reverse().slice(0, MAX_EXCHANGED_PEERS)
     return info
   }
 

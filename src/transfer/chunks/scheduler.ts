@@ -315,6 +315,8 @@ export class ChunkScheduler {
   private readonly buffers: ChunkBuffers
   /** how long the last accepted chunks took, ms */
   private readonly durations: number[] = []
+  /** the median of `durations`, until one is added */
+  private median: number | undefined
 
   constructor(opts: SchedulerOptions) {
     this.opts = { ...DEFAULTS, ...stripUndefined(opts) }
@@ -526,8 +528,12 @@ export class ChunkScheduler {
   /** the median time the last chunks took, ms (0 before the first) */
   medianChunkMs(): number {
     if (this.durations.length === 0) return 0
-    const sorted = [...this.durations].sort((a, b) => a - b)
-    return sorted[sorted.length >> 1] as number
+    // (taken on every pump: sorted again only after a chunk came in)
+    if (this.median === undefined) {
+      const sorted = [...this.durations].sort((a, b) => a - b)
+      this.median = sorted[sorted.length >> 1] as number
+    }
+    return this.median
   }
 
   /** how long a chunk may take before it is hedged: the configured delay, or longer when chunks are slow anyway */
@@ -601,6 +607,7 @@ export class ChunkScheduler {
     this.failures.delete(flight.source)
     this.durations.push(Date.now() - flight.startedAt)
     if (this.durations.length > RECENT_DURATIONS) this.durations.shift()
+    this.median = undefined
     this.done.add(index)
     for (const other of this.inflight.get(index) ?? []) other.controller.abort()
     const id = flight.source.id
