@@ -177,6 +177,8 @@ class Conn {
   private exchange: Exchange | undefined
   /** when the connection last began to wait for a request head */
   private waitingSince = performance.now()
+  /** in `take`'s loop */
+  private taking = false
   closed = false
 
   constructor(port: DataPort, socket: Socket) {
@@ -213,29 +215,45 @@ class Conn {
     if (this.input.length > 0) this.take()
   }
 
-  /** begins the request whose head is complete in `input`, if there is one */
+  /**
+   * Begins the requests whose heads are complete in `input`, one after another as each is
+   * answered (in a loop: pipelined requests answered at once do not nest calls)
+   */
   private take(): void {
+    if (this.taking) return // (an answer given inside the loop below: the loop goes on)
+    this.taking = true
+    try {
+      while (this.exchange === undefined && !this.closed && this.input.length > 0 && this.takeOne());
+    } finally {
+      this.taking = false
+    }
+  }
+
+  /** begins the request whose head is complete in `input`; false when there is none (yet) */
+  private takeOne(): boolean {
     const input = this.input
     const blank = input.indexOf('\r\n\r\n')
     if (blank < 0) {
       if (input.length > MAX_REQUEST_HEAD_BYTES) this.drop('a request head over the limit')
       else if (performance.now() - this.waitingSince > this.port.timeoutMs) this.drop('a request head too slow')
-      return
+      return false
     }
     if (blank > MAX_REQUEST_HEAD_BYTES) {
       this.drop('a request head over the limit')
-      return
+      return false
     }
     this.input = blank + 4 === input.length ? EMPTY : input.subarray(blank + 4)
     const exchange = this.parse(input.toString('latin1', 0, blank))
-    if (exchange === undefined) return
+    if (exchange === undefined) return false
     this.exchange = exchange
     try {
       this.port.options.onRequest(exchange)
     } catch (err) {
       this.port.options.onBadPeer(`request handler failed: ${(err as Error).message}`)
       this.socket.destroy()
+      return false
     }
+    return true
   }
 
   /** the request in a head (without its blank line); undefined when it was answered 400 */

@@ -87,6 +87,15 @@ describe('data port', { timeout: 20_000 }, () => {
     assert.doesNotMatch(text, /connection: close/)
   })
 
+  it('answers as many pipelined requests as fit in a head, in order', async () => {
+    const { port } = await start()
+    const one = 'GET /x HTTP/1.1\r\n\r\n'
+    const n = Math.floor(MAX_REQUEST_HEAD_BYTES / one.length)
+    const { read, closed } = await exchange(port, one.repeat(n), (bytes) => bytes.toString().split('GET /x -').length - 1 === n)
+    assert.equal(closed, false)
+    assert.equal(read.toString().split('HTTP/1.1 200 OK').length - 1, n)
+  })
+
   it('closes after the answer when the peer says so, or speaks HTTP/1.0', async () => {
     const { port } = await start()
     for (const request of ['GET /a HTTP/1.1\r\nConnection: close\r\n\r\n', 'GET /a HTTP/1.0\r\n\r\n']) {
