@@ -9,7 +9,7 @@
  * bytes themselves: `scripts/bench/peer-transfer --daemon-only` put the pulling daemon at 8.2–9.3
  * CPU-s per GB before this and 6.3–6.9 after (see the README).
  *
- * The server is node:http (server.ts) and always answers with a content-length, so the client
+ * The server (data-port.ts) always answers with a content-length, so the client
  * side of HTTP/1.1 needed here is small: one request at a time per socket, a status line and
  * headers, a body of content-length bytes. Anything else (chunked encoding, a body longer or
  * shorter than announced, a header block past MAX_HEAD_BYTES) is a protocol error and the socket

@@ -159,8 +159,8 @@ export class Exchange {
     return !this.conn.closed
   }
 
-  /** (the connection closed) */
-  closed(): void {
+  /** (called by the connection when it closed) */
+  connectionClosed(): void {
     this.controller?.abort()
   }
 }
@@ -191,7 +191,7 @@ class Conn {
     socket.once('close', () => {
       this.closed = true
       this.input = EMPTY
-      this.exchange?.closed()
+      this.exchange?.connectionClosed()
       this.exchange = undefined
     })
   }
