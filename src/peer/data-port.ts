@@ -99,6 +99,11 @@ export class Exchange {
     this.conn.finished(this, keep)
   }
 
+  /** an error answer, `{"error": <the status's reason>, "message": …}` in JSON; `close`: the connection closes after it */
+  fail(status: number, message: string, extra = '', close = false): void {
+    this.reply(status, 'application/json', JSON.stringify({ error: STATUS_CODES[status] ?? 'error', message }), extra, close)
+  }
+
   /**
    * A 200 with `bytes` as its body, written in pieces with backpressure and taken from
    * `bucket` as they go out if there is one. `done` runs once, when nothing reads `bytes` any
@@ -185,7 +190,7 @@ class Conn {
     this.port = port
     this.socket = socket
     socket.setNoDelay(true)
-    socket.setTimeout(port.timeoutMs, () => socket.destroy())
+    socket.setTimeout(port.options.timeoutMs, () => socket.destroy())
     socket.on('data', (data: Buffer) => this.onData(data))
     socket.on('error', (err: NodeJS.ErrnoException) => port.options.onBadPeer(err.message, err.code))
     socket.once('close', () => {
@@ -235,7 +240,7 @@ class Conn {
     const blank = input.indexOf('\r\n\r\n')
     if (blank < 0) {
       if (input.length > MAX_REQUEST_HEAD_BYTES) this.drop('a request head over the limit')
-      else if (performance.now() - this.waitingSince > this.port.timeoutMs) this.drop('a request head too slow')
+      else if (performance.now() - this.waitingSince > this.port.options.timeoutMs) this.drop('a request head too slow')
       return false
     }
     if (blank > MAX_REQUEST_HEAD_BYTES) {
@@ -283,7 +288,7 @@ class Conn {
     this.port.options.onBadPeer(reason)
     const exchange = new Exchange(this, '', '', undefined, false)
     this.exchange = exchange
-    exchange.reply(400, 'application/json', JSON.stringify({ error: 'Bad Request', message: reason }))
+    exchange.fail(400, reason)
     return undefined
   }
 
@@ -296,13 +301,11 @@ class Conn {
 /** The listener: `listen`, then `close` (stops accepting and drops every connection). */
 export class DataPort {
   readonly options: DataPortOptions
-  readonly timeoutMs: number
   private readonly server: Server
   private readonly conns = new Set<Socket>()
 
   constructor(options: DataPortOptions) {
     this.options = options
-    this.timeoutMs = options.timeoutMs
     const accept = (socket: Socket): void => {
       this.conns.add(socket)
       socket.once('close', () => this.conns.delete(socket))

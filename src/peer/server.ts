@@ -10,7 +10,6 @@
  * (or 500 when the provider fails) and never take the server down.
  */
 import { constants as cryptoConstants } from 'node:crypto'
-import { STATUS_CODES } from 'node:http'
 import type { Socket } from 'node:net'
 import type { TLSSocket } from 'node:tls'
 import type { Libp2p } from 'libp2p'
@@ -47,7 +46,6 @@ const RETRY_AFTER_SECONDS = '1'
 export const LONG_POLL_MS = 4_000
 /** why a long poll's wait ended (one error for all: it is never thrown, and building one per poll costs a stack trace) */
 const LONG_POLL_OVER = new Error('long poll over')
-const JSON_TYPE = 'application/json'
 
 export interface PeerDataServerOptions {
   libp2p: Libp2p
@@ -212,35 +210,35 @@ class DataServer implements PeerDataServer {
     const ticket = this.ticketOf(exchange)
     if (ticket === undefined) {
       this.counters.rejectedUnauthorized++
-      reply(exchange, 401, 'no valid ticket', '', true)
+      exchange.fail(401, 'no valid ticket', '', true)
       return
     }
     if (exchange.method !== 'GET') {
-      reply(exchange, 405, 'only GET', 'allow: GET\r\n', true)
+      exchange.fail(405, 'only GET', 'allow: GET\r\n', true)
       return
     }
     const parsed = parsePath(exchange.target)
     if (parsed === undefined) {
-      reply(exchange, 404, 'no such route')
+      exchange.fail(404, 'no such route')
       return
     }
     if (!isDigest(parsed.digest)) {
-      reply(exchange, 400, 'invalid digest')
+      exchange.fail(400, 'invalid digest')
       return
     }
     // the fields of the request's log lines (a child logger per request showed in fan-out profiles)
     const about: RequestLog = { log: this.log, peerId: ticket.peerId, digest: parsed.digest }
     if (parsed.kind === 'info') {
       if (parsed.want !== undefined) this.provider.want?.(parsed.digest, parsed.want, ticket.peerId)
-      this.serveInfo(parsed.digest, parsed, exchange, about).catch((err: unknown) => fail(exchange, about, err))
+      this.serveInfo(parsed.digest, parsed, exchange, about).catch((err: unknown) => providerFailed(exchange, about, err))
       return
     }
     if (this.counters.uploads >= this.maxUploads) {
       this.counters.rejectedBusy++
-      reply(exchange, 503, 'upload cap reached', `retry-after: ${RETRY_AFTER_SECONDS}\r\n`)
+      exchange.fail(503, 'upload cap reached', `retry-after: ${RETRY_AFTER_SECONDS}\r\n`)
       return
     }
-    this.serveChunk(parsed.digest, parsed.index, exchange, about).catch((err: unknown) => fail(exchange, about, err))
+    this.serveChunk(parsed.digest, parsed.index, exchange, about).catch((err: unknown) => providerFailed(exchange, about, err))
   }
 
   private async serveInfo(digest: string, { held, want, known }: InfoQuery, exchange: Exchange, { log, peerId: asker }: RequestLog): Promise<void> {
@@ -259,25 +257,25 @@ class DataServer implements PeerDataServer {
       }
     }
     if (info === undefined) {
-      reply(exchange, 404, 'blob unknown')
+      exchange.fail(404, 'blob unknown')
       return
     }
     const body = encodeInfo(info, known) // (checks what it writes: a provider's bug answers 500, it does not reach the peer)
     this.counters.infoAnswered++
     this.counters.infoBytes += body.length
     log.trace({ peerId: asker, digest }, 'served info')
-    exchange.reply(200, JSON_TYPE, body)
+    exchange.reply(200, 'application/json', body)
   }
 
   private async serveChunk(digest: string, index: number, exchange: Exchange, { log, peerId }: RequestLog): Promise<void> {
     // (no holdings answer per chunk: the read finds out whether the chunk is held)
     const count = this.provider.chunkCount(digest)
     if (count === undefined) {
-      reply(exchange, 404, 'blob unknown')
+      exchange.fail(404, 'blob unknown')
       return
     }
     if (index >= count) {
-      reply(exchange, 416, 'chunk index out of range')
+      exchange.fail(416, 'chunk index out of range')
       return
     }
     this.counters.uploads++
@@ -285,13 +283,11 @@ class DataServer implements PeerDataServer {
     let chunk: ChunkRead | undefined
     try {
       chunk = await this.provider.read(digest, index, exchange.signal)
-    } catch (err) {
-      this.counters.uploads--
-      throw err
+    } finally {
+      if (chunk === undefined) this.counters.uploads-- // (no upload: not held, or the read failed)
     }
     if (chunk === undefined) {
-      this.counters.uploads--
-      reply(exchange, 404, 'chunk not held')
+      exchange.fail(404, 'chunk not held')
       return
     }
     const { bytes, release } = chunk
@@ -314,17 +310,12 @@ interface RequestLog {
   digest: string
 }
 
-/** an error answer: `{error, message}`; `close`: the connection closes after it */
-function reply(exchange: Exchange, status: number, message: string, extra = '', close = false): void {
-  exchange.reply(status, JSON_TYPE, JSON.stringify({ error: STATUS_CODES[status] ?? 'error', message }), extra, close)
-}
-
-function fail(exchange: Exchange, { log, peerId, digest }: RequestLog, err: unknown): void {
+function providerFailed(exchange: Exchange, { log, peerId, digest }: RequestLog, err: unknown): void {
   // a requester that hung up (a hedge it no longer needs) aborted the read: not an error
   if (exchange.gone) {
     log.debug({ peerId, digest, err: (err as Error)?.message }, 'requester gone before the answer')
     return
   }
   log.error({ peerId, digest, err }, 'chunk provider failed')
-  reply(exchange, 500, 'internal error')
+  exchange.fail(500, 'internal error')
 }
