@@ -14,7 +14,7 @@ const EXCHANGE_WINDOW_MS = 60_000
 const MAX_EXCHANGE_DIGESTS = 256
 /**
  * The upload buffers are let go after this long with no chunk read (they are as many as the
- * server's upload slots: 16 MiB at the defaults).
+ * server's upload slots: 4 MiB at the defaults).
  */
 const UPLOAD_BUFFERS_IDLE_MS = 30_000
 /**
