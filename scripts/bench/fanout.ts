@@ -36,10 +36,9 @@ import { type Client, FanoutFleet, type Mode, type NodeResult, type RoundResult 
 import { cdfSvg, type ModeSummary, medianSummary, nodeTable, summarise, summaryTable, tMinSeconds } from './lib/fleet-report.js'
 import { DEFAULT_SHOAL_MAIN } from './lib/fleet-shoal.js'
 import { LinkTrace } from './lib/link-trace.js'
-import { formatBytes, round } from './lib/measure.js'
+import { formatBytes, parseSizeArg, round } from './lib/measure.js'
 
 const MiB = 1024 ** 2
-const GiB = 1024 ** 3
 const REPO = 'bench/fanout'
 const PROGRESS_MS = 15_000
 
@@ -71,14 +70,6 @@ interface Options {
   gap: number
 }
 
-function parseSize(text: string): number {
-  const m = /^(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?$/i.exec(text.trim())
-  if (m === null) throw new Error(`bad size "${text}" (e.g. 128MiB, 24M, 1GiB)`)
-  const unit = { '': 1, k: 1024, m: MiB, g: GiB, t: 1024 * GiB }[m[2]!.toLowerCase()]!
-  const bytes = Math.round(Number(m[1]) * unit)
-  if (!Number.isSafeInteger(bytes) || bytes < 1) throw new Error(`bad size "${text}"`)
-  return bytes
-}
 
 function positive(text: string | undefined, name: string, fallback: number, integer = false): number {
   if (text === undefined) return fallback
@@ -173,7 +164,7 @@ function parseOptions(argv: string[]): Options {
   }
   return {
     nodes,
-    imageSize: values['image-size'] === undefined ? 128 * MiB : parseSize(values['image-size']),
+    imageSize: values['image-size'] === undefined ? 128 * MiB : parseSizeArg(values['image-size']),
     layers,
     rateMbit,
     originRateMbit: positive(values['origin-rate-mbit'], '--origin-rate-mbit', rateMbit),

@@ -54,6 +54,7 @@ import {
   mbps,
   median,
   min,
+  parseSizeArg,
   peakRssBytes,
   printTable,
   pullBlob,
@@ -134,14 +135,6 @@ function snapshotDaemon(daemonMain: string, work: string): string {
 
 // ---- arguments -------------------------------------------------------------------------------
 
-function parseSize(text: string): number {
-  const m = /^(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?$/i.exec(text.trim())
-  if (m === null) throw new Error(`bad size "${text}" (e.g. 1GiB, 256M, 1073741824)`)
-  const unit = { '': 1, k: 1024, m: MiB, g: GiB, t: 1024 * GiB }[m[2]!.toLowerCase()]!
-  const bytes = Math.round(Number(m[1]) * unit)
-  if (!Number.isSafeInteger(bytes) || bytes < 1) throw new Error(`bad size "${text}"`)
-  return bytes
-}
 
 function parseOptions(argv: string[]): { options: Options; inner: boolean; fileServer: string | undefined } {
   const { values } = parseArgs({
@@ -176,7 +169,7 @@ function parseOptions(argv: string[]): { options: Options; inner: boolean; fileS
     process.exit(0)
   }
   const quick = values.quick === true
-  const size = values.size !== undefined ? parseSize(values.size) : quick ? 256 * MiB : GiB
+  const size = values.size !== undefined ? parseSizeArg(values.size) : quick ? 256 * MiB : GiB
   const rounds = values.rounds !== undefined ? Number(values.rounds) : quick ? 2 : 3
   if (!Number.isInteger(rounds) || rounds < 1) throw new Error(`bad --rounds "${values.rounds}"`)
   const parts = new Set((values.only ?? 'a,b,c').split(',').map((s) => s.trim()))

@@ -49,9 +49,8 @@ import { createPeerNode } from '../../src/p2p/node.js'
 import { type BlobInfo, type ChunkProvider, chunkCount, chunkLength, createPeerDataClient, createPeerDataServer } from '../../src/peer/index.js'
 import type { PeerRef } from '../../src/routing/types.js'
 import { blobUrlOf, type OriginBlob, type PullAccounting, pullAccounting, type SeederSet, startDaemon, startOriginWithBlob, startSeeders, waitP2p } from './lib/daemons.js'
-import { formatBytes, formatRatio, median, printTable, processCpuSeconds, ratio } from './lib/measure.js'
+import { formatBytes, formatRatio, median, parseSizeArg, printTable, processCpuSeconds, ratio } from './lib/measure.js'
 
-const KiB = 1024
 const MiB = 1024 ** 2
 const GiB = 1024 ** 3
 const GB = 1e9
@@ -336,14 +335,6 @@ async function peerClient(fixture: BlobFixture, peers: PeerRef[], encrypt: boole
 
 // ---------------------------------------------------------------- main
 
-function parseSize(text: string): number {
-  const m = /^(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?$/i.exec(text.trim())
-  if (m === null) throw new Error(`bad size "${text}" (e.g. 1GiB, 256M, 1073741824)`)
-  const unit = { '': 1, k: KiB, m: MiB, g: GiB, t: 1024 * GiB }[m[2]!.toLowerCase()]!
-  const bytes = Math.round(Number(m[1]) * unit)
-  if (!Number.isSafeInteger(bytes) || bytes < 1) throw new Error(`bad size "${text}"`)
-  return bytes
-}
 
 interface Variant {
   name: string
@@ -436,10 +427,10 @@ async function main(): Promise<void> {
     }
   })
   const quick = values.quick === true
-  const size = values.size !== undefined ? parseSize(values.size) : quick ? 256 * MiB : GiB
+  const size = values.size !== undefined ? parseSizeArg(values.size) : quick ? 256 * MiB : GiB
   const rounds = Number(values.rounds ?? (quick ? 1 : 3))
-  const chunkSize = parseSize(values['chunk-size']!)
-  const readBuffer = parseSize(values['read-buffer']!)
+  const chunkSize = parseSizeArg(values['chunk-size']!)
+  const readBuffer = parseSizeArg(values['read-buffer']!)
   const concurrency = Number(values.concurrency)
   const warmup = Number(values.warmup)
   const daemonLogLevel = values['daemon-log-level']!

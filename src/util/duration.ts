@@ -11,19 +11,3 @@ export function parseDuration(value: unknown): number | undefined {
   if (m === null) return undefined
   return Number(m[1]) * (UNITS[m[2] as string] as number)
 }
-
-const SIZE_UNITS: Record<string, number> = {
-  '': 1, b: 1, k: 1e3, kb: 1e3, m: 1e6, mb: 1e6, g: 1e9, gb: 1e9, t: 1e12, tb: 1e12,
-  kib: 1024, mib: 1024 ** 2, gib: 1024 ** 3, tib: 1024 ** 4,
-}
-
-/** Parses `512MiB`, `10GB`, `1048576` into bytes. */
-export function parseSize(value: unknown): number | undefined {
-  if (typeof value === 'number' && Number.isInteger(value) && value >= 0) return value
-  if (typeof value !== 'string') return undefined
-  const m = /^(\d+(?:\.\d+)?)\s*([a-zA-Z]*)$/.exec(value.trim())
-  if (m === null) return undefined
-  const unit = SIZE_UNITS[(m[2] as string).toLowerCase()]
-  if (unit === undefined) return undefined
-  return Math.floor(Number(m[1]) * unit)
-}

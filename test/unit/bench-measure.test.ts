@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict'
 import { describe, test } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { contextSwitches, processCpuTimes } from '../../scripts/bench/lib/measure.js'
+import { contextSwitches, parseSizeArg, processCpuTimes } from '../../scripts/bench/lib/measure.js'
 
 describe('bench process measures', () => {
   test('context switches: counted over the threads, and a wait adds some', async () => {
@@ -16,5 +16,19 @@ describe('bench process measures', () => {
 
   test('a process that is gone has no times', () => {
     assert.equal(processCpuTimes(2 ** 22 + 1), undefined)
+  })
+})
+
+describe('bench size arguments', () => {
+  test('binary units, with or without iB, and bare byte counts', () => {
+    assert.equal(parseSizeArg('128MiB'), 128 * 1024 ** 2)
+    assert.equal(parseSizeArg('24M'), 24 * 1024 ** 2)
+    assert.equal(parseSizeArg('64kib'), 64 * 1024)
+    assert.equal(parseSizeArg('1.5GB'), 1.5 * 1024 ** 3)
+    assert.equal(parseSizeArg(' 1073741824 '), 1024 ** 3)
+  })
+
+  test('anything else is refused', () => {
+    for (const bad of ['', '0', '12 apples', '-1M', '1PiB', 'MiB']) assert.throws(() => parseSizeArg(bad), /bad size/, bad)
   })
 })

@@ -57,6 +57,20 @@ export function formatBytes(bytes: number): string {
   return `${v.toFixed(i === 0 ? 0 : 1)} ${units[i]}`
 }
 
+/**
+ * A size argument of a bench's command line: a byte count, or one with a binary unit (`128MiB`,
+ * `24M`, `1GiB`: k, m, g and t are powers of 1024 here, with or without `iB`/`B`). Throws on
+ * anything else, or on less than one byte.
+ */
+export function parseSizeArg(text: string): number {
+  const m = /^(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?$/i.exec(text.trim())
+  if (m === null) throw new Error(`bad size "${text}" (e.g. 1GiB, 256M, 1073741824)`)
+  const unit = { '': 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3, t: 1024 ** 4 }[(m[2] as string).toLowerCase()] as number
+  const bytes = Math.round(Number(m[1]) * unit)
+  if (!Number.isSafeInteger(bytes) || bytes < 1) throw new Error(`bad size "${text}"`)
+  return bytes
+}
+
 export function round(value: number, digits = 3): number {
   if (!Number.isFinite(value)) return value
   const f = 10 ** digits
