@@ -33,7 +33,7 @@ import { fileURLToPath, pathToFileURL } from 'node:url'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { parseArgs } from 'node:util'
 import { type Client, FanoutFleet, type Mode, type NodeResult, type RoundResult } from './lib/fleet-fanout.js'
-import { cdfSvg, type ModeSummary, medianSummary, nodeTable, summarise, summaryTable, tMinSeconds } from './lib/fleet-report.js'
+import { cdfSvg, fetcherSplit, type ModeSummary, medianSummary, nodeTable, summarise, summaryTable, tMinSeconds } from './lib/fleet-report.js'
 import { DEFAULT_SHOAL_MAIN } from './lib/fleet-shoal.js'
 import { LinkTrace } from './lib/link-trace.js'
 import { formatBytes, parseSizeArg, round } from './lib/measure.js'
@@ -350,6 +350,7 @@ async function main(): Promise<void> {
         // chunk bytes the peers sent, against those the downloads accepted: the rest was cut off or thrown away
         const sum = (pick: (c: NonNullable<NodeResult['shoal']>) => number): number => r.nodes.reduce((a, n) => a + (n.shoal === undefined ? 0 : pick(n.shoal)), 0)
         process.stdout.write(`${summaries[i]?.mode}: peers sent ${formatBytes(sum((c) => c.bytesToPeers))}, downloads accepted ${formatBytes(sum((c) => c.bytesFromPeers))}\n`)
+        process.stdout.write(`${summaries[i]?.mode}: ${fetcherSplit(r, tMin)}\n`)
       }
     }
     for (const s of summaries) for (const fl of s.failed) process.stdout.write(`${s.mode}: ${fl.name} failed: ${fl.error}\n`)

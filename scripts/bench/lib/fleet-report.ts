@@ -111,6 +111,27 @@ const MEDIAN_FIELDS = [
  * row need not be one round's); `failed` and `killed` gather every round's, `completed` is the
  * fewest. Labelled `label`.
  */
+/** a node that took more than this from origin in a Shoal round was one of its origin fetchers */
+const FETCHER_ORIGIN_BYTES = 1_000_000
+
+/**
+ * A Shoal round's completion times split by role: the nodes that took more than 1 MB from origin
+ * (the blobs' origin fetchers; the config blob's fetcher takes a few hundred bytes) against the
+ * rest, each as median and max over T_min. A fetcher that serves its fresh chunks to the whole
+ * fleet may finish last, which the fleet's p50 alone does not show. Killed and failed nodes are
+ * left out.
+ */
+export function fetcherSplit(round: RoundResult, tMin: number): string {
+  const done = round.nodes.filter((n) => n.ok && n.verified && n.killed !== true)
+  const part = (label: string, nodes: typeof done): string => {
+    const over = nodes.map((n) => n.seconds / tMin)
+    return nodes.length === 0 ? `${label} 0` : `${label} ${nodes.length}, median ${percentile(over, 0.5).toFixed(2)}× max ${Math.max(...over).toFixed(2)}×`
+  }
+  const fetchers = done.filter((n) => n.originBlobBytes > FETCHER_ORIGIN_BYTES)
+  const others = done.filter((n) => n.originBlobBytes <= FETCHER_ORIGIN_BYTES)
+  return `completion ÷ T_min: ${part('origin fetchers (over 1 MB from origin)', fetchers)}; ${part('the others', others)}`
+}
+
 export function medianSummary(rounds: readonly ModeSummary[], label: string): ModeSummary {
   const first = rounds[0]
   if (first === undefined) throw new Error('medianSummary: no rounds')
