@@ -70,7 +70,6 @@ interface Options {
   gap: number
 }
 
-
 function positive(text: string | undefined, name: string, fallback: number, integer = false): number {
   if (text === undefined) return fallback
   const v = Number(text)

@@ -135,7 +135,6 @@ function snapshotDaemon(daemonMain: string, work: string): string {
 
 // ---- arguments -------------------------------------------------------------------------------
 
-
 function parseOptions(argv: string[]): { options: Options; inner: boolean; fileServer: string | undefined } {
   const { values } = parseArgs({
     args: argv,

@@ -335,7 +335,6 @@ async function peerClient(fixture: BlobFixture, peers: PeerRef[], encrypt: boole
 
 // ---------------------------------------------------------------- main
 
-
 interface Variant {
   name: string
   /** index into the started servers */

@@ -106,11 +106,6 @@ const MEDIAN_FIELDS = [
   'clientCpuPerGB',
 ] as const satisfies readonly (keyof ModeSummary)[]
 
-/**
- * The median of several rounds of one mode, field by field (each figure its own median, so the
- * row need not be one round's); `failed` and `killed` gather every round's, `completed` is the
- * fewest. Labelled `label`.
- */
 /** a node that took more than this from origin in a Shoal round was one of its origin fetchers */
 const FETCHER_ORIGIN_BYTES = 1_000_000
 
@@ -132,6 +127,11 @@ export function fetcherSplit(round: RoundResult, tMin: number): string {
   return `completion ÷ T_min: ${part('origin fetchers (over 1 MB from origin)', fetchers)}; ${part('the others', others)}`
 }
 
+/**
+ * The median of several rounds of one mode, field by field (each figure its own median, so the
+ * row need not be one round's); `failed` and `killed` gather every round's, `completed` is the
+ * fewest. Labelled `label`.
+ */
 export function medianSummary(rounds: readonly ModeSummary[], label: string): ModeSummary {
   const first = rounds[0]
   if (first === undefined) throw new Error('medianSummary: no rounds')
