@@ -15,12 +15,11 @@
  */
 import { createHash, randomBytes } from 'node:crypto'
 import { parseArgs } from 'node:util'
-import { parseBytes } from '../../src/config/load.js'
 import { bitfield, blobPath, decodeInfo, encodeInfo, parsePath } from '../../src/peer/protocol.js'
 import { mergeHoldings } from '../../src/swarm/peer-source.js'
 import { ChunkState } from '../../src/transfer/chunks/state.js'
 import { planChunks } from '../../src/transfer/chunks/plan.js'
-import { formatRatio, median, printTable } from './lib/measure.js'
+import { formatRatio, median, parseSizeArg, printTable } from './lib/measure.js'
 
 const { values } = parseArgs({
   options: {
@@ -30,8 +29,7 @@ const { values } = parseArgs({
   },
 })
 const COUNTS = values.chunks.split(',').map(Number)
-const CHUNK_SIZE = parseBytes(values['chunk-size']) ?? Number.NaN
-if (!(CHUNK_SIZE >= 1)) throw new Error(`bad --chunk-size "${values['chunk-size']}" (e.g. 1MiB)`)
+const CHUNK_SIZE = parseSizeArg(values['chunk-size'])
 const RUNS = Number(values.runs)
 const DIGEST = `sha256:${'ab'.repeat(32)}`
 

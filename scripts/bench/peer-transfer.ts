@@ -26,8 +26,9 @@
  *                               [--read-buffer 64KiB] [--seeders 1,2,4] [--warmup 1]
  *                               [--daemon-log-level warn] [--no-daemon | --daemon-only] [--quick] [--json FILE]
  *
- * `--chunk-size`, `--concurrency` and `--read-buffer` apply to the bare data plane rows only; the
- * daemons run with their defaults (config/default.yaml).
+ * `--chunk-size` and `--concurrency` apply to the bare data plane rows only, whose server reads
+ * each chunk whole into a reused buffer; `--read-buffer` is the node:http baseline's file-stream
+ * buffer. The daemons run with their defaults (config/default.yaml).
  *
  * Reuse: `startServer(role, args)` spawns a baseline or peer server process and resolves to what
  * it announced (port, or peer id + addrs); `runClient(args, pids)` runs one measured transfer in
