@@ -168,7 +168,12 @@ describe('a peer that serves corrupted chunks', { timeout: 60_000 }, () => {
     const requests = (await c.requests()).length
     const again = await hashGet(blobUrl(c, NAME, corruptBlob.digest, REG))
     assert.equal(again.digest, corruptBlob.digest)
-    const line = (await c.requests()).slice(requests).find((l) => l.path?.includes(corruptBlob.digest))
+    // (the request's log line may land a moment after its response)
+    let line: Awaited<ReturnType<typeof c.requests>>[number] | undefined
+    await waitFor('the second GET logged', async () => {
+      line = (await c.requests()).slice(requests).find((l) => l.path?.includes(corruptBlob.digest))
+      return line !== undefined
+    })
     assert.equal(line?.source, 'cache', JSON.stringify(line))
     // and a ranged read across the corrupted offsets too
     const mid = claim.chunkSize >> 1
