@@ -230,12 +230,12 @@ export class BlobService {
     })
     const [found, plan, fanout] = await Promise.all([discovered, planned, swarm.fanout(locator, planned, signal).catch(quiet('choosing origin fetchers failed'))])
     if (plan === undefined || fanout === undefined) return found
-    const known = new Set(found?.sources.map((s) => s.id))
     return {
       plan,
       table: found?.table ?? new Array(plan.count).fill(undefined),
-      sources: [...(found?.sources ?? []), ...fanout.sources.filter((s) => !known.has(s.id))],
+      sources: found?.sources ?? [],
       stripes: fanout.stripes,
+      settled: fanout.settled,
     }
   }
 

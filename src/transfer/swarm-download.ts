@@ -111,6 +111,8 @@ export interface SwarmPlan {
   readonly sources: readonly PeerSource[]
   /** who fetches which chunks from origin, when the fleet shares that work (see OriginStripes) */
   readonly stripes?: OriginStripes
+  /** with stripes: the fetchers other than this node as sources, once the asks that settle them are over (`stripes` re-ranked by then) */
+  readonly settled?: Promise<readonly PeerSource[]>
 }
 
 /** A peer as a chunk source, with the hashes it claims for the chunks it holds. */
@@ -134,10 +136,10 @@ export interface PeerSource extends ChunkSource {
   readonly exchanged: readonly string[]
 }
 
-/** The blob's origin fetchers, and the ones that are peers as chunk sources. */
+/** The blob's origin fetchers: the ranking to begin on, and the fetchers that are peers as chunk sources once they answered (`stripes` re-ranked by then). */
 export interface FanoutPlan {
   readonly stripes: OriginStripes
-  readonly sources: readonly PeerSource[]
+  readonly settled: Promise<readonly PeerSource[]>
 }
 
 /** What the transfer layer asks of the swarm (implemented by the composition root). */
@@ -152,7 +154,8 @@ export interface SwarmHooks {
   /**
    * The blob's origin fetchers (the nodes closest to its key), each asked to fetch its share;
    * undefined when there are no peers to share with, or when `plan` resolves undefined (no need:
-   * the lookup for them starts at once, the asking only once the plan is known).
+   * the lookup for them starts at once, the asking only once the plan is known). Resolves once
+   * they are ranked; the asking goes on (`settled`).
    */
   fanout(locator: BlobLocator, plan: Promise<ChunkPlan | undefined>, signal: AbortSignal): Promise<FanoutPlan | undefined>
   /** an origin fetcher whose holdings do not grow for this long is taken over */
@@ -308,10 +311,22 @@ export async function runSwarmDownload(opts: SwarmDownloadOptions): Promise<void
     },
   })
 
+  // The fetchers as sources once the asks that settle them are over. Until then none is judged
+  // (they are not sources yet, and a fetcher asked a moment ago has nothing to show).
+  let settled = plan.settled === undefined
+  plan.settled?.then((fetchers) => {
+    settled = true
+    if (state.complete || signal.aborted) return
+    for (const src of fetchers) {
+      if (sources.has(src.id)) continue
+      sources.set(src.id, src)
+      scheduler.addPeer(src)
+    }
+  })
   // Fetchers that died or stalled: their share of origin's chunks falls to the others.
   const readmitted = new Set<string>()
   const watchdog = (): void => {
-    if (stripes === undefined) return
+    if (stripes === undefined || !settled) return
     // on a loaded fleet every chunk takes long: a fetcher is stalled only past a few chunk times
     const stallMs = Math.max(swarm.fetcherStallMs, STALL_CHUNK_TIMES * scheduler.medianChunkMs())
     for (const id of stripes.others()) {

@@ -147,6 +147,7 @@ describe('fetcher ranking', () => {
         },
       )
       assert.ok(plan)
+      await plan.settled
       assert.deepEqual(new Set(plan.stripes.others()), new Set([early, late]), 'both peers are fetchers')
     } finally {
       stop.abort()
@@ -170,6 +171,7 @@ describe('fetcher ranking', () => {
         signal: stop.signal,
       })
       assert.ok(plan)
+      await plan.settled
       assert.deepEqual(plan.stripes.others(), [peer])
       assert.ok(Date.now() - started < 2_500, `planned in ${Date.now() - started} ms, the deadline is 5,000`)
     } finally {
@@ -193,10 +195,11 @@ describe('fetcher ranking', () => {
     try {
       const plan = await twoFetchersAmong(self, others, client, stop.signal)
       assert.ok(plan)
+      const fetchers = await plan.settled
       const expected = rankByDistance(DIGEST, ids).filter((id) => id !== dead).slice(0, 2)
       assert.ok(expected.includes(loaded), 'the loaded peer ranks among the fetchers')
       assert.deepEqual([0, 1].map((i) => plan.stripes.owner(i)), expected, 'the two closest that can be reached, in rank order')
-      assert.ok(!plan.sources.some((src) => src.id === dead))
+      assert.ok(!fetchers.some((src) => src.id === dead))
     } finally {
       stop.abort()
     }
@@ -215,8 +218,9 @@ describe('fetcher ranking', () => {
     try {
       const plan = await twoFetchersAmong(self, others, client, stop.signal)
       assert.ok(plan)
+      const fetchers = await plan.settled
       assert.equal(refusals, 2, 'asked twice')
-      assert.ok(plan.sources.some((src) => src.id === flaky))
+      assert.ok(fetchers.some((src) => src.id === flaky))
     } finally {
       stop.abort()
     }
@@ -235,11 +239,41 @@ describe('fetcher ranking', () => {
       // the query found only nodes farther than this one: by itself, it would rank itself first
       const plan = await twoFetchersAmong(self, farther, client, stop.signal)
       assert.ok(plan)
+      const fetchers = await plan.settled
       assert.deepEqual([0, 1].map((i) => plan.stripes.owner(i)), [first, second], 'the two nearest the key, in rank order')
       assert.equal(plan.stripes.mine(0) || plan.stripes.mine(1), false, 'this node fetches nothing from origin')
       assert.deepEqual(asked.map((a) => a.id), [farther[0], first, second], 'the fetcher its view ranked, then the nodes that fetcher named')
       assert.ok(asked.every((a) => a.want === 'r.test/a/b'), 'each was asked to start on the blob')
-      assert.deepEqual(plan.sources.map((src) => src.id), [first, second])
+      assert.deepEqual(fetchers.map((src) => src.id), [first, second])
+    } finally {
+      stop.abort()
+    }
+  })
+
+  test('the download begins on the query’s ranking while the fetchers are asked; what the asks settle replaces it', async () => {
+    const ids = rankByDistance(DIGEST, await peerIds(6))
+    const [first, second, self, ...farther] = ids as [string, string, string, ...string[]]
+    // the asks are answered only once let through
+    let letThrough: () => void = () => {}
+    const gate = new Promise<void>((resolve) => {
+      letThrough = resolve
+    })
+    const client = infoOnly(async () => {
+      await gate
+      return notBegun(ids)
+    })
+    const stop = new AbortController()
+    try {
+      // the query found only nodes farther than this one: it ranks itself first until the asks name nearer ones
+      const plan = await twoFetchersAmong(self, farther, client, stop.signal)
+      assert.ok(plan)
+      assert.deepEqual([0, 1].map((i) => plan.stripes.owner(i)), [self, farther[0]], 'the query’s ranking, before any answer')
+      assert.ok(plan.stripes.mine(0), 'this node fetches its share from origin meanwhile')
+      letThrough()
+      const fetchers = await plan.settled
+      assert.deepEqual([0, 1].map((i) => plan.stripes.owner(i)), [first, second], 're-ranked by the answers')
+      assert.equal(plan.stripes.mine(0) || plan.stripes.mine(1), false)
+      assert.deepEqual(fetchers.map((src) => src.id), [first, second])
     } finally {
       stop.abort()
     }
@@ -268,6 +302,7 @@ describe('fetcher ranking', () => {
       for (const [n, self] of fleet.entries()) {
         const plan = await twoFetchersAmong(self, views[n] as string[], client, stop.signal)
         assert.ok(plan)
+        await plan.settled
         const pair = [0, 1].map((i) => plan.stripes.owner(i)?.slice(-6)).join('+')
         pairs.set(pair, (pairs.get(pair) ?? 0) + 1)
       }
@@ -292,6 +327,7 @@ describe('fetcher ranking', () => {
     try {
       const plan = await twoFetchersAmong(self, [ids[9] as string, ids[10] as string], client, stop.signal)
       assert.ok(plan)
+      await plan.settled
       assert.equal(asked.length, 6, 'the two the query found, then two more in each of two rounds')
       assert.deepEqual([0, 1].map((i) => plan.stripes.owner(i)), [ids[5], ids[6]], 'the nearest of those asked')
     } finally {

@@ -5,6 +5,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { Readable } from 'node:stream'
 import { afterEach, beforeEach, describe, test } from 'node:test'
+import { setTimeout as sleep } from 'node:timers/promises'
 import { pino } from 'pino'
 import { parseDigest } from '../../src/oci/digest.js'
 import { BlobStore } from '../../src/store/blob-store.js'
@@ -94,14 +95,24 @@ describe('swarm download', () => {
     await rm(dir, { recursive: true, force: true })
   })
 
-  async function run(sources: PeerSource[], stripes: OriginStripes | undefined, noProgressMs?: number, swarm: SwarmHooks = hooks(), download = new Download(digest, log)) {
+  /** `settled`: the fan-out's fetchers as sources, once its asks are over (none: settled from the start) */
+  async function run(
+    sources: PeerSource[],
+    stripes: OriginStripes | undefined,
+    {
+      noProgressMs,
+      swarm = hooks(),
+      download = new Download(digest, log),
+      settled,
+      o = origin(),
+    }: { noProgressMs?: number; swarm?: SwarmHooks; download?: Download; settled?: Promise<readonly PeerSource[]>; o?: ReturnType<typeof origin> } = {},
+  ) {
     const writer = await store.createWriter(parseDigest(digest), bytes.length)
     download.begin(writer)
-    const o = origin()
     try {
       await runSwarmDownload({
         locator,
-        plan: { plan, table: hashes, sources, ...(stripes === undefined ? {} : { stripes }) },
+        plan: { plan, table: hashes, sources, ...(stripes === undefined ? {} : { stripes }), ...(settled === undefined ? {} : { settled }) },
         writer,
         download,
         origin: o,
@@ -125,12 +136,39 @@ describe('swarm download', () => {
     assert.equal(store.stat(digest)?.size, bytes.length, 'committed')
   })
 
+  test('a fan-out download begins on the first ranking: its own share comes from origin at once, and the other fetchers join once the asks settle, none judged before', async () => {
+    // the other fetcher owns chunks 0 and 2 and holds the whole blob, but becomes a source only
+    // when the asks are over, past several watchdog turns: dropped as unknown meanwhile, its
+    // share would have gone to origin
+    const other: PeerSource = {
+      ...emptyPeer('other'),
+      complete: true,
+      has: () => true,
+      hashOf: (i) => hashes[i],
+      fetch: async (i, _signal, into) => {
+        const { start, end } = chunkBounds(plan, i)
+        bytes.copy(into, 0, start, end)
+        return into
+      },
+    }
+    const o = origin()
+    let sentWhenSettled = -1
+    const settled = sleep(1_500).then(() => {
+      sentWhenSettled = o.sent
+      return [other]
+    })
+    await run([], new OriginStripes(['other', 'self'], 'self'), { settled, o })
+    assert.equal(sentWhenSettled, 2 * CHUNK, 'this node’s share (chunks 1 and 3) came from origin before the asks were over')
+    assert.equal(o.sent, 2 * CHUNK, 'nothing more from origin: the other fetcher’s share came from it')
+    assert.equal(store.stat(digest)?.size, bytes.length, 'committed')
+  })
+
   test('a download that takes no chunk from peers for long leaves them: origin fetches only the chunks still missing', async () => {
     // the other fetcher owns chunks 0 and 2, answers (so it is never given up), never gets a
     // chunk, and never fails; this node's own share (1 and 3) comes from origin
     const idle: PeerSource = { ...emptyPeer('idle'), fetch: () => new Promise(() => {}) }
     const started = Date.now()
-    const o = await run([idle], new OriginStripes(['idle', 'self'], 'self'), 1_500)
+    const o = await run([idle], new OriginStripes(['idle', 'self'], 'self'), { noProgressMs: 1_500 })
     assert.ok(Date.now() - started < 10_000)
     assert.equal(o.sent, bytes.length, 'each chunk came from origin once: the held ones were not fetched again')
     assert.equal(store.stat(digest)?.size, bytes.length, 'committed')
@@ -144,7 +182,7 @@ describe('swarm download', () => {
         announce: (_, options) => announces.push({ committed: store.stat(digest) !== undefined, spread: options?.spread === true }),
       }
       // this node fetches every chunk from origin (as the only fetcher, or with no fan-out)
-      const o = await run([], fanout ? new OriginStripes(['self'], 'self') : undefined, undefined, swarm)
+      const o = await run([], fanout ? new OriginStripes(['self'], 'self') : undefined, { swarm })
       assert.equal(o.sent, bytes.length)
       assert.equal(store.stat(digest)?.size, bytes.length, 'committed')
       // once; spread only after a fan-out
@@ -181,7 +219,7 @@ describe('swarm download', () => {
       }
       return Buffer.concat(parts)
     })()
-    await run([], undefined, undefined, swarm, download)
+    await run([], undefined, { swarm, download })
     assert.equal(peerReads.length, 1)
     assert.deepEqual(await peerReads[0], bytes.subarray(0, CHUNK), "the peer's chunk")
     assert.deepEqual(await streamed, bytes.subarray(0, -1), 'the streamed blob')

@@ -10,8 +10,10 @@ const STEAL_MARGIN = 3
  * the same DHT, so the fleet fetches each chunk from origin about once; everyone else takes the
  * chunks from the fetchers, and from each other, as they land.
  *
- * A fetcher that dies or stalls is dropped from the ranking by whoever notices; its chunks fall
- * to the next alive fetchers. A node that sees no alive fetcher but itself fetches everything.
+ * The ranking a node starts with is the one its closest-peers query gave; the asks that follow
+ * (dead candidates passed over, nearer nodes that the asked ones name) may settle another, which
+ * replaces it (`rank`). A fetcher that dies or stalls is dropped from the ranking by whoever
+ * notices; its chunks fall to the next alive fetchers. A node that sees no alive fetcher but itself fetches everything.
  * A fetcher ahead of another takes chunks from the end of the other's share (`next`).
  */
 export class OriginStripes {
@@ -75,6 +77,11 @@ export class OriginStripes {
       }
     }
     return own
+  }
+
+  /** the ranking the asks settled replaces the one begun with (`fetchers` as for the constructor) */
+  rank(fetchers: readonly string[]): void {
+    this.alive.splice(0, this.alive.length, ...new Set(fetchers))
   }
 
   /** fetchers other than this node still counted on */
