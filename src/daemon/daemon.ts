@@ -1,3 +1,4 @@
+import { setMaxListeners } from 'node:events'
 import { pino, type Logger } from 'pino'
 import type { Config } from '../config/schema.js'
 import { Metrics } from '../metrics/index.js'
@@ -62,6 +63,9 @@ const RESUME_ATTEMPTS = 3
 export async function startDaemon(config: Config, options: DaemonOptions = {}): Promise<Daemon> {
   const logger = options.logger ?? pino({ level: config.logLevel, base: { pid: process.pid }, timestamp: pino.stdTimeFunctions.isoTime })
   const shutdown = new AbortController()
+  // Every request in flight listens on it, the swarm's holdings polls of all downloads at once
+  // among them: no bound on listeners (each goes when its request ends).
+  setMaxListeners(0, shutdown.signal)
   const metrics = new Metrics()
   const startedAt = Date.now()
 

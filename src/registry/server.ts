@@ -1,4 +1,4 @@
-import Fastify, { type FastifyReply, type FastifyRequest } from 'fastify'
+import Fastify, { type FastifyReply, type FastifyRequest, LogController } from 'fastify'
 import type { Logger } from 'pino'
 import { type AdminOptions, adminRoutes } from '../admin/routes.js'
 import { looksLikeDigest, parseDigest } from '../oci/digest.js'
@@ -53,8 +53,9 @@ export function buildServer(opts: RegistryServerOptions) {
   const log = logger.child({ component: 'http' })
   const app = Fastify({
     loggerInstance: logger,
-    disableRequestLogging: true,
-    maxParamLength: 4096,
+    // (request lines are logged by the hooks below, once each with what was served)
+    logController: new LogController({ disableRequestLogging: true }),
+    routerOptions: { maxParamLength: 4096 },
     bodyLimit: 64 * 1024,
     exposeHeadRoutes: false,
     return503OnClosing: true,

@@ -26,6 +26,8 @@ export interface Shoal {
   logs(): Promise<ShoalLogLine[]>
   /** the access-log lines ("request") so far */
   requests(): Promise<ShoalLogLine[]>
+  /** the process warnings Node printed so far (`(node:PID) …`: deprecations, listener leaks) */
+  warnings(): Promise<string[]>
   status(): Promise<Record<string, unknown>>
   metrics(): Promise<string>
   /** SIGTERM and wait; keeps the data dir */
@@ -90,6 +92,7 @@ export async function startShoal(opts: StartShoalOptions = {}): Promise<Shoal> {
     proc,
     logs,
     requests: async () => (await logs()).filter((l) => l.msg === 'request'),
+    warnings: async () => (await readFile(logPath, 'utf8')).split('\n').filter((line) => /^\(node:\d+\) /.test(line)),
     status: async () => (await (await fetch(`${url}/api/v1/status`)).json()) as Record<string, unknown>,
     metrics: async () => (await fetch(`${url}/metrics`)).text(),
     stop: async () => {

@@ -173,6 +173,10 @@ describe('swarm: origin + 5 daemons bootstrapped from node 1', { timeout: 60_000
     }
     console.log(`# fresh node: ${detail}`)
   })
+
+  test('no daemon printed a process warning (a deprecated option, an abort signal past its listener limit)', async () => {
+    for (const node of fleet.nodes) assert.deepEqual(await node.warnings(), [], `node ${node.index}`)
+  })
 })
 
 describe('private swarm: only nodes holding the swarm key connect', { timeout: 60_000 }, () => {
