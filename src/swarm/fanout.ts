@@ -87,8 +87,8 @@ export async function planFanout(
     return undefined
   }
   // The download begins on the query's ranking at once: this node, if it ranks among the
-  // fetchers, fetches its share from origin while the candidates are asked (what the asks
-  // settle replaces it, see `settle`). Waiting for the answers first put every fetcher's first
+  // fetchers, fetches its share from origin while the candidates are asked, and the ranking the
+  // asks settle replaces it (`settle`). Waiting for the answers first put every fetcher's first
   // origin request behind a round of asks that took a median 0.8-2.0 s per round of a loaded
   // 16-node fan-out, with origin's link idle meanwhile.
   const ranked = rankByDistance(digest, [opts.selfId, ...candidates.keys()])
