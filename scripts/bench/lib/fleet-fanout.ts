@@ -163,7 +163,8 @@ export interface RoundContext {
   finished(): number
 }
 
-const ORIGIN = 'origin'
+/** the origin's host in the fleet */
+export const ORIGIN = 'origin'
 const JOIN_TIMEOUT_MS = 90_000
 /** the longest wait for the routing tables to settle (the round starts anyway after it) */
 const SETTLE_TIMEOUT_MS = 60_000

@@ -128,6 +128,27 @@ export function fetcherSplit(round: RoundResult, tMin: number): string {
 }
 
 /**
+ * A round's time against its mid-round rate, from the bytes all the nodes received in each of
+ * its seconds (MB/s, from the round's start to its last sample): the rate over the middle half
+ * of those seconds, the first second that reached 80% of it (the end of the ramp), and how long
+ * all the bytes would have taken at that rate. The rest of the round went to its ramp and its
+ * tail; the mid-round rate is what the links, or the machine's CPU, allowed.
+ */
+export function rampSummary(received: readonly number[]): string {
+  if (received.length < 4) return 'the nodes\' received bytes: too few seconds to tell a ramp from a middle'
+  const from = Math.floor(received.length / 4)
+  const to = Math.ceil((3 * received.length) / 4) // exclusive
+  const middle = received.slice(from, to)
+  const rate = middle.reduce((a, b) => a + b, 0) / middle.length
+  const total = received.reduce((a, b) => a + b, 0)
+  const rampEnd = received.findIndex((r) => r >= 0.8 * rate)
+  return (
+    `the nodes received ${total.toFixed(0)} MB, ${rate.toFixed(1)} MB/s over the middle half of the round (seconds ${from}–${to - 1}), ` +
+    `80% of that first in second ${rampEnd}; at that rate the bytes take ${(total / rate).toFixed(1)} s of the round's ${received.length}`
+  )
+}
+
+/**
  * The median of several rounds of one mode, field by field (each figure its own median, so the
  * row need not be one round's); `failed` and `killed` gather every round's, `completed` is the
  * fewest. Labelled `label`.

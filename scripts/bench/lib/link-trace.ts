@@ -5,6 +5,8 @@
  * every process on it, the kernel's shaping included), and the TCP segments the hosts sent and
  * retransmitted over the round (each namespace's `/proc/net/snmp`).
  */
+import { ORIGIN } from './fleet-fanout.js'
+import { rampSummary } from './fleet-report.js'
 import { machineCpuTimes } from './measure.js'
 import { type Fleet, run } from './netns.js'
 
@@ -52,6 +54,8 @@ export class LinkTrace {
     const hosts = this.fleet.hosts
     const at = (t: number): Sample | undefined => this.samples.findLast((s) => s.at <= t) ?? this.samples[0]
     const rows = [`  s  busy  ${hosts.map((h) => `${h.name} in/out`).join('  ')}  (MB/s)`]
+    /** MB/s all the nodes (not origin) received, by second */
+    const received: number[] = []
     const last = this.samples.at(-1)?.at ?? start
     for (let second = 0; start + (second + 1) * 1000 <= last; second++) {
       const a = at(start + second * 1000)
@@ -60,12 +64,14 @@ export class LinkTrace {
       const rate = (h: (typeof hosts)[number], dir: keyof PortBytes): string =>
         (((b.ports.get(h.bridgePort)?.[dir] ?? 0) - (a.ports.get(h.bridgePort)?.[dir] ?? 0)) / 1e3 / (b.at - a.at)).toFixed(2)
       const busy = (100 * (b.cpu.busy - a.cpu.busy)) / Math.max(1e-9, b.cpu.total - a.cpu.total)
+      received.push(hosts.filter((h) => h.name !== ORIGIN).reduce((sum, h) => sum + Number(rate(h, 'in')), 0))
       rows.push(`${String(second).padStart(3)}  ${`${busy.toFixed(0)}%`.padStart(4)}  ${hosts.map((h) => `${rate(h, 'in')}/${rate(h, 'out')}`).join('  ')}`)
     }
     const tcp = await tcpSegments(this.fleet)
     const out = tcp.out - this.tcpAtStart.out
     const retrans = tcp.retrans - this.tcpAtStart.retrans
     rows.push(`TCP segments the hosts sent: ${out}, retransmitted: ${retrans} (${((100 * retrans) / Math.max(1, out)).toFixed(1)}%)`)
+    rows.push(rampSummary(received))
     return rows.join('\n')
   }
 }
