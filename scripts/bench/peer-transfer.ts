@@ -266,7 +266,7 @@ export function fileProvider(fixture: BlobFixture): ChunkProvider {
   const free: Buffer[] = []
   return {
     info: async (digest) => (digest === fixture.digest ? info : undefined),
-    chunkCount: (digest) => (digest === fixture.digest ? chunkCount(fixture.size, fixture.chunkSize) : undefined),
+    layout: (digest) => (digest === fixture.digest ? info : undefined),
     read: async (digest, index, signal) => {
       if (digest !== fixture.digest || index >= chunkCount(fixture.size, fixture.chunkSize)) return undefined
       // buffers reused as the daemon's provider does (a fresh one per chunk faults its pages in)

@@ -23,6 +23,8 @@ import {
   TICKET_PROTOCOL,
   TLS_VERSION,
   type InfoQuery,
+  chunkCount,
+  chunkLength,
   decodeTicketRequest,
   encodeInfo,
   encodeTicket,
@@ -42,6 +44,8 @@ export const TICKET_EXCHANGE_TIMEOUT_MS = 5_000
 export const MAX_TICKET_STREAMS = 32
 export const MAX_DATA_CONNECTIONS = 512
 const RETRY_AFTER_SECONDS = '1'
+/** a chunk of at most this share of its blob's chunk size (64 KiB at 1 MiB) is uploaded without an upload slot */
+const SLOT_FREE_SHARE = 1 / 16
 /** an info long poll (`held=`) answers after this at the latest: well within a client's request timeout */
 export const LONG_POLL_MS = 4_000
 /** why a long poll's wait ended (one error for all: it is never thrown, and building one per poll costs a stack trace) */
@@ -53,7 +57,7 @@ export interface PeerDataServerOptions {
   /** TLS 1.2 PSK on the data port; false: plaintext HTTP with a bearer ticket (trusted networks) */
   encrypt: boolean
   listen: { host: string; port: number }
-  /** concurrent chunk uploads; more are answered 503 */
+  /** concurrent chunk uploads (a chunk of at most a sixteenth of the chunk size takes none); more are answered 503 */
   maxUploads: number
   /** optional cap of chunk bytes per second over all uploads */
   uploadBytesPerSecond?: number
@@ -83,6 +87,8 @@ class DataServer implements PeerDataServer {
   /** the ticket identity each TLS socket authenticated with */
   private readonly tlsIdentity = new WeakMap<Socket, string>()
   private readonly closing = new AbortController()
+  /** uploads holding one of the maxUploads slots (the small chunks take none) */
+  private slotsInUse = 0
   private readonly counters = { uploads: 0, bytesSent: 0, uploadsTotal: 0, rejectedBusy: 0, rejectedUnauthorized: 0, ticketsIssued: 0, infoAnswered: 0, infoBytes: 0 }
   private boundPort = 0
   private closed: Promise<void> | undefined
@@ -233,11 +239,6 @@ class DataServer implements PeerDataServer {
       this.serveInfo(parsed.digest, parsed, exchange, about).catch((err: unknown) => providerFailed(exchange, about, err))
       return
     }
-    if (this.counters.uploads >= this.maxUploads) {
-      this.counters.rejectedBusy++
-      exchange.fail(503, 'upload cap reached', `retry-after: ${RETRY_AFTER_SECONDS}\r\n`)
-      return
-    }
     this.serveChunk(parsed.digest, parsed.index, exchange, about).catch((err: unknown) => providerFailed(exchange, about, err))
   }
 
@@ -269,22 +270,36 @@ class DataServer implements PeerDataServer {
 
   private async serveChunk(digest: string, index: number, exchange: Exchange, { log, peerId }: RequestLog): Promise<void> {
     // (no holdings answer per chunk: the read finds out whether the chunk is held)
-    const count = this.provider.chunkCount(digest)
-    if (count === undefined) {
+    const layout = this.provider.layout(digest)
+    if (layout === undefined) {
       exchange.fail(404, 'blob unknown')
       return
     }
-    if (index >= count) {
+    if (index >= chunkCount(layout.size, layout.chunkSize)) {
       exchange.fail(416, 'chunk index out of range')
       return
     }
+    // A chunk of at most a sixteenth of the chunk size takes no upload slot: it barely shares
+    // the uplink, and such blobs (image configs) are asked for by the whole fleet at once, where
+    // 503s and their 1 s rests held each node up for seconds over 504 bytes.
+    const slot = chunkLength(layout, index) > SLOT_FREE_SHARE * layout.chunkSize
+    if (slot && this.slotsInUse >= this.maxUploads) {
+      this.counters.rejectedBusy++
+      exchange.fail(503, 'upload cap reached', `retry-after: ${RETRY_AFTER_SECONDS}\r\n`)
+      return
+    }
+    if (slot) this.slotsInUse++
     this.counters.uploads++
     this.counters.uploadsTotal++
+    const ended = (): void => {
+      this.counters.uploads--
+      if (slot) this.slotsInUse--
+    }
     let chunk: ChunkRead | undefined
     try {
       chunk = await this.provider.read(digest, index, exchange.signal)
     } finally {
-      if (chunk === undefined) this.counters.uploads-- // (no upload: not held, or the read failed)
+      if (chunk === undefined) ended() // (no upload: not held, or the read failed)
     }
     if (chunk === undefined) {
       exchange.fail(404, 'chunk not held')
@@ -293,7 +308,7 @@ class DataServer implements PeerDataServer {
     const { bytes, release } = chunk
     // the slot and the chunk's memory are free again once nothing writes from it
     exchange.send('application/octet-stream', bytes, this.bucket, (err) => {
-      this.counters.uploads--
+      ended()
       release?.()
       if (err === null) {
         this.counters.bytesSent += bytes.length

@@ -30,10 +30,10 @@ export interface ChunkProvider {
    */
   info(digest: string, wait?: { held: number; signal: AbortSignal }, asker?: string): Promise<BlobInfo | undefined>
   /**
-   * How many chunks the blob has, when this node holds any of it or has begun on it; no I/O:
+   * The blob's size and chunk size, when this node holds any of it or has begun on it; no I/O:
    * asked before every chunk upload.
    */
-  chunkCount(digest: string): number | undefined
+  layout(digest: string): Pick<BlobInfo, 'size' | 'chunkSize'> | undefined
   /**
    * The verified bytes of chunk `index`; undefined when this node does not hold it verified.
    * The provider stops (rejects) when `signal` aborts. `release`, when given, is called once the

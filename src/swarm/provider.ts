@@ -140,10 +140,11 @@ export class StoreChunkProvider implements ChunkProvider {
     return info
   }
 
-  chunkCount(digest: string): number | undefined {
+  layout(digest: string): { size: number; chunkSize: number } | undefined {
     const held = this.opts.store.stat(digest)
-    if (held !== undefined) return planChunks(held.size, this.opts.chunkSize).count
-    return this.inflight(digest)?.chunks?.plan.count
+    if (held !== undefined) return { size: held.size, chunkSize: this.opts.chunkSize }
+    const plan = this.inflight(digest)?.chunks?.plan
+    return plan === undefined ? undefined : { size: plan.size, chunkSize: plan.chunkSize }
   }
 
   async read(digest: string, index: number, signal: AbortSignal): Promise<ChunkRead | undefined> {

@@ -65,8 +65,8 @@ export async function startBadPeer(opts: StartBadPeerOptions): Promise<BadPeer> 
     async info(digest) {
       return held.get(digest)?.info
     },
-    chunkCount(digest) {
-      return held.get(digest)?.info.have.length
+    layout(digest) {
+      return held.get(digest)?.info
     },
     async read(digest, index, signal) {
       const entry = held.get(digest)

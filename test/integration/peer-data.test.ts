@@ -66,8 +66,8 @@ class FakeProvider implements ChunkProvider {
     return { size: SIZE, chunkSize: CHUNK, table: TABLE, have: CHUNKS.map((_, i) => i !== NOT_HELD) }
   }
 
-  chunkCount(digest: string): number | undefined {
-    return digest === DIGEST ? CHUNKS.length : undefined
+  layout(digest: string): { size: number; chunkSize: number } | undefined {
+    return digest === DIGEST ? { size: SIZE, chunkSize: CHUNK } : undefined
   }
 
   async read(digest: string, index: number, signal: AbortSignal): Promise<ChunkRead | undefined> {
@@ -352,7 +352,7 @@ describe('peer data plane: tickets over libp2p, chunks over HTTP(S) on a data po
     assert.equal(servers[0]!.stats().ticketsIssued, 0)
   })
 
-  it('answers 503 beyond maxUploads, and serves again when a slot frees', async () => {
+  it('answers 503 beyond maxUploads, and serves again when a slot frees; a chunk of a sixteenth of the chunk size or less takes no slot', async () => {
     const server = await serve({ encrypt: true, maxUploads: 2 })
     const c = client(true)
     const signal = AbortSignal.timeout(5_000)
@@ -364,10 +364,15 @@ describe('peer data plane: tickets over libp2p, chunks over HTTP(S) on a data po
     await waitFor('two uploads in progress', () => server.stats().uploads === 2, { timeoutMs: 3_000 })
     await assert.rejects(fetchChunk(c, ref(a), 2, signal), (err: Error) => err instanceof PeerBusyError && err.retryAfterMs === 1000)
     assert.equal(server.stats().rejectedBusy, 1)
+    // the last chunk (1,234 bytes) is under a sixteenth of the chunk size: taken on, slots full or not
+    const small = fetchChunk(c, ref(a), 5, signal)
+    await waitFor('the small chunk taken on as well', () => server.stats().uploads === 3, { timeoutMs: 3_000 })
+    assert.equal(server.stats().rejectedBusy, 1)
     release()
     const bodies = await Promise.all(held)
     assert.equal(sha256(bodies[0]!), TABLE[0])
     assert.equal(sha256(bodies[1]!), TABLE[1])
+    assert.equal(sha256(await small), TABLE[5])
     await new Promise((resolve) => setImmediate(resolve))
     assert.equal(server.stats().uploads, 0)
     assert.equal(sha256(await fetchChunk(c, ref(a), 2, signal)), TABLE[2])

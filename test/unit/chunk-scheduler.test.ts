@@ -263,6 +263,30 @@ describe('chunk scheduler', () => {
     assert.ok(switches >= 5, `the downloads took origin in turn: ${order.join(' ')}`)
   })
 
+  test('a chunk of a sixteenth of the chunk size or less takes no origin turn: a small blob does not wait behind another download', { timeout: 10_000 }, async () => {
+    const turns = new OriginTurns(1)
+    const holder = (): void => {}
+    assert.ok(turns.take(holder), 'another download holds the only turn')
+    // a 40-byte blob: one chunk of 40 bytes, under a sixteenth of the 1,024-byte chunk size
+    const small = blob(0, 40)
+    const origin = new FakeSource('origin', small.bytes, { kind: 'origin' })
+    const alive = setInterval(() => {}, 50)
+    const { out } = await download(small.table, [], origin, { originTurns: turns, pollMs: 60_000 }).finally(() => clearInterval(alive))
+    assert.ok(out.equals(small.bytes), 'fetched while the turn was still held')
+    assert.equal(turns.inUse, 1, 'no turn taken or given back by it')
+    // a full chunk still waits for a turn
+    const big = blob(1)
+    const waiting = download(big.table, [], new FakeSource('origin', big.bytes, { kind: 'origin' }), { originTurns: turns, pollMs: 60_000 })
+    let done = false
+    void waiting.then(() => {
+      done = true
+    })
+    await sleep(100)
+    assert.equal(done, false, 'a whole chunk waits in line')
+    turns.give()
+    assert.ok((await waiting).out.equals(big.bytes))
+  })
+
   test('an origin request that stops receiving gives its turn back; one still receiving keeps it', async () => {
     const turns = new OriginTurns(1)
     const idle = { originTurns: turns, maxInflightOrigin: 1, originTurnIdleMs: 150, pollMs: 20, requestTimeoutMs: 60_000, hedgeAfterMs: 60_000 }

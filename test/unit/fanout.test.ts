@@ -503,8 +503,8 @@ describe('chunk provider over the store', () => {
       assert.deepEqual(read.bytes, bytes.subarray(8192))
       assert.equal(await provider.read(digest, 3, AbortSignal.timeout(5_000)), undefined, 'past the last chunk')
       assert.equal(await provider.info(`sha256:${'0'.repeat(64)}`), undefined, 'unknown blob')
-      assert.equal(provider.chunkCount(digest), 3)
-      assert.equal(provider.chunkCount(`sha256:${'0'.repeat(64)}`), undefined, 'unknown blob: no chunk count')
+      assert.deepEqual(provider.layout(digest), { size: bytes.length, chunkSize: 4096 })
+      assert.equal(provider.layout(`sha256:${'0'.repeat(64)}`), undefined, 'unknown blob: no layout')
 
       // peer exchange: each asker is named to the others, never to itself
       const [p1, p2, p3] = ['1', '2', '3'].map((c) => `12D3KooW${c.repeat(44)}`) as [string, string, string]
