@@ -20,6 +20,7 @@ import { type Libp2pConnection, type Libp2pStream, readMessage, writeMessage } f
 import {
   MAX_TICKET_MESSAGE_BYTES,
   PSK_CIPHERS,
+  SMALL_CHUNK_SHARE,
   TICKET_PROTOCOL,
   TLS_VERSION,
   type InfoQuery,
@@ -44,8 +45,6 @@ export const TICKET_EXCHANGE_TIMEOUT_MS = 5_000
 export const MAX_TICKET_STREAMS = 32
 export const MAX_DATA_CONNECTIONS = 512
 const RETRY_AFTER_SECONDS = '1'
-/** a chunk of at most this share of its blob's chunk size (64 KiB at 1 MiB) is uploaded without an upload slot */
-const SLOT_FREE_SHARE = 1 / 16
 /** an info long poll (`held=`) answers after this at the latest: well within a client's request timeout */
 export const LONG_POLL_MS = 4_000
 /** why a long poll's wait ended (one error for all: it is never thrown, and building one per poll costs a stack trace) */
@@ -282,7 +281,7 @@ class DataServer implements PeerDataServer {
     // A chunk of at most a sixteenth of the chunk size takes no upload slot: it barely shares
     // the uplink, and such blobs (image configs) are asked for by the whole fleet at once, where
     // 503s and their 1 s rests held each node up for seconds over 504 bytes.
-    const slot = chunkLength(layout, index) > SLOT_FREE_SHARE * layout.chunkSize
+    const slot = chunkLength(layout, index) > SMALL_CHUNK_SHARE * layout.chunkSize
     if (slot && this.slotsInUse >= this.maxUploads) {
       this.counters.rejectedBusy++
       exchange.fail(503, 'upload cap reached', `retry-after: ${RETRY_AFTER_SECONDS}\r\n`)

@@ -1,5 +1,5 @@
 import type { Logger } from 'pino'
-import { MAX_EXCHANGED_PEERS, MAX_NEAR_PEERS } from '../peer/protocol.js'
+import { MAX_EXCHANGED_PEERS, MAX_NEAR_PEERS, SMALL_CHUNK_SHARE } from '../peer/protocol.js'
 import type { BlobInfo, ChunkProvider, ChunkRead } from '../peer/types.js'
 import type { BlobStore } from '../store/blob-store.js'
 import { ChunkBuffers } from '../transfer/chunks/buffers.js'
@@ -154,8 +154,12 @@ export class StoreChunkProvider implements ChunkProvider {
     // one timer, pushed back by every read (no timer per chunk)
     this.idleTimer ??= setTimeout(() => this.buffers.clear(), UPLOAD_BUFFERS_IDLE_MS).unref()
     this.idleTimer.refresh()
-    const bytes = this.buffers.take(end - start)
-    const release = (): void => this.buffers.give(bytes)
+    // (a small chunk takes no upload slot, so there may be many at once: not a pooled chunk-sized buffer each)
+    const small = end - start <= SMALL_CHUNK_SHARE * source.plan.chunkSize
+    const bytes = small ? Buffer.allocUnsafe(end - start) : this.buffers.take(end - start)
+    const release = (): void => {
+      if (!small) this.buffers.give(bytes)
+    }
     try {
       await source.readInto(start, bytes)
       signal.throwIfAborted()

@@ -505,6 +505,13 @@ describe('chunk provider over the store', () => {
       assert.equal(await provider.info(`sha256:${'0'.repeat(64)}`), undefined, 'unknown blob')
       assert.deepEqual(provider.layout(digest), { size: bytes.length, chunkSize: 4096 })
       assert.equal(provider.layout(`sha256:${'0'.repeat(64)}`), undefined, 'unknown blob: no layout')
+      // a small chunk (at most a sixteenth of the chunk size, here the 100-byte last one) comes in a buffer of its own size
+      const config = randomBytes(chunkSize + 100)
+      const small = await provider.read(await putBlob(store, config), 1, AbortSignal.timeout(5_000))
+      assert.ok(small)
+      assert.deepEqual(small.bytes, config.subarray(chunkSize))
+      assert.notEqual(small.bytes.buffer.byteLength, chunkSize, 'not one of the pool\'s chunk-sized buffers')
+      small.release?.()
 
       // peer exchange: each asker is named to the others, never to itself
       const [p1, p2, p3] = ['1', '2', '3'].map((c) => `12D3KooW${c.repeat(44)}`) as [string, string, string]

@@ -114,7 +114,7 @@ const DEFAULTS = {
   originTurnIdleMs: 5_000,
 }
 
-/** an origin request for a chunk of at most this share of the chunk size (64 KiB at 1 MiB) takes no origin turn (see OriginTurns) */
+/** an origin request for a chunk of at most this share of the chunk size (64 KiB at 1 MiB) takes no origin turn (see OriginTurns; the peer protocol's SMALL_CHUNK_SHARE, which takes no upload slot, is the same) */
 const TURN_FREE_SHARE = 1 / 16
 /** Origin hedges a chunk a peer is slow with only after this many hedge delays. */
 const ORIGIN_HEDGE_FACTOR = 4
