@@ -154,7 +154,8 @@ export class StoreChunkProvider implements ChunkProvider {
     // one timer, pushed back by every read (no timer per chunk)
     this.idleTimer ??= setTimeout(() => this.buffers.clear(), UPLOAD_BUFFERS_IDLE_MS).unref()
     this.idleTimer.refresh()
-    // (a small chunk takes no upload slot, so there may be many at once: not a pooled chunk-sized buffer each)
+    // a small chunk takes no upload slot, so there may be many at once: a buffer of its size each,
+    // not a pooled chunk-sized one
     const small = end - start <= SMALL_CHUNK_SHARE * source.plan.chunkSize
     const bytes = small ? Buffer.allocUnsafe(end - start) : this.buffers.take(end - start)
     const release = (): void => {

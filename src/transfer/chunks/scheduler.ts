@@ -114,7 +114,11 @@ const DEFAULTS = {
   originTurnIdleMs: 5_000,
 }
 
-/** an origin request for a chunk of at most this share of the chunk size (64 KiB at 1 MiB) takes no origin turn (see OriginTurns; the peer protocol's SMALL_CHUNK_SHARE, which takes no upload slot, is the same) */
+/**
+ * An origin request for a chunk of at most this share of the chunk size (64 KiB at 1 MiB) takes
+ * no origin turn (see OriginTurns); the peer protocol's SMALL_CHUNK_SHARE, which takes no upload
+ * slot, is the same.
+ */
 const TURN_FREE_SHARE = 1 / 16
 /** Origin hedges a chunk a peer is slow with only after this many hedge delays. */
 const ORIGIN_HEDGE_FACTOR = 4
@@ -199,11 +203,11 @@ export class RequestSlots {
  * watchdog (p2p.fetcherStall, 12 s). A healthy flow is never that silent, even one of a dozen
  * sharing origin's link.
  *
- * A chunk of at most a sixteenth of the chunk size (TURN_FREE_SHARE) takes no turn: it barely shares origin's link, and the
- * blobs that small are mostly image configs, which a runtime fetches among its first few blobs
- * and waits on before it asks for the next. Behind a turn, a 504-byte config waited for a
- * fetcher's 1 MiB layer chunk (its origin answer came 1.7 s after the request in a 16-node
- * round, the config's GET taking a median 5.1 s against 2.9 s before the download began early).
+ * A chunk of at most a sixteenth of the chunk size (TURN_FREE_SHARE) takes no turn: it barely
+ * shares origin's link, and the blobs that small are mostly image configs, which a runtime
+ * fetches among its first few blobs and waits on before it asks for the next. Behind a turn, a
+ * 504-byte config waited for a fetcher's 1 MiB layer chunk: in a 16-node round, origin answered
+ * it 1.7 s after the fetcher asked for it.
  */
 export class OriginTurns {
   readonly max: number
