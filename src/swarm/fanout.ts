@@ -4,7 +4,7 @@ import { rankByDistance } from '../routing/key.js'
 import { MAX_WALK_MS, type PeerRef } from '../routing/types.js'
 import type { ChunkPlan } from '../transfer/chunks/plan.js'
 import { OriginStripes } from '../transfer/chunks/stripes.js'
-import type { FanoutPlan } from '../transfer/swarm-download.js'
+import { Answered, type FanoutPlan } from '../transfer/swarm-download.js'
 import type { BlobLocator } from '../transfer/types.js'
 import { PeerUnreachableError } from '../peer/errors.js'
 import type { PeerPenalties } from './penalties.js'
@@ -43,8 +43,9 @@ export interface FanoutOptions {
  * become chunk sources. Undefined when the DHT knows no peer.
  *
  * Resolves as soon as the query's ranking is known, with `stripes` on that ranking; the asks go
- * on meanwhile, and `settled` resolves once they are over, with the fetchers as sources and the
- * stripes re-ranked by what the asks found.
+ * on meanwhile: `answered` hands over each candidate that answers as a source, as it answers,
+ * and `settled` resolves once they are over, with the fetchers as sources and the stripes
+ * re-ranked by what the asks found.
  *
  * Under load a query finds part of the fleet only (10-15 of 15 peers in a 16-node bench), and a
  * node that missed the nodes nearest the key chose other fetchers than the rest, or itself, and
@@ -93,6 +94,7 @@ export async function planFanout(
   // 16-node fan-out, with origin's link idle meanwhile.
   const ranked = rankByDistance(digest, [opts.selfId, ...candidates.keys()])
   const stripes = new OriginStripes(ranked.slice(0, opts.fetchers), opts.selfId)
+  const answered = new Answered()
   /**
    * Asks the first ranked candidates to start on the blob (`want`), passing over the dead ones
    * and adopting the nodes their answers name nearer the key; re-ranks `stripes` by the outcome
@@ -120,7 +122,9 @@ export async function planFanout(
       if (info === 'unreachable') return info
       // (a node that has not begun on the blob answers size 0: holdings that do not fit)
       const fits = info !== undefined && info.size === plan.size && info.chunkSize === plan.chunkSize && info.have.length === plan.count
-      return { source: new PeerChunkSource(peer, fits ? info : unknownHoldings(plan), opts.client, digest, opts.signal, want), near: info?.near ?? [] }
+      const source = new PeerChunkSource(peer, fits ? info : unknownHoldings(plan), opts.client, digest, opts.signal, want)
+      answered.add(source)
+      return { source, near: info?.near ?? [] }
     }
     /** every candidate asked, and its answer: each is asked once */
     const answers = new Map<string, Answer>()
@@ -190,5 +194,5 @@ export async function planFanout(
     opts.logger.warn({ digest, err: err.message }, 'asking the origin fetchers failed: the first ranking stays')
     return []
   })
-  return { stripes, settled }
+  return { stripes, answered, settled }
 }

@@ -235,6 +235,7 @@ export class BlobService {
       table: found?.table ?? new Array(plan.count).fill(undefined),
       sources: found?.sources ?? [],
       stripes: fanout.stripes,
+      answered: fanout.answered,
       settled: fanout.settled,
     }
   }

@@ -111,6 +111,8 @@ export interface SwarmPlan {
   readonly sources: readonly PeerSource[]
   /** who fetches which chunks from origin, when the fleet shares that work (see OriginStripes) */
   readonly stripes?: OriginStripes
+  /** with stripes: each candidate fetcher that answered, as it answers (a source at once) */
+  readonly answered?: Answered
   /** with stripes: the fetchers other than this node as sources, once the asks that settle them are over (`stripes` re-ranked by then) */
   readonly settled?: Promise<readonly PeerSource[]>
 }
@@ -139,7 +141,25 @@ export interface PeerSource extends ChunkSource {
 /** The blob's origin fetchers: the ranking to begin on, and the fetchers that are peers as chunk sources once they answered (`stripes` re-ranked by then). */
 export interface FanoutPlan {
   readonly stripes: OriginStripes
+  /** each candidate fetcher that answered, as it answers */
+  readonly answered: Answered
   readonly settled: Promise<readonly PeerSource[]>
+}
+
+/** Sources as they come: the ones so far are handed to a follower when it begins, the later ones as they come. */
+export class Answered {
+  private readonly sources: PeerSource[] = []
+  private follower: ((source: PeerSource) => void) | undefined
+
+  add(source: PeerSource): void {
+    this.sources.push(source)
+    this.follower?.(source)
+  }
+
+  follow(follower: (source: PeerSource) => void): void {
+    this.follower = follower
+    for (const source of this.sources) follower(source)
+  }
 }
 
 /** What the transfer layer asks of the swarm (implemented by the composition root). */
@@ -311,17 +331,20 @@ export async function runSwarmDownload(opts: SwarmDownloadOptions): Promise<void
     },
   })
 
-  // The fetchers as sources once the asks that settle them are over. Until then none is judged
-  // (they are not sources yet, and a fetcher asked a moment ago has nothing to show).
+  // The candidate fetchers as sources as soon as each answers (a node that is no fetcher waited
+  // for every ask, the near rounds' too, before it took a byte), and the ones the asks settle on
+  // once they are over. Until then no fetcher is judged: a fetcher asked a moment ago has
+  // nothing to show.
+  const addSource = (src: PeerSource): void => {
+    if (state.complete || signal.aborted || sources.has(src.id)) return
+    sources.set(src.id, src)
+    scheduler.addPeer(src)
+  }
   let settled = plan.settled === undefined
+  plan.answered?.follow(addSource)
   plan.settled?.then((fetchers) => {
     settled = true
-    if (state.complete || signal.aborted) return
-    for (const src of fetchers) {
-      if (sources.has(src.id)) continue
-      sources.set(src.id, src)
-      scheduler.addPeer(src)
-    }
+    for (const src of fetchers) addSource(src)
   })
   // Fetchers that died or stalled: their share of origin's chunks falls to the others.
   const readmitted = new Set<string>()

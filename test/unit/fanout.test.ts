@@ -279,6 +279,39 @@ describe('fetcher ranking', () => {
     }
   })
 
+  test('each candidate that answers is handed over as a source at once, before the asks are over', async () => {
+    const ids = rankByDistance(DIGEST, await peerIds(6))
+    const [first, second, self, ...farther] = ids as [string, string, string, ...string[]]
+    // the fetcher the query found answers at once, naming nearer nodes; those answer only once let through
+    let letThrough: () => void = () => {}
+    const gate = new Promise<void>((resolve) => {
+      letThrough = resolve
+    })
+    const client = infoOnly(async (peer) => {
+      if (peer.id === first || peer.id === second) await gate
+      return notBegun(ids)
+    })
+    const stop = new AbortController()
+    try {
+      const plan = await twoFetchersAmong(self, farther, client, stop.signal)
+      assert.ok(plan)
+      const answered: string[] = []
+      plan.answered.follow((src) => answered.push(src.id))
+      for (let i = 0; i < 100 && answered.length === 0; i++) await sleep(10)
+      let over = false
+      void plan.settled.then(() => {
+        over = true
+      })
+      assert.deepEqual(answered, [farther[0]], 'the candidate that answered, while the nodes it named are still asked')
+      assert.equal(over, false)
+      letThrough()
+      await plan.settled
+      assert.deepEqual(answered.slice(1).sort(), [first, second].sort(), 'then each as it answered')
+    } finally {
+      stop.abort()
+    }
+  })
+
   test('a fleet whose closest-peers queries each found part of it chooses the same fetchers', async () => {
     const fleet = await peerIds(16)
     const nearest = rankByDistance(DIGEST, fleet)

@@ -13,7 +13,7 @@ import { HotChunks } from '../../src/transfer/chunks/hot.js'
 import { chunkBounds, chunkHash, planChunks } from '../../src/transfer/chunks/plan.js'
 import { OriginStripes } from '../../src/transfer/chunks/stripes.js'
 import { Download } from '../../src/transfer/download.js'
-import { type PeerSource, type SwarmHooks, runSwarmDownload } from '../../src/transfer/swarm-download.js'
+import { Answered, type PeerSource, type SwarmHooks, runSwarmDownload } from '../../src/transfer/swarm-download.js'
 import type { BlobLocator, BlobSource } from '../../src/transfer/types.js'
 
 const log = pino({ level: 'silent' })
@@ -104,15 +104,23 @@ describe('swarm download', () => {
       swarm = hooks(),
       download = new Download(digest, log),
       settled,
+      answered,
       o = origin(),
-    }: { noProgressMs?: number; swarm?: SwarmHooks; download?: Download; settled?: Promise<readonly PeerSource[]>; o?: ReturnType<typeof origin> } = {},
+    }: {
+      noProgressMs?: number
+      swarm?: SwarmHooks
+      download?: Download
+      settled?: Promise<readonly PeerSource[]>
+      answered?: Answered
+      o?: ReturnType<typeof origin>
+    } = {},
   ) {
     const writer = await store.createWriter(parseDigest(digest), bytes.length)
     download.begin(writer)
     try {
       await runSwarmDownload({
         locator,
-        plan: { plan, table: hashes, sources, ...(stripes === undefined ? {} : { stripes }), ...(settled === undefined ? {} : { settled }) },
+        plan: { plan, table: hashes, sources, ...(stripes === undefined ? {} : { stripes }), ...(settled === undefined ? {} : { settled }), ...(answered === undefined ? {} : { answered }) },
         writer,
         download,
         origin: o,
@@ -160,6 +168,28 @@ describe('swarm download', () => {
     await run([], new OriginStripes(['other', 'self'], 'self'), { settled, o })
     assert.equal(sentWhenSettled, 2 * CHUNK, 'this node’s share (chunks 1 and 3) came from origin before the asks were over')
     assert.equal(o.sent, 2 * CHUNK, 'nothing more from origin: the other fetcher’s share came from it')
+    assert.equal(store.stat(digest)?.size, bytes.length, 'committed')
+  })
+
+  test('a fetcher handed over as it answers is a source at once, while the asks are not over', async () => {
+    const other: PeerSource = {
+      ...emptyPeer('other'),
+      complete: true,
+      has: () => true,
+      hashOf: (i) => hashes[i],
+      fetch: async (i, _signal, into) => {
+        const { start, end } = chunkBounds(plan, i)
+        bytes.copy(into, 0, start, end)
+        return into
+      },
+    }
+    const answered = new Answered()
+    answered.add(other)
+    const o = origin()
+    // asks that never end: the blob comes from the fetcher that answered (it holds every chunk,
+    // and origin takes only what no peer holds)
+    await run([], new OriginStripes(['other', 'self'], 'self'), { settled: new Promise(() => {}), answered, o })
+    assert.equal(o.sent, 0, 'every chunk came from the fetcher handed over')
     assert.equal(store.stat(digest)?.size, bytes.length, 'committed')
   })
 
