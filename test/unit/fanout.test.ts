@@ -60,6 +60,15 @@ function twoFetchersAmong(self: string, others: readonly string[], client: PeerC
   })
 }
 
+/** a promise that resolves once `letThrough` is called */
+function closedGate(): { gate: Promise<void>; letThrough: () => void } {
+  let letThrough: () => void = () => {}
+  const gate = new Promise<void>((resolve) => {
+    letThrough = resolve
+  })
+  return { gate, letThrough }
+}
+
 /** what a fetcher that has not begun on the blob answers a `want` ask: no chunks, and the nodes it knows near the key */
 function notBegun(near: readonly string[]): Awaited<ReturnType<PeerChunkClient['info']>> {
   return { size: 0, chunkSize: 4, have: [], near: [...near] }
@@ -254,10 +263,7 @@ describe('fetcher ranking', () => {
     const ids = rankByDistance(DIGEST, await peerIds(6))
     const [first, second, self, ...farther] = ids as [string, string, string, ...string[]]
     // the asks are answered only once let through
-    let letThrough: () => void = () => {}
-    const gate = new Promise<void>((resolve) => {
-      letThrough = resolve
-    })
+    const { gate, letThrough } = closedGate()
     const client = infoOnly(async () => {
       await gate
       return notBegun(ids)
@@ -283,10 +289,7 @@ describe('fetcher ranking', () => {
     const ids = rankByDistance(DIGEST, await peerIds(6))
     const [first, second, self, ...farther] = ids as [string, string, string, ...string[]]
     // the fetcher the query found answers at once, naming nearer nodes; those answer only once let through
-    let letThrough: () => void = () => {}
-    const gate = new Promise<void>((resolve) => {
-      letThrough = resolve
-    })
+    const { gate, letThrough } = closedGate()
     const client = infoOnly(async (peer) => {
       if (peer.id === first || peer.id === second) await gate
       return notBegun(ids)

@@ -68,6 +68,21 @@ function emptyPeer(id: string): PeerSource {
   }
 }
 
+/** a peer that holds the whole blob and serves every chunk of it */
+function holdingPeer(id: string): PeerSource {
+  return {
+    ...emptyPeer(id),
+    complete: true,
+    has: () => true,
+    hashOf: (i) => hashes[i],
+    fetch: async (i, _signal, into) => {
+      const { start, end } = chunkBounds(plan, i)
+      bytes.copy(into, 0, start, end)
+      return into
+    },
+  }
+}
+
 function hooks(): SwarmHooks {
   return {
     chunkSize: CHUNK,
@@ -148,17 +163,7 @@ describe('swarm download', () => {
     // the other fetcher owns chunks 0 and 2 and holds the whole blob, but becomes a source only
     // when the asks are over, past several watchdog turns: dropped as unknown meanwhile, its
     // share would have gone to origin
-    const other: PeerSource = {
-      ...emptyPeer('other'),
-      complete: true,
-      has: () => true,
-      hashOf: (i) => hashes[i],
-      fetch: async (i, _signal, into) => {
-        const { start, end } = chunkBounds(plan, i)
-        bytes.copy(into, 0, start, end)
-        return into
-      },
-    }
+    const other = holdingPeer('other')
     const o = origin()
     let sentWhenSettled = -1
     const settled = sleep(1_500).then(() => {
@@ -172,17 +177,7 @@ describe('swarm download', () => {
   })
 
   test('a fetcher handed over as it answers is a source at once, while the asks are not over', async () => {
-    const other: PeerSource = {
-      ...emptyPeer('other'),
-      complete: true,
-      has: () => true,
-      hashOf: (i) => hashes[i],
-      fetch: async (i, _signal, into) => {
-        const { start, end } = chunkBounds(plan, i)
-        bytes.copy(into, 0, start, end)
-        return into
-      },
-    }
+    const other = holdingPeer('other')
     const answered = new Answered()
     answered.add(other)
     const o = origin()
