@@ -46,10 +46,12 @@ export const TLS_VERSION = 'TLSv1.2'
 export const TICKET_IDENTITY_BYTES = 16
 export const TICKET_KEY_BYTES = 32
 /**
- * A chunk of at most this share of its blob's chunk size (64 KiB at 1 MiB: an image config, a
+ * A chunk of at most a sixteenth of its blob's chunk size (64 KiB at 1 MiB: an image config, a
  * blob's short last chunk) is uploaded without an upload slot, into a buffer of its own size.
  */
-export const SMALL_CHUNK_SHARE = 1 / 16
+export function isSmallChunk(length: number, chunkSize: number): boolean {
+  return length <= chunkSize / 16
+}
 /** a blob with more chunks than this is refused (bounds what a peer can make us allocate) */
 export const MAX_CHUNKS = 1 << 20
 /** peer ids an info answer names at most (peer exchange) */

@@ -20,7 +20,6 @@ import { type Libp2pConnection, type Libp2pStream, readMessage, writeMessage } f
 import {
   MAX_TICKET_MESSAGE_BYTES,
   PSK_CIPHERS,
-  SMALL_CHUNK_SHARE,
   TICKET_PROTOCOL,
   TLS_VERSION,
   type InfoQuery,
@@ -30,6 +29,7 @@ import {
   encodeInfo,
   encodeTicket,
   encodeTicketError,
+  isSmallChunk,
   parseBearer,
   parsePath
 } from './protocol.js'
@@ -281,7 +281,7 @@ class DataServer implements PeerDataServer {
     // A chunk of at most a sixteenth of the chunk size takes no upload slot: it barely shares
     // the uplink, and such blobs (image configs) are asked for by the whole fleet at once, where
     // 503s and their 1 s rests held each node up for seconds over 504 bytes.
-    const slot = chunkLength(layout, index) > SMALL_CHUNK_SHARE * layout.chunkSize
+    const slot = !isSmallChunk(chunkLength(layout, index), layout.chunkSize)
     if (slot && this.slotsInUse >= this.maxUploads) {
       this.counters.rejectedBusy++
       exchange.fail(503, 'upload cap reached', `retry-after: ${RETRY_AFTER_SECONDS}\r\n`)

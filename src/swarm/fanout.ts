@@ -93,7 +93,8 @@ export async function planFanout(
   // origin request behind a round of asks that took a median 0.8-2.0 s per round of a loaded
   // 16-node fan-out, with origin's link idle meanwhile.
   const ranked = rankByDistance(digest, [opts.selfId, ...candidates.keys()])
-  const stripes = new OriginStripes(ranked.slice(0, opts.fetchers), opts.selfId)
+  const begun = ranked.slice(0, opts.fetchers)
+  const stripes = new OriginStripes(begun, opts.selfId)
   const answered = new Answered()
   /**
    * Asks the first ranked candidates to start on the blob (`want`), passing over the dead ones
@@ -183,7 +184,7 @@ export async function planFanout(
         ms: Date.now() - started,
         plannedMs,
         queryMs,
-        reranked: ranking.join() !== ranked.slice(0, opts.fetchers).join(),
+        reranked: ranking.join() !== begun.join(),
       },
       'origin fetchers chosen',
     )

@@ -1,5 +1,5 @@
 import type { Logger } from 'pino'
-import { MAX_EXCHANGED_PEERS, MAX_NEAR_PEERS, SMALL_CHUNK_SHARE } from '../peer/protocol.js'
+import { MAX_EXCHANGED_PEERS, MAX_NEAR_PEERS, isSmallChunk } from '../peer/protocol.js'
 import type { BlobInfo, ChunkProvider, ChunkRead } from '../peer/types.js'
 import type { BlobStore } from '../store/blob-store.js'
 import { ChunkBuffers } from '../transfer/chunks/buffers.js'
@@ -156,7 +156,7 @@ export class StoreChunkProvider implements ChunkProvider {
     this.idleTimer.refresh()
     // a small chunk takes no upload slot, so there may be many at once: a buffer of its size each,
     // not a pooled chunk-sized one
-    const small = end - start <= SMALL_CHUNK_SHARE * source.plan.chunkSize
+    const small = isSmallChunk(end - start, source.plan.chunkSize)
     const bytes = small ? Buffer.allocUnsafe(end - start) : this.buffers.take(end - start)
     const release = (): void => {
       if (!small) this.buffers.give(bytes)

@@ -113,8 +113,8 @@ export interface SwarmPlan {
   readonly stripes?: OriginStripes
   /** with stripes: each candidate fetcher that answered, as it answers (a source at once) */
   readonly answered?: Answered
-  /** with stripes: the fetchers other than this node as sources, once the asks that settle them are over (`stripes` re-ranked by then) */
-  readonly settled?: Promise<readonly PeerSource[]>
+  /** with stripes: resolves once the asks that settle the fetchers are over (`stripes` re-ranked by then; every fetcher that answered came through `answered`) */
+  readonly settled?: Promise<unknown>
 }
 
 /** A peer as a chunk source, with the hashes it claims for the chunks it holds. */
@@ -332,19 +332,16 @@ export async function runSwarmDownload(opts: SwarmDownloadOptions): Promise<void
   })
 
   // The candidate fetchers as sources as soon as each answers (a node that is no fetcher waited
-  // for every ask, the near rounds' too, before it took a byte), and the ones the asks settle on
-  // once they are over. Until then no fetcher is judged: a fetcher asked a moment ago has
-  // nothing to show.
-  const addSource = (src: PeerSource): void => {
+  // for every ask, the near rounds' too, before it took a byte). No fetcher is judged before the
+  // asks are over: a fetcher asked a moment ago has nothing to show.
+  plan.answered?.follow((src) => {
     if (state.complete || signal.aborted || sources.has(src.id)) return
     sources.set(src.id, src)
     scheduler.addPeer(src)
-  }
+  })
   let settled = plan.settled === undefined
-  plan.answered?.follow(addSource)
-  plan.settled?.then((fetchers) => {
+  plan.settled?.then(() => {
     settled = true
-    for (const src of fetchers) addSource(src)
   })
   // Fetchers that died or stalled: their share of origin's chunks falls to the others.
   const readmitted = new Set<string>()

@@ -125,7 +125,7 @@ describe('swarm download', () => {
       noProgressMs?: number
       swarm?: SwarmHooks
       download?: Download
-      settled?: Promise<readonly PeerSource[]>
+      settled?: Promise<unknown>
       answered?: Answered
       o?: ReturnType<typeof origin>
     } = {},
@@ -166,11 +166,12 @@ describe('swarm download', () => {
     const other = holdingPeer('other')
     const o = origin()
     let sentWhenSettled = -1
+    const answered = new Answered()
     const settled = sleep(1_500).then(() => {
       sentWhenSettled = o.sent
-      return [other]
+      answered.add(other)
     })
-    await run([], new OriginStripes(['other', 'self'], 'self'), { settled, o })
+    await run([], new OriginStripes(['other', 'self'], 'self'), { settled, answered, o })
     assert.equal(sentWhenSettled, 2 * CHUNK, 'this node’s share (chunks 1 and 3) came from origin before the asks were over')
     assert.equal(o.sent, 2 * CHUNK, 'nothing more from origin: the other fetcher’s share came from it')
     assert.equal(store.stat(digest)?.size, bytes.length, 'committed')

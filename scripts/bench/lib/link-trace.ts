@@ -61,11 +61,11 @@ export class LinkTrace {
       const a = at(start + second * 1000)
       const b = at(start + (second + 1) * 1000)
       if (a === undefined || b === undefined || b.at <= a.at) continue
-      const rate = (h: (typeof hosts)[number], dir: keyof PortBytes): string =>
-        (((b.ports.get(h.bridgePort)?.[dir] ?? 0) - (a.ports.get(h.bridgePort)?.[dir] ?? 0)) / 1e3 / (b.at - a.at)).toFixed(2)
+      const rate = (h: (typeof hosts)[number], dir: keyof PortBytes): number =>
+        ((b.ports.get(h.bridgePort)?.[dir] ?? 0) - (a.ports.get(h.bridgePort)?.[dir] ?? 0)) / 1e3 / (b.at - a.at)
       const busy = (100 * (b.cpu.busy - a.cpu.busy)) / Math.max(1e-9, b.cpu.total - a.cpu.total)
-      received.push(hosts.filter((h) => h.name !== ORIGIN).reduce((sum, h) => sum + Number(rate(h, 'in')), 0))
-      rows.push(`${String(second).padStart(3)}  ${`${busy.toFixed(0)}%`.padStart(4)}  ${hosts.map((h) => `${rate(h, 'in')}/${rate(h, 'out')}`).join('  ')}`)
+      received.push(hosts.filter((h) => h.name !== ORIGIN).reduce((sum, h) => sum + rate(h, 'in'), 0))
+      rows.push(`${String(second).padStart(3)}  ${`${busy.toFixed(0)}%`.padStart(4)}  ${hosts.map((h) => `${rate(h, 'in').toFixed(2)}/${rate(h, 'out').toFixed(2)}`).join('  ')}`)
     }
     const tcp = await tcpSegments(this.fleet)
     const out = tcp.out - this.tcpAtStart.out

@@ -116,8 +116,8 @@ const DEFAULTS = {
 
 /**
  * An origin request for a chunk of at most this share of the chunk size (64 KiB at 1 MiB) takes
- * no origin turn (see OriginTurns); the peer protocol's SMALL_CHUNK_SHARE, which takes no upload
- * slot, is the same.
+ * no origin turn (see OriginTurns); the peer protocol's isSmallChunk, for the upload slots, draws
+ * the same line.
  */
 const TURN_FREE_SHARE = 1 / 16
 /** Origin hedges a chunk a peer is slow with only after this many hedge delays. */
