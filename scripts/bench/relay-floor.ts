@@ -13,42 +13,56 @@
  * so its times are what a swarm of Node.js daemons could at best reach here, and its CPU per GB
  * what moving the fleet's bytes through these links costs a lean Node.js process.
  *
- *   scripts/bench/relay-floor [--nodes 16] [--size 128MiB] [--rate-mbit 50] [--rounds 3] [--batch-ms 0] [--stripes 1] [--json FILE]
+ *   scripts/bench/relay-floor [--nodes 16] [--size 128MiB] [--rate-mbit 50] [--rounds 3] [--batch-ms 0] [--stripes 1]
+ *                             [--tls] [--hashes 1] [--json FILE]
  *
  * `--batch-ms M`: a relay stops reading for M ms after each read, so that the kernel gathers
  * the bytes in between (fewer, larger reads).
  * `--stripes K`: the blob is cut in K stripes, each down a chain of its own that starts at
  * another node, so that each node takes K flows in and sends K out, each at 1/K of its link, as
  * a swarm's many requests at once do.
+ * `--tls`: node-to-node hops go over TLS 1.2 with a pre-shared key and Shoal's data-plane cipher
+ * (PSK-AES128-GCM-SHA256, both ends: src/peer/protocol.ts), each on a port of its own; origin and
+ * the local client stay in plaintext, as Shoal's do. `--hashes 2`: each relay hashes every byte
+ * twice, as a Shoal node does (the chunk's hash and the blob's digest). Together they are the
+ * floor of a mirror that encrypts and verifies what it passes on.
  *
  * Prints per round p50 and max completion over T_min (the fan-out bench's formula), the machine's
  * busy share, and the CPU seconds per GB delivered of the relays, the clients and the whole
  * machine. Everything is torn down at the end, also on failure.
  */
-import { createHash, randomBytes } from 'node:crypto'
+import { createHash, constants as cryptoConstants, randomBytes } from 'node:crypto'
 import { createWriteStream, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
-import { createServer, get, type ServerResponse } from 'node:http'
+import { createServer, get, type IncomingMessage, type ServerResponse } from 'node:http'
+import { createServer as createHttpsServer } from 'node:https'
 import { connect, type Socket } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { createInterface } from 'node:readline'
 import type { Writable } from 'node:stream'
 import { setTimeout as sleep } from 'node:timers/promises'
+import { connect as tlsConnect } from 'node:tls'
 import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
 import { parseBytes } from '../../src/config/load.js'
+import { PSK_CIPHERS, TLS_VERSION } from '../../src/peer/protocol.js'
 import { percentile, tMinSeconds } from './lib/fleet-report.js'
 import { machineCpuTimes, median, processCpuTimes, round } from './lib/measure.js'
 import { Fleet } from './lib/netns.js'
 
 const PORT = 7000
+/** node-to-node hops with `--tls` */
+const TLS_PORT = 7001
+/** the key every relay shares with `--tls` (a bench: only the cost of the cipher matters) */
+const PSK = Buffer.alloc(16, 7)
+const TLS_OPTIONS = { ciphers: PSK_CIPHERS, minVersion: TLS_VERSION, maxVersion: TLS_VERSION } as const
 const START_LEAD_MS = 1500
 
 /** what a relay does for one stripe of the blob */
 interface StripeJob {
   /** the path it serves the stripe under, and asks its upstream for */
   path: string
-  /** `http://addr:port`: the previous node in this stripe's chain, or origin */
+  /** `http://addr:port` (or `https:` with `--tls`): the previous node in this stripe's chain, or origin */
   upstream: string
   /** the requests it waits for before it passes bytes on: the next node's (if any) and its client's */
   subscribers: number
@@ -88,35 +102,44 @@ function stripeBounds(size: number, stripes: number): { start: number; end: numb
  * `batchMs`, stops reading one for that long after each read so that the kernel gathers the
  * bytes in between.
  */
-function relay(jobs: StripeJob[], at: number, batchMs: number): void {
-  const byPath = new Map(jobs.map((job) => [job.path, relayStripe(job, batchMs)]))
-  const server = createServer((req, res) => {
+function relay(jobs: StripeJob[], at: number, batchMs: number, hashes: number, tls: boolean): void {
+  const byPath = new Map(jobs.map((job) => [job.path, relayStripe(job, batchMs, hashes)]))
+  const serve = (req: IncomingMessage, res: ServerResponse): void => {
     const stripe = byPath.get(req.url ?? '')
     if (stripe === undefined) return void res.writeHead(404).end()
     stripe.subscribe(res)
-  })
-  // every address of the namespace: the next nodes', and loopback for the client
-  server.listen(PORT, () => {
-    say({ ready: true })
-    setTimeout(() => {
-      for (const stripe of byPath.values()) stripe.start()
-    }, Math.max(0, at - Date.now()))
-  })
+  }
+  // every address of the namespace: the next nodes', and loopback for the client (with `--tls`,
+  // the next nodes come to a port of their own)
+  const servers = [createServer(serve)]
+  if (tls) servers.push(createHttpsServer({ ...TLS_OPTIONS, secureOptions: cryptoConstants.SSL_OP_NO_TICKET, pskCallback: () => PSK }, serve))
+  let listening = 0
+  servers.forEach((server, i) =>
+    server.listen(i === 0 ? PORT : TLS_PORT, () => {
+      if (++listening < servers.length) return
+      say({ ready: true })
+      setTimeout(() => {
+        for (const stripe of byPath.values()) stripe.start()
+      }, Math.max(0, at - Date.now()))
+    }),
+  )
 }
 
-function relayStripe(job: StripeJob, batchMs: number): { subscribe(res: ServerResponse): void; start(): void } {
+function relayStripe(job: StripeJob, batchMs: number, hashes: number): { subscribe(res: ServerResponse): void; start(): void } {
   const url = new URL(job.path, job.upstream)
   const outs: ServerResponse[] = []
   const hash = createHash('sha256')
+  // the other hashes a node pays for (Shoal's chunk hash besides the blob's digest)
+  const extra = Array.from({ length: hashes - 1 }, () => createHash('sha256'))
   const disk = createWriteStream(job.file)
   const into = Buffer.allocUnsafe(1 << 20)
   let head: string | undefined = '' // the upstream answer's head until its end is seen, then undefined
   let body = 0 // body bytes relayed
   let socket: Socket | undefined
-  let waiting = 0 // sinks that asked to wait
+  const full = new Set<Writable>() // sinks that asked to wait (until their 'drain')
   let held: Buffer | undefined // bytes read before every subscriber came
   let sinks: Writable[] = [] // every subscriber and the file, once all subscribers came
-  const paused = (): boolean => waiting > 0 || outs.length < job.subscribers
+  const paused = (): boolean => full.size > 0 || outs.length < job.subscribers
   const resume = (): void => {
     if (paused()) return
     if (held !== undefined) forward(held)
@@ -125,12 +148,14 @@ function relayStripe(job: StripeJob, batchMs: number): { subscribe(res: ServerRe
   }
   const forward = (piece: Buffer): void => {
     hash.update(piece)
+    for (const h of extra) h.update(piece)
     body += piece.length
     for (const sink of sinks) {
-      if (!sink.write(piece)) {
-        waiting++
+      // one 'drain' per full sink: the bytes read before the pause took hold are written too
+      if (!sink.write(piece) && !full.has(sink)) {
+        full.add(sink)
         sink.once('drain', () => {
-          waiting--
+          full.delete(sink)
           resume()
         })
       }
@@ -168,9 +193,17 @@ function relayStripe(job: StripeJob, batchMs: number): { subscribe(res: ServerRe
       resume()
     },
     start() {
-      socket = connect({ host: url.hostname, port: Number(url.port), onread: { buffer: into, callback: onRead } }, () => {
-        socket?.write(`GET ${url.pathname} HTTP/1.1\r\nhost: ${url.host}\r\nconnection: close\r\n\r\n`)
-      })
+      const onread = { buffer: into, callback: onRead }
+      const ask = (): void => void socket?.write(`GET ${url.pathname} HTTP/1.1\r\nhost: ${url.host}\r\nconnection: close\r\n\r\n`)
+      const at = { host: url.hostname, port: Number(url.port) }
+      socket =
+        url.protocol === 'https:'
+          ? tlsConnect(
+              // (tls.connect hands `onread` to its socket; @types/node leaves it out of ConnectionOptions)
+              { ...at, ...({ onread } as object), ...TLS_OPTIONS, servername: '', checkServerIdentity: () => undefined, pskCallback: () => ({ psk: PSK, identity: 'relay' }) },
+              ask,
+            )
+          : connect({ ...at, onread }, ask)
     },
   }
 }
@@ -214,6 +247,8 @@ interface Options {
   rounds: number
   batchMs: number
   stripes: number
+  hashes: number
+  tls: boolean
   json: string | undefined
 }
 
@@ -244,7 +279,7 @@ async function bench(o: Options): Promise<void> {
     })
     const bounds = stripeBounds(o.size, o.stripes)
     process.stderr.write(
-      `relay floor: ${o.nodes} nodes, ${o.stripes} chain(s) at ${o.rateMbit} Mbit/s, a ${o.size}-byte blob, T_min = ${tMin.toFixed(2)} s\n`,
+      `relay floor: ${o.nodes} nodes, ${o.stripes} chain(s) at ${o.rateMbit} Mbit/s, a ${o.size}-byte blob, ${o.tls ? 'TLS between nodes' : 'plaintext'}, ${o.hashes} sha256 pass(es) per relay, T_min = ${tMin.toFixed(2)} s\n`,
     )
     for (let r = 1; r <= o.rounds; r++) {
       const at = Date.now() + START_LEAD_MS + 500 * o.nodes
@@ -263,14 +298,14 @@ async function bench(o: Options): Promise<void> {
           const up = place === 0 ? originHost.addr : fleet.host(names[(i - 1 + names.length) % names.length]!).addr
           return {
             path: `/blob/${j}`,
-            upstream: `http://${up}:${PORT}`,
+            upstream: place > 0 && o.tls ? `https://${up}:${TLS_PORT}` : `http://${up}:${PORT}`,
             subscribers: place === names.length - 1 ? 1 : 2,
             size: b.end - b.start,
             digest: digests[j]!,
             file: join(work, `${name}-${r}-${j}`),
           }
         })
-        return node(fleet.host(name).ns, ['relay', JSON.stringify(jobs), String(at), String(o.batchMs)], (m) => {
+        return node(fleet.host(name).ns, ['relay', JSON.stringify(jobs), String(at), String(o.batchMs), String(o.hashes), String(o.tls)], (m) => {
           if (m['ready'] === true) ready++
           if (m['relayed'] === true && m['ok'] === true) relaysOk++
         })
@@ -296,10 +331,18 @@ async function bench(o: Options): Promise<void> {
       await sleep(Math.max(0, at - Date.now()))
       const m0 = machineCpuTimes()
       const [relay0, client0] = [cpu(pids(relays)), cpu(pids(clients))]
-      const timeout = sleep((tMin * 10 + 60) * 1000).then(() => {
+      // the round's deadline, called off when the round ends (a pending one kept the process
+      // alive minutes after its last round, and would have failed a later round when it fired)
+      const deadline = new AbortController()
+      const timeout = sleep((tMin * 10 + 60) * 1000, undefined, { signal: deadline.signal }).then(() => {
         throw new Error(`round ${r} did not complete: ${results.length} of ${names.length} clients done`)
       })
-      await Promise.race([done, timeout])
+      try {
+        await Promise.race([done, timeout])
+      } finally {
+        deadline.abort()
+        timeout.catch(() => undefined)
+      }
       const [relay1, client1] = [cpu(pids(relays)), cpu(pids(clients))]
       const m1 = machineCpuTimes()
       await sleep(300) // the relays' last lines
@@ -341,7 +384,7 @@ function sizeArg(text: string): number {
 
 const [role, ...rest] = process.argv.slice(2)
 if (role === 'origin') origin(rest[0]!, Number(rest[1]), Number(rest[2]))
-else if (role === 'relay') relay(JSON.parse(rest[0]!) as StripeJob[], Number(rest[1]), Number(rest[2]))
+else if (role === 'relay') relay(JSON.parse(rest[0]!) as StripeJob[], Number(rest[1]), Number(rest[2]), Number(rest[3]), rest[4] === 'true')
 else if (role === 'client') client(JSON.parse(rest[0]!) as { url: string; size: number; digest: string }[], Number(rest[1]))
 else {
   const { values } = parseArgs({
@@ -352,11 +395,15 @@ else {
       rounds: { type: 'string', default: '3' },
       'batch-ms': { type: 'string', default: '0' },
       stripes: { type: 'string', default: '1' },
+      hashes: { type: 'string', default: '1' },
+      tls: { type: 'boolean', default: false },
       json: { type: 'string' },
     },
   })
   await bench({ nodes: Number(values.nodes), size: sizeArg(values.size), rateMbit: Number(values['rate-mbit']), rounds: Number(values.rounds), batchMs: Number(values['batch-ms']),
     stripes: Number(values.stripes),
+    hashes: Math.max(1, Number(values.hashes)),
+    tls: values.tls,
     json: values.json,
   })
 }
