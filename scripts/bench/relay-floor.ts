@@ -44,10 +44,9 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { connect as tlsConnect } from 'node:tls'
 import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
-import { parseBytes } from '../../src/config/load.js'
 import { PSK_CIPHERS, TLS_VERSION } from '../../src/peer/protocol.js'
 import { percentile, tMinSeconds } from './lib/fleet-report.js'
-import { machineCpuTimes, median, processCpuTimes, round } from './lib/measure.js'
+import { machineCpuTimes, median, parseSizeArg, processCpuTimes, round } from './lib/measure.js'
 import { Fleet } from './lib/netns.js'
 
 const PORT = 7000
@@ -376,12 +375,6 @@ async function bench(o: Options): Promise<void> {
   }
 }
 
-function sizeArg(text: string): number {
-  const n = parseBytes(text)
-  if (n === undefined || n < 1) throw new Error(`bad size "${text}" (e.g. 128MiB)`)
-  return n
-}
-
 const [role, ...rest] = process.argv.slice(2)
 if (role === 'origin') origin(rest[0]!, Number(rest[1]), Number(rest[2]))
 else if (role === 'relay') relay(JSON.parse(rest[0]!) as StripeJob[], Number(rest[1]), Number(rest[2]), Number(rest[3]), rest[4] === 'true')
@@ -400,7 +393,7 @@ else {
       json: { type: 'string' },
     },
   })
-  await bench({ nodes: Number(values.nodes), size: sizeArg(values.size), rateMbit: Number(values['rate-mbit']), rounds: Number(values.rounds), batchMs: Number(values['batch-ms']),
+  await bench({ nodes: Number(values.nodes), size: parseSizeArg(values.size), rateMbit: Number(values['rate-mbit']), rounds: Number(values.rounds), batchMs: Number(values['batch-ms']),
     stripes: Number(values.stripes),
     hashes: Math.max(1, Number(values.hashes)),
     tls: values.tls,
