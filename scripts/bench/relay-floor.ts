@@ -113,15 +113,15 @@ function relay(jobs: StripeJob[], at: number, batchMs: number, hashes: number, t
   const servers = [createServer(serve)]
   if (tls) servers.push(createHttpsServer({ ...TLS_OPTIONS, secureOptions: cryptoConstants.SSL_OP_NO_TICKET, pskCallback: () => PSK }, serve))
   let listening = 0
-  servers.forEach((server, i) =>
+  for (const [i, server] of servers.entries()) {
     server.listen(i === 0 ? PORT : TLS_PORT, () => {
       if (++listening < servers.length) return
       say({ ready: true })
       setTimeout(() => {
         for (const stripe of byPath.values()) stripe.start()
       }, Math.max(0, at - Date.now()))
-    }),
-  )
+    })
+  }
 }
 
 function relayStripe(job: StripeJob, batchMs: number, hashes: number): { subscribe(res: ServerResponse): void; start(): void } {
