@@ -548,13 +548,13 @@ export class ChunkScheduler {
     return this.median
   }
 
-  /** how long a chunk may take before it is hedged: the configured delay, or longer when chunks are slow anyway */
   /** whether an origin request for chunk `index` needs an origin turn */
   private takesTurn(index: number): boolean {
     const { start, end } = chunkBounds(this.opts.plan, index)
     return end - start > TURN_FREE_SHARE * this.opts.plan.chunkSize
   }
 
+  /** how long a chunk may take before it is hedged: the configured delay, or longer when chunks are slow anyway */
   private hedgeDelay(): number {
     return Math.max(this.opts.hedgeAfterMs, HEDGE_MULTIPLE * this.medianChunkMs())
   }
