@@ -25,6 +25,7 @@ import { ChunkScheduler, type ChunkSource, NoSourceError } from '../../src/trans
 import { ChunkState } from '../../src/transfer/chunks/state.js'
 import { OriginStripes } from '../../src/transfer/chunks/stripes.js'
 import { Download } from '../../src/transfer/download.js'
+import type { FanoutPlan } from '../../src/transfer/swarm-download.js'
 import { prng } from '../helpers/random.js'
 import { putBlob } from '../helpers/store.js'
 
@@ -58,6 +59,18 @@ function twoFetchersAmong(self: string, others: readonly string[], client: PeerC
     logger: log,
     signal,
   })
+}
+
+/** twoFetchersAmong's plan, handed to `check`; the asks still going on are stopped after, pass or fail */
+async function withTwoFetchers(self: string, others: readonly string[], client: PeerChunkClient, check: (plan: FanoutPlan) => Promise<void>): Promise<void> {
+  const stop = new AbortController()
+  try {
+    const plan = await twoFetchersAmong(self, others, client, stop.signal)
+    assert.ok(plan)
+    await check(plan)
+  } finally {
+    stop.abort()
+  }
 }
 
 /** a promise that resolves once `letThrough` is called */
@@ -200,18 +213,13 @@ describe('fetcher ranking', () => {
       if (peer.id === loaded) throw new PeerUnreachableError('stream reset')
       return undefined
     })
-    const stop = new AbortController()
-    try {
-      const plan = await twoFetchersAmong(self, others, client, stop.signal)
-      assert.ok(plan)
+    await withTwoFetchers(self, others, client, async (plan) => {
       const fetchers = await plan.settled
       const expected = rankByDistance(DIGEST, ids).filter((id) => id !== dead).slice(0, 2)
       assert.ok(expected.includes(loaded), 'the loaded peer ranks among the fetchers')
       assert.deepEqual([0, 1].map((i) => plan.stripes.owner(i)), expected, 'the two closest that can be reached, in rank order')
       assert.ok(!fetchers.some((src) => src.id === dead))
-    } finally {
-      stop.abort()
-    }
+    })
   })
 
   test('a candidate that refuses once and answers when asked again is a fetcher', async () => {
@@ -223,16 +231,11 @@ describe('fetcher ranking', () => {
       if (peer.id === flaky && refusals++ === 0) throw new PeerUnreachableError('dial refused', { refused: true })
       return undefined
     })
-    const stop = new AbortController()
-    try {
-      const plan = await twoFetchersAmong(self, others, client, stop.signal)
-      assert.ok(plan)
+    await withTwoFetchers(self, others, client, async (plan) => {
       const fetchers = await plan.settled
       assert.equal(refusals, 2, 'asked twice')
       assert.ok(fetchers.some((src) => src.id === flaky))
-    } finally {
-      stop.abort()
-    }
+    })
   })
 
   test('a node whose query missed the nodes nearest the key adopts them from the fetcher it asked, asks them, and ranks them first instead of itself', async () => {
@@ -243,20 +246,15 @@ describe('fetcher ranking', () => {
       asked.push({ id: peer.id, want })
       return notBegun(ids)
     })
-    const stop = new AbortController()
-    try {
-      // the query found only nodes farther than this one: by itself, it would rank itself first
-      const plan = await twoFetchersAmong(self, farther, client, stop.signal)
-      assert.ok(plan)
+    // the query found only nodes farther than this one: by itself, it would rank itself first
+    await withTwoFetchers(self, farther, client, async (plan) => {
       const fetchers = await plan.settled
       assert.deepEqual([0, 1].map((i) => plan.stripes.owner(i)), [first, second], 'the two nearest the key, in rank order')
       assert.equal(plan.stripes.mine(0) || plan.stripes.mine(1), false, 'this node fetches nothing from origin')
       assert.deepEqual(asked.map((a) => a.id), [farther[0], first, second], 'the fetcher its view ranked, then the nodes that fetcher named')
       assert.ok(asked.every((a) => a.want === 'r.test/a/b'), 'each was asked to start on the blob')
       assert.deepEqual(fetchers.map((src) => src.id), [first, second])
-    } finally {
-      stop.abort()
-    }
+    })
   })
 
   test('the download begins on the query’s ranking while the fetchers are asked; what the asks settle replaces it', async () => {
@@ -268,11 +266,8 @@ describe('fetcher ranking', () => {
       await gate
       return notBegun(ids)
     })
-    const stop = new AbortController()
-    try {
-      // the query found only nodes farther than this one: it ranks itself first until the asks name nearer ones
-      const plan = await twoFetchersAmong(self, farther, client, stop.signal)
-      assert.ok(plan)
+    // the query found only nodes farther than this one: it ranks itself first until the asks name nearer ones
+    await withTwoFetchers(self, farther, client, async (plan) => {
       assert.deepEqual([0, 1].map((i) => plan.stripes.owner(i)), [self, farther[0]], 'the query’s ranking, before any answer')
       assert.ok(plan.stripes.mine(0), 'this node fetches its share from origin meanwhile')
       letThrough()
@@ -280,9 +275,7 @@ describe('fetcher ranking', () => {
       assert.deepEqual([0, 1].map((i) => plan.stripes.owner(i)), [first, second], 're-ranked by the answers')
       assert.equal(plan.stripes.mine(0) || plan.stripes.mine(1), false)
       assert.deepEqual(fetchers.map((src) => src.id), [first, second])
-    } finally {
-      stop.abort()
-    }
+    })
   })
 
   test('each candidate that answers is handed over as a source at once, before the asks are over', async () => {
@@ -294,10 +287,7 @@ describe('fetcher ranking', () => {
       if (peer.id === first || peer.id === second) await gate
       return notBegun(ids)
     })
-    const stop = new AbortController()
-    try {
-      const plan = await twoFetchersAmong(self, farther, client, stop.signal)
-      assert.ok(plan)
+    await withTwoFetchers(self, farther, client, async (plan) => {
       const answered: string[] = []
       plan.answered.follow((src) => answered.push(src.id))
       for (let i = 0; i < 100 && answered.length === 0; i++) await sleep(10)
@@ -310,9 +300,7 @@ describe('fetcher ranking', () => {
       letThrough()
       await plan.settled
       assert.deepEqual(answered.slice(1).sort(), [first, second].sort(), 'then each as it answered')
-    } finally {
-      stop.abort()
-    }
+    })
   })
 
   test('a fleet whose closest-peers queries each found part of it chooses the same fetchers', async () => {
@@ -359,16 +347,11 @@ describe('fetcher ranking', () => {
       const rank = ids.indexOf(peer.id)
       return notBegun(ids.slice(Math.max(0, rank - 2), rank))
     })
-    const stop = new AbortController()
-    try {
-      const plan = await twoFetchersAmong(self, [ids[9] as string, ids[10] as string], client, stop.signal)
-      assert.ok(plan)
+    await withTwoFetchers(self, [ids[9] as string, ids[10] as string], client, async (plan) => {
       await plan.settled
       assert.equal(asked.length, 6, 'the two the query found, then two more in each of two rounds')
       assert.deepEqual([0, 1].map((i) => plan.stripes.owner(i)), [ids[5], ids[6]], 'the nearest of those asked')
-    } finally {
-      stop.abort()
-    }
+    })
   })
 
   test('every node ranks the same ids the same way, whatever order it learnt them in', async () => {

@@ -13,8 +13,9 @@ const STEAL_MARGIN = 3
  * The ranking a node starts with is the one its closest-peers query gave; the asks that follow
  * (dead candidates passed over, nearer nodes that the asked ones name) may settle another, which
  * replaces it (`rank`). A fetcher that dies or stalls is dropped from the ranking by whoever
- * notices; its chunks fall to the next alive fetchers. A node that sees no alive fetcher but itself fetches everything.
- * A fetcher ahead of another takes chunks from the end of the other's share (`next`).
+ * notices; its chunks fall to the next alive fetchers. A node that sees no alive fetcher but
+ * itself fetches everything. A fetcher ahead of another takes chunks from the end of the other's
+ * share (`next`).
  */
 export class OriginStripes {
   readonly self: string
