@@ -11,23 +11,33 @@
  * It prints the samples with no JavaScript frame by kind (interrupts, page faults, the garbage
  * collector, TurboFan, TLS, each system call); the samples with one by their outermost frame that
  * is not the event loop's own plumbing; every Shoal function by the samples it is on (inclusive);
- * the tier of the innermost JavaScript frame (`*` TurboFan, `^` baseline, `~` interpreter); and
- * with `--under NAME`, what the outermost frame matching NAME called, by samples.
+ * the tier of the innermost JavaScript frame (`*` TurboFan, `^` baseline, `~` interpreter); the
+ * samples by package (the outermost npm package or Shoal module on the stack, and the share with
+ * a libp2p frame anywhere on it); with `-F pid,tid,...` output, the samples by thread (each
+ * process's main thread, or its other threads: V8's helpers, libuv's pool) and kind; and with
+ * `--under NAME`, what the outermost frame matching NAME called, by samples.
  */
 import { readFileSync } from 'node:fs'
 import { parseArgs } from 'node:util'
+import { LIBP2P, owner } from './lib/owners.js'
 
 /** the event loop's and Node's dispatching frames, passed over to find who did the work */
 const PLUMBING = ['processTicksAndRejections', 'processTimers', 'listOnTimeout', 'onStreamRead', 'emit node', 'runMicrotasks', 'emitReadable_']
 
+/** a sample's frames (innermost first), and whether it was taken on its process's main thread (unknown without `-F pid,tid`) */
+interface Sample {
+  frames: string[]
+  main: boolean | undefined
+}
+
 /**
- * samples (each its frames, innermost first) of `perf script -F tid,ip,sym` output (or
- * `-F pid,tid,ip,sym`, for `resolve`): a frame's line starts with a tab, a sample's header does
- * not (perf pads the tid with spaces). `resolve` may rename a frame by its process and address.
+ * samples of `perf script -F tid,ip,sym` output (or `-F pid,tid,ip,sym`, for `resolve` and the
+ * threads): a frame's line starts with a tab, a sample's header does not (perf pads the tid with
+ * spaces). `resolve` may rename a frame by its process and address.
  */
-function parse(text: string, resolve?: (pid: string, ip: number) => string | undefined): string[][] {
-  const samples: string[][] = []
-  let current: string[] | undefined
+function parse(text: string, resolve?: (pid: string, ip: number) => string | undefined): Sample[] {
+  const samples: Sample[] = []
+  let current: Sample | undefined
   let pid = ''
   for (const line of text.split('\n')) {
     if (line.trim() === '') {
@@ -35,14 +45,15 @@ function parse(text: string, resolve?: (pid: string, ip: number) => string | und
       current = undefined
     } else if (!line.startsWith('\t')) {
       if (current !== undefined) samples.push(current)
-      current = []
-      pid = line.trim().split(/[\s/]/)[0] ?? ''
+      const ids = /^\s*(\d+)\/(\d+)/.exec(line)
+      pid = ids?.[1] ?? line.trim().split(/\s/)[0] ?? ''
+      current = { frames: [], main: ids === null ? undefined : ids[1] === ids[2] }
     } else {
       const [ip, ...parts] = line.trim().split(/\s+/)
       const sym = parts.join(' ') || '?'
       // (only what perf named from the JIT's map: native code is named from its binary)
       const jit = resolve !== undefined && (sym.startsWith('JS:') || sym.startsWith('Eval:'))
-      current?.push((jit ? resolve(pid, Number.parseInt(ip ?? '', 16)) : undefined) ?? sym)
+      current?.frames.push((jit ? resolve(pid, Number.parseInt(ip ?? '', 16)) : undefined) ?? sym)
     }
   }
   if (current !== undefined) samples.push(current)
@@ -141,23 +152,31 @@ function main(): void {
   if (file === undefined) throw new Error('usage: perf-split.js FILE [--top 15] [--under NAME] [--maps DIR]')
   const top = Number(values.top ?? 15)
   const samples = parse(readFileSync(file, 'utf8'), values.maps === undefined ? undefined : mapResolver(values.maps))
-  const unit = samples.filter((s) => s[0]?.includes('sha256_block')).length
+  const unit = samples.filter((s) => s.frames[0]?.includes('sha256_block')).length
   if (unit === 0) throw new Error('no sha256 samples: nothing to measure against')
   const native = new Map<string, number>()
   const outermost = new Map<string, number>()
   const inclusive = new Map<string, number>()
   const tiers = new Map<string, number>()
+  const packages = new Map<string, number>()
+  const threads = new Map<string, number>()
   const under = new Map<string, number>()
-  for (const frames of samples) {
+  let libp2p = 0
+  for (const { frames, main } of samples) {
     const js = frames.filter((f) => f.startsWith('JS:'))
+    const kind = js.length === 0 ? nativeKind(frames) : 'JavaScript'
+    if (main !== undefined) count(threads, `${main ? 'main thread' : 'other threads'}: ${kind.replace(/^other: .*/, 'other')}`)
     if (js.length === 0) {
-      count(native, nativeKind(frames))
+      count(native, kind)
       continue
     }
     count(tiers, { '*': 'TurboFan (*)', '^': 'baseline (^)', '~': 'interpreter (~)' }[js[0]?.[3] ?? ''] ?? 'other (wasm, stubs)')
     const worker = [...js].reverse().find((f) => !PLUMBING.some((p) => f.includes(p))) ?? (js.at(-1) as string)
     count(outermost, short(worker))
-    for (const f of new Set(js.filter((f) => f.includes('/dist/src/')).map(short))) count(inclusive, f)
+    const owners = js.map((f) => owner(/(?:file:\/\/|node:)\S+?(?=:\d+:\d+$)/.exec(f)?.[0] ?? ''))
+    for (const f of new Set(js.filter((_, i) => owners[i]?.startsWith('shoal:')).map(short))) count(inclusive, f)
+    count(packages, owners.findLast((o) => o !== '' && !o.startsWith('node:')) ?? 'Node.js only')
+    if (owners.some((o) => LIBP2P.test(o))) libp2p++
     if (values.under !== undefined) {
       const at = frames.findLastIndex((f) => f.includes(values.under as string))
       if (at >= 0) count(under, at === 0 ? '(itself)' : short(frames[at - 1] as string))
@@ -169,6 +188,8 @@ function main(): void {
   print('JavaScript, by the outermost frame past the event loop\'s plumbing', outermost, unit, top)
   print('Shoal functions, every sample they are on', inclusive, unit, top)
   print('tier of the innermost JavaScript frame', tiers, unit, top)
+  print(`JavaScript, by the outermost package or Shoal module on the stack (a libp2p frame anywhere: ${(libp2p / unit).toFixed(2)})`, packages, unit, top)
+  if (threads.size > 0) print('by thread (V8 helpers and libuv\'s pool are the other threads) and kind', threads, unit, top)
   if (values.under !== undefined) print(`called by the outermost ${values.under}`, under, unit, top)
 }
 

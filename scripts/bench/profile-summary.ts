@@ -17,6 +17,7 @@
 import { readdirSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { parseArgs } from 'node:util'
+import { LIBP2P, owner } from './lib/owners.js'
 
 interface CallFrame {
   functionName: string
@@ -32,18 +33,6 @@ interface Profile {
   startTime: number
   samples: number[]
   timeDeltas: number[]
-}
-
-const LIBP2P = /^(@libp2p|libp2p|@chainsafe|it-|uint8|multiformats|@multiformats|p-queue|interface-|datastore|@noble|race-signal|progress-events|any-signal|main-event|protons|mortice|abort-error)/
-
-/** the npm package, Node module or Shoal module a script URL belongs to */
-function owner(url: string): string {
-  if (url === '') return ''
-  const pkg = /node_modules\/((?:@[^/]+\/)?[^/]+)/.exec(url)
-  if (pkg !== null) return pkg[1] as string
-  if (url.startsWith('node:')) return url.replace(/^node:(internal\/)?/, 'node:').split('/').slice(0, 2).join('/')
-  const own = /dist\/(src\/.*)\.js$/.exec(url)
-  return own !== null ? `shoal:${own[1]}` : url
 }
 
 function add(m: Map<string, number>, key: string, ms: number): void {
