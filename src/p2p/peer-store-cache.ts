@@ -19,7 +19,8 @@ interface Cached {
  * accepts (the stream's protocol), kad-dht on every peer a DHT answer names (as a discovered
  * peer), and kad-dht reads a peer for each one it names in its own answers. In a 16-node
  * fan-out the peer store took 19% of all the daemons' samples in the round's first 20 s
- * (profiled, see the README); nearly all of those merges add nothing the store does not hold.
+ * (profiled, see `scripts/bench/HISTORY.md`); nearly all of those merges add nothing the
+ * store does not hold.
  *
  * Every write of the store goes through the methods patched here (its own `consumePeerRecord`
  * and `getInfo` call them too), so a cached peer is never older than the last write through
