@@ -349,7 +349,10 @@ async function main(): Promise<void> {
         )
         // chunk bytes the peers sent, against those the downloads accepted: the rest was cut off or thrown away
         const sum = (pick: (c: NonNullable<NodeResult['shoal']>) => number): number => r.nodes.reduce((a, n) => a + (n.shoal === undefined ? 0 : pick(n.shoal)), 0)
-        process.stdout.write(`${summaries[i]?.mode}: peers sent ${formatBytes(sum((c) => c.bytesToPeers))}, downloads accepted ${formatBytes(sum((c) => c.bytesFromPeers))}\n`)
+        const sent = sum((c) => c.bytesToPeers)
+        const accepted = sum((c) => c.bytesFromPeers)
+        const vain = accepted > 0 ? `, ${((100 * (sent - accepted)) / accepted).toFixed(1)}% more sent than accepted` : ''
+        process.stdout.write(`${summaries[i]?.mode}: peers sent ${formatBytes(sent)}, downloads accepted ${formatBytes(accepted)}${vain}\n`)
         process.stdout.write(`${summaries[i]?.mode}: ${fetcherSplit(r, tMin)}\n`)
       }
     }

@@ -152,6 +152,33 @@ describe('chunk scheduler', () => {
     assert.equal(b.requests, 0, 'b did not duplicate the chunk a was fetching')
   })
 
+  /**
+   * The end game's setting: a holds chunks 0 and 3, b chunk 1, c chunks 2 and 3, one request
+   * each at a time, 50 ms a chunk but a's chunk 3 (`last` ms). a takes 0, b 1, c 2; at 50 ms a
+   * takes 3, and every missing chunk is in flight: c is idle, and holds chunk 3 too.
+   */
+  async function endGame(last: number): Promise<{ a: FakeSource; c: FakeSource; ms: number }> {
+    const { bytes, table } = blob(4)
+    const a = new FakeSource('a', bytes, { holds: (i) => i === 0 || i === 3, delayMs: (i) => (i === 3 ? last : 50) })
+    const b = new FakeSource('b', bytes, { holds: (i) => i === 1, delayMs: 50 })
+    const c = new FakeSource('c', bytes, { holds: (i) => i === 2 || i === 3, delayMs: 50 })
+    const t0 = Date.now()
+    const { out } = await download(table, [a, b, c], undefined, { maxInflightPerPeer: 1, hedgeAfterMs: 5_000, requestTimeoutMs: 10_000, pollMs: 10 })
+    assert.ok(out.equals(bytes))
+    return { a, c, ms: Date.now() - t0 }
+  }
+
+  test('end game: a straggler younger than chunks usually take is not copied', async () => {
+    const { a, c } = await endGame(25)
+    assert.equal(a.requests + c.requests, 3, 'chunk 3 asked of a alone')
+  })
+
+  test('end game: a straggler that outlives the usual chunk time is copied, long before the hedge delay', async () => {
+    const { c, ms } = await endGame(2_000)
+    assert.equal(c.requests, 2, 'c copied chunk 3')
+    assert.ok(ms < 1_000, `done without waiting for the straggler, in ${ms} ms`)
+  })
+
   test('request slots bound the requests in flight over several downloads, and the end game stays small', async () => {
     const slots = new RequestSlots(4)
     let inflight = 0

@@ -284,8 +284,8 @@ export class NoSourceError extends Error {
  * - Origin is one more source: it takes the chunks no usable peer holds, and hedges chunks that
  *   peers are slow to deliver.
  * - A request that outlives the hedge delay is duplicated on another source that holds the chunk
- *   (end game: once nothing is left to assign, every idle slot duplicates a straggler); the first
- *   verified answer wins and the others are aborted.
+ *   (end game: once nothing is left to assign, an idle slot duplicates a straggler that has taken
+ *   as long as chunks usually take); the first verified answer wins and the others are aborted.
  * - A peer whose bytes fail verification is dropped at once; one that keeps failing or timing
  *   out is dropped after a few tries. Its chunks go to other sources.
  */
@@ -528,9 +528,11 @@ export class ChunkScheduler {
     // Origin waits longer before it hedges a peer: it is the source asked as little as possible.
     // The end game is global: every missing chunk is in flight. (A peer with nothing free for
     // it alone is common mid-download, when peers hold a few chunks each: that is no end game.)
+    // In the end game a straggler is copied once it has taken as long as chunks usually take:
+    // a younger one most likely lands before the copy would, and the copy's bytes go to waste.
     const endGame = this.done.size + this.inflight.size === this.opts.plan.count
     const hedgeAfter = (isOrigin ? ORIGIN_HEDGE_FACTOR : 1) * hedgeDelay
-    if (straggler !== undefined && (stragglerAge >= hedgeAfter || (endGame && !isOrigin))) {
+    if (straggler !== undefined && (stragglerAge >= hedgeAfter || (endGame && !isOrigin && stragglerAge >= this.medianChunkMs()))) {
       const flights = this.inflight.get(straggler) ?? []
       if (flights.length < 2 || stragglerAge >= hedgeAfter * 2) return straggler
     }
