@@ -455,6 +455,7 @@ export async function runSwarmDownload(opts: SwarmDownloadOptions): Promise<void
         size: plan.plan.size,
         bySource: Object.fromEntries(result.bySource),
         wasted: result.wasted,
+        copies: { hedged: result.hedged, endGame: result.endGame, lost: result.lost },
         sources: sources.size,
         lookups,
         reads: download.reads,

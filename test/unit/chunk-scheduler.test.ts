@@ -157,25 +157,27 @@ describe('chunk scheduler', () => {
    * each at a time, 50 ms a chunk but a's chunk 3 (`last` ms). a takes 0, b 1, c 2; at 50 ms a
    * takes 3, and every missing chunk is in flight: c is idle, and holds chunk 3 too.
    */
-  async function endGame(last: number): Promise<{ a: FakeSource; c: FakeSource; ms: number }> {
+  async function endGame(last: number): Promise<{ a: FakeSource; c: FakeSource; ms: number; result: Awaited<ReturnType<ChunkScheduler['run']>> }> {
     const { bytes, table } = blob(4)
     const a = new FakeSource('a', bytes, { holds: (i) => i === 0 || i === 3, delayMs: (i) => (i === 3 ? last : 50) })
     const b = new FakeSource('b', bytes, { holds: (i) => i === 1, delayMs: 50 })
     const c = new FakeSource('c', bytes, { holds: (i) => i === 2 || i === 3, delayMs: 50 })
     const t0 = Date.now()
-    const { out } = await download(table, [a, b, c], undefined, { maxInflightPerPeer: 1, hedgeAfterMs: 5_000, requestTimeoutMs: 10_000, pollMs: 10 })
+    const { out, result } = await download(table, [a, b, c], undefined, { maxInflightPerPeer: 1, hedgeAfterMs: 5_000, requestTimeoutMs: 10_000, pollMs: 10 })
     assert.ok(out.equals(bytes))
-    return { a, c, ms: Date.now() - t0 }
+    return { a, c, ms: Date.now() - t0, result }
   }
 
   test('end game: a straggler younger than chunks usually take is not copied', async () => {
-    const { a, c } = await endGame(25)
+    const { a, c, result } = await endGame(25)
     assert.equal(a.requests + c.requests, 3, 'chunk 3 asked of a alone')
+    assert.deepEqual([result.endGame, result.hedged, result.lost], [0, 0, 0])
   })
 
   test('end game: a straggler that outlives the usual chunk time is copied, long before the hedge delay', async () => {
-    const { c, ms } = await endGame(2_000)
+    const { c, ms, result } = await endGame(2_000)
     assert.equal(c.requests, 2, 'c copied chunk 3')
+    assert.deepEqual([result.endGame, result.hedged, result.lost], [1, 0, 1], 'one end-game copy; the first request lost')
     assert.ok(ms < 1_000, `done without waiting for the straggler, in ${ms} ms`)
   })
 
@@ -541,8 +543,9 @@ describe('chunk scheduler', () => {
     const hang = new FakeSource('hang', bytes, { hang: true })
     const ok = new FakeSource('ok', bytes, { delayMs: 2 })
     const t0 = Date.now()
-    const { out } = await download(table, [hang, ok], undefined, { requestTimeoutMs: 5_000, hedgeAfterMs: 50 })
+    const { out, result } = await download(table, [hang, ok], undefined, { requestTimeoutMs: 5_000, hedgeAfterMs: 50 })
     assert.ok(out.equals(bytes))
+    assert.ok(result.hedged + result.endGame > 0 && result.lost > 0, 'the hanging requests were copied, and lost')
     assert.ok(Date.now() - t0 < 2000, 'did not wait for the request timeout')
   })
 

@@ -91,6 +91,11 @@ export interface ScheduleResult {
   bySource: Map<string, number>
   /** requests abandoned (timeout, hedge lost, error) */
   wasted: number
+  /** copies asked of a chunk already in flight: once it outlived the hedge delay, or earlier in the end game */
+  hedged: number
+  endGame: number
+  /** requests whose chunk another copy delivered first (cut off, or answered after it) */
+  lost: number
 }
 
 interface Inflight {
@@ -122,6 +127,11 @@ const DEFAULTS = {
 const TURN_FREE_SHARE = 1 / 16
 /** Origin hedges a chunk a peer is slow with only after this many hedge delays. */
 const ORIGIN_HEDGE_FACTOR = 4
+
+/** how long a chunk in flight waits before `source` copies it (outside the end game) */
+function hedgeAfterFor(source: ChunkSource, hedgeDelay: number): number {
+  return (source.kind === 'origin' ? ORIGIN_HEDGE_FACTOR : 1) * hedgeDelay
+}
 /**
  * A chunk is slow when it takes this many times the median of the last chunks: on a link a
  * whole fleet shares, every chunk takes seconds, and a fixed delay would duplicate most of them.
@@ -300,7 +310,7 @@ export class ChunkScheduler {
   /** peers dropped for bytes that failed verification */
   private readonly liars = new Set<string>()
   private readonly peers: ChunkSource[]
-  private readonly result: ScheduleResult = { bySource: new Map(), wasted: 0 }
+  private readonly result: ScheduleResult = { bySource: new Map(), wasted: 0, hedged: 0, endGame: 0, lost: 0 }
   private settle!: { resolve: (r: ScheduleResult) => void; reject: (e: Error) => void }
   private finished = false
   /** this download's pump, as it waits in line for an origin turn */
@@ -531,7 +541,7 @@ export class ChunkScheduler {
     // In the end game a straggler is copied once it has taken as long as chunks usually take:
     // a younger one most likely lands before the copy would, and the copy's bytes go to waste.
     const endGame = this.done.size + this.inflight.size === this.opts.plan.count
-    const hedgeAfter = (isOrigin ? ORIGIN_HEDGE_FACTOR : 1) * hedgeDelay
+    const hedgeAfter = hedgeAfterFor(source, hedgeDelay)
     if (straggler !== undefined && (stragglerAge >= hedgeAfter || (endGame && !isOrigin && stragglerAge >= this.medianChunkMs()))) {
       const flights = this.inflight.get(straggler) ?? []
       if (flights.length < 2 || stragglerAge >= hedgeAfter * 2) return straggler
@@ -567,6 +577,11 @@ export class ChunkScheduler {
     const turn = source.kind === 'origin' && this.opts.originTurns !== undefined && this.takesTurn(index)
     const flight: Inflight = { source, controller, startedAt: now, into: this.buffers.take(end - start), turn, lastBytes: now }
     const flights = this.inflight.get(index) ?? []
+    if (flights.length > 0) {
+      const age = now - Math.min(...flights.map((f) => f.startedAt))
+      if (age >= hedgeAfterFor(source, this.hedgeDelay())) this.result.hedged++
+      else this.result.endGame++
+    }
     flights.push(flight)
     this.inflight.set(index, flights)
     this.load.set(source, (this.load.get(source) ?? 0) + 1)
@@ -610,6 +625,7 @@ export class ChunkScheduler {
     if (this.finished || this.done.has(index)) {
       this.buffers.give(bytes)
       this.result.wasted++
+      if (this.done.has(index)) this.result.lost++
       this.pump()
       return
     }
@@ -642,6 +658,7 @@ export class ChunkScheduler {
     this.end(index, flight)
     this.buffers.give(flight.into)
     this.result.wasted++
+    if (this.done.has(index)) this.result.lost++
     const retryAfterMs = (err as { retryAfterMs?: unknown } | undefined)?.retryAfterMs
     if (typeof retryAfterMs === 'number') {
       // busy, not failing: back off without counting it against the source
