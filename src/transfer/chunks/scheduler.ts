@@ -128,15 +128,17 @@ const TURN_FREE_SHARE = 1 / 16
 /** Origin hedges a chunk a peer is slow with only after this many hedge delays. */
 const ORIGIN_HEDGE_FACTOR = 4
 
-/** how long a chunk in flight waits before `source` copies it (outside the end game) */
-function hedgeAfterFor(source: ChunkSource, hedgeDelay: number): number {
-  return (source.kind === 'origin' ? ORIGIN_HEDGE_FACTOR : 1) * hedgeDelay
-}
 /**
  * A chunk is slow when it takes this many times the median of the last chunks: on a link a
  * whole fleet shares, every chunk takes seconds, and a fixed delay would duplicate most of them.
  */
 const HEDGE_MULTIPLE = 2
+
+/** how long a chunk in flight waits before `source` copies it (outside the end game) */
+function hedgeAfterFor(source: ChunkSource, hedgeDelay: number): number {
+  return (source.kind === 'origin' ? ORIGIN_HEDGE_FACTOR : 1) * hedgeDelay
+}
+
 /** how long a busy source is left alone (its Retry-After, within these bounds) */
 const MIN_BUSY_BACKOFF_MS = 250
 const MAX_BUSY_BACKOFF_MS = 5_000
@@ -302,6 +304,7 @@ export class NoSourceError extends Error {
 export class ChunkScheduler {
   private readonly opts: SchedulerOptions & typeof DEFAULTS
   private readonly done: Set<number>
+  /** each chunk's requests in flight, oldest first (added in start order, removed in place) */
   private readonly inflight = new Map<number, Inflight[]>()
   private readonly load = new Map<ChunkSource, number>()
   private readonly failures = new Map<ChunkSource, number>()
@@ -527,7 +530,7 @@ export class ChunkScheduler {
         continue
       }
       if (flights.some((f) => f.source === source)) continue
-      const age = now - Math.min(...flights.map((f) => f.startedAt))
+      const age = now - (flights[0] as Inflight).startedAt
       if (age > stragglerAge) {
         straggler = i
         stragglerAge = age
@@ -578,7 +581,7 @@ export class ChunkScheduler {
     const flight: Inflight = { source, controller, startedAt: now, into: this.buffers.take(end - start), turn, lastBytes: now }
     const flights = this.inflight.get(index) ?? []
     if (flights.length > 0) {
-      const age = now - Math.min(...flights.map((f) => f.startedAt))
+      const age = now - (flights[0] as Inflight).startedAt
       if (age >= hedgeAfterFor(source, this.hedgeDelay())) this.result.hedged++
       else this.result.endGame++
     }
