@@ -60,10 +60,16 @@ const PENDING_DEBOUNCE_MS = 1_000
  * FIND_NODE of 1,462), right after the providers walks had gone the same way. Known to be near:
  * what a walk that ran to its end heard of, or the candidates a closest-peers query returned
  * (what it heard, the local table's closest, the connected DHT peers), from which the blob's
- * origin fetchers are chosen: this trusts them no further than that choice does. Re-announces
- * (every 10 min) walk.
+ * origin fetchers are chosen: this trusts them no further than that choice does.
+ *
+ * As long as the default re-announce interval: a fan-out's announce comes after the whole
+ * download and a random delay of up to `p2p.announceSpread` (60 s), so with a window of 60 s
+ * 32 of a 16-node round's 81 announces walked again (256 FIND_NODE requests, a fifth of the
+ * round's kad-dht requests; `fanout-logs.js`), and for a blob that takes minutes every announce
+ * would. A cluster's membership moves little in ten minutes; re-announces walk unless a walk
+ * for the blob ran within the window.
  */
-const NEAR_KNOWN_MS = 60_000
+const NEAR_KNOWN_MS = DEFAULT_REANNOUNCE_INTERVAL_MS
 /** digests whose near peers are remembered at most (the oldest are forgotten first) */
 const NEAR_KNOWN_DIGESTS = 256
 

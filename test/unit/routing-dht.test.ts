@@ -1,11 +1,11 @@
 import assert from 'node:assert/strict'
 import { createHash } from 'node:crypto'
-import { describe, it } from 'node:test'
+import { describe, it, mock } from 'node:test'
 import type { QueryEvent } from '@libp2p/kad-dht'
 import { pino } from 'pino'
 import { generateKeyPair } from '@libp2p/crypto/keys'
 import { peerIdFromPrivateKey } from '@libp2p/peer-id'
-import { type DhtBackend, DhtContentRouter } from '../../src/routing/dht.js'
+import { DEFAULT_REANNOUNCE_INTERVAL_MS, type DhtBackend, DhtContentRouter } from '../../src/routing/dht.js'
 import { rankByDistance } from '../../src/routing/key.js'
 
 const logger = pino({ level: 'silent' })
@@ -163,6 +163,32 @@ describe('DHT announce after a providers walk', () => {
       )
     })
   }
+
+  it('a walk minutes old still spares the announce its own walk (a fan-out announces after the download and a spread); one older than a re-announce interval does not', async () => {
+    const heard = await ids(10)
+    mock.timers.enable({ apis: ['Date'], now: 1_000_000 })
+    try {
+      for (const [ageMs, walks] of [
+        [5 * 60_000, false],
+        [DEFAULT_REANNOUNCE_INTERVAL_MS + 1, true],
+      ] as const) {
+        const { dht, calls } = announcing(heard)
+        await withRouter(
+          dht,
+          async (router) => {
+            await router.closest(DIGEST, { timeoutMs: 1_000 })
+            mock.timers.tick(ageMs)
+            await router.advertise(DIGEST)
+            assert.equal(calls.provides, walks ? 1 : 0, `${ageMs} ms after the walk`)
+            assert.equal(calls.storedOn.length, walks ? 0 : 1)
+          },
+          { recordPeers: 3 },
+        )
+      }
+    } finally {
+      mock.timers.reset()
+    }
+  })
 
   it('walks (provide) with no whole walk behind it, or when no near peer took the record', async () => {
     const heard = await ids(4)
