@@ -200,6 +200,38 @@ describe('swarm download', () => {
     assert.equal(store.stat(digest)?.size, bytes.length, 'committed')
   })
 
+  // The other fetcher owns chunks 0 and 2 and never gets one (its origin download stalls, or it
+  // stopped answering); this node's share (1 and 3) comes from origin. With fetcherStall at 1 s,
+  // the other's share must fall to this node within a few seconds, long before the safety net
+  // (60 s without a chunk, past this test's deadline).
+  const stuck: { title: string; peer: () => PeerSource }[] = [
+    {
+      title: 'answers its holdings polls but gains no chunk (stalled)',
+      peer: () => {
+        const grewAt = Date.now()
+        return {
+          ...emptyPeer('stuck'),
+          lastGrowth: grewAt,
+          poll() {
+            ;(this as { lastAnswer: number }).lastAnswer = Date.now()
+          },
+        }
+      },
+    },
+    { title: 'stops answering (silent)', peer: () => ({ ...emptyPeer('stuck'), poll() {} }) },
+  ]
+  for (const { title, peer } of stuck) {
+    test(`an origin fetcher that ${title} is given up within a few stall times: its share falls to this node`, async () => {
+      const swarm: SwarmHooks = { ...hooks(), fetcherStallMs: 1_000 }
+      const started = Date.now()
+      const o = await run([peer()], new OriginStripes(['stuck', 'self'], 'self'), { swarm })
+      const seconds = (Date.now() - started) / 1000
+      assert.ok(seconds < 8, `completed after ${seconds} s`)
+      assert.equal(o.sent, bytes.length, 'the whole blob from origin, each chunk once')
+      assert.equal(store.stat(digest)?.size, bytes.length, 'committed')
+    })
+  }
+
   for (const fanout of [true, false]) {
     test(`${fanout ? 'a fan-out download announces the blob once it is committed, spread' : 'a download with no fan-out announces the blob at its first chunk, at once'}`, async () => {
       const announces: { committed: boolean; spread: boolean }[] = []
