@@ -40,15 +40,29 @@ function wantedBlob(digest: string, from: string, config: Config): BlobLocator |
   return { registry, name, digest: parseDigest(digest) }
 }
 
-/** A blob source whose bodies take from the node's download cap. */
+/**
+ * A blob source whose bodies take from the node's download cap: a range of known length (a
+ * chunk) is paid for before it is asked for, as a peer's chunk is (see TokenBucket.take); an
+ * open-ended body is throttled as it is read, and its socket's backpressure holds origin back.
+ */
 function throttled(source: BlobSource, bucket: TokenBucket | undefined): BlobSource {
   if (bucket === undefined) return source
   return {
     kind: source.kind,
     stat: (locator, options) => source.stat(locator, options),
     open: async (locator, options) => {
-      const res = await source.open(locator, options)
-      return { ...res, body: pipeline(res.body, new ThrottleStream(bucket), () => {}) }
+      const { length, signal } = options
+      if (length === undefined) {
+        const res = await source.open(locator, options)
+        return { ...res, body: pipeline(res.body, new ThrottleStream(bucket), () => {}) }
+      }
+      await bucket.take(length, signal)
+      try {
+        return await source.open(locator, options)
+      } catch (err) {
+        bucket.refund(length)
+        throw err
+      }
     },
   }
 }

@@ -212,7 +212,11 @@ class DataClient implements PeerDataClient {
     if (!Number.isSafeInteger(index) || index < 0) throw new PeerDataArgumentError(`invalid chunk index ${index}`)
     const path = chunkPath(digest, index)
     const { signal, into } = options
-    const res = await this.send(peer, signal, (session) => session.chunks.request({ path, into, signal, waitMs: this.timeoutMs, bucket: this.bucket }))
+    // the node's download cap: a chunk is paid for before it is asked for, since a peer sends
+    // the whole chunk at once (see TokenBucket.take); an answer without it gives the bytes back
+    await this.bucket?.take(into.length, signal)
+    const res = await this.send(peer, signal, (session) => session.chunks.request({ path, into, signal, waitMs: this.timeoutMs }))
+    if (res.status !== 200) this.bucket?.refund(into.length)
     switch (res.status) {
       case 200:
         this.counters.chunksFetched++

@@ -19,7 +19,6 @@ import { type Socket, connect as netConnect } from 'node:net'
 import { type SecureContext, connect as tlsConnect, createSecureContext } from 'node:tls'
 import { PeerDataError, PeerProtocolError, PeerTimeoutError, PeerUnreachableError } from './errors.js'
 import { PSK_CIPHERS, TLS_VERSION } from './protocol.js'
-import type { TokenBucket } from './rate-limit.js'
 
 /** each socket's read buffer: what one read may return at most */
 const READ_BUFFER_BYTES = 64 * 1024
@@ -62,8 +61,6 @@ export interface DataRequest {
   signal: AbortSignal
   /** the most a free socket (at maxSockets) and then the response headers may each take, and the longest the socket may idle mid-response */
   waitMs: number
-  /** body bytes are taken from it as they arrive (the socket pauses while it is in debt) */
-  bucket?: TokenBucket | undefined
 }
 
 /** A response: a 200's body is in the request's `into` if it had one, else in `body`, as is an error answer's (its first MAX_ERROR_BODY_BYTES). */
@@ -333,14 +330,6 @@ export class DataChannel {
       // (buf is the Buffer given to `onread`: copied from without a view of it per read)
       ;(buf as Buffer).copy(exchange.target as Buffer, exchange.filled, offset, offset + take)
       exchange.filled += take
-      const bucket = exchange.request.bucket
-      if (bucket !== undefined && exchange.response?.status === 200) {
-        const waitMs = bucket.reserve(take)
-        if (waitMs >= 1 && exchange.filled < exchange.length) {
-          conn.socket.pause()
-          setTimeout(() => conn.socket.resume(), waitMs)
-        }
-      }
     }
     if (exchange.filled === exchange.length) this.complete(conn, exchange)
     return true

@@ -1,10 +1,12 @@
 /**
- * Upload rate limit: one token bucket (bytes/s) shared by every upload of a server. Callers
- * reserve before they write; a reservation may run the bucket into debt, and the caller waits
- * until the debt is paid back. Concurrent uploads therefore share the rate in proportion to
- * what they ask for, and a chunk never waits for more than `burst` worth of other uploads.
+ * Rate limits: one token bucket (bytes/s) shared by every upload of a server, and one by every
+ * download of a node (from peers and origin together). Callers reserve before they write, or
+ * before they ask for bytes; a reservation may run the bucket into debt, and the caller waits
+ * until the debt is paid back. Concurrent transfers therefore share the rate in proportion to
+ * what they ask for, and a chunk never waits for more than `burst` worth of the others.
  */
 import { Transform, type TransformCallback } from 'node:stream'
+import { setTimeout as sleep } from 'node:timers/promises'
 
 export interface TokenBucketOptions {
   /** bytes per second, > 0 */
@@ -38,6 +40,29 @@ export class TokenBucket {
     this.last = now
     this.tokens -= bytes
     return this.tokens >= 0 ? 0 : (-this.tokens * 1000) / this.rate
+  }
+
+  /**
+   * Waits until `bytes` may come in: what a receiver takes before it asks for them. Throttling
+   * reads as they arrive caps nothing a sender already sent: a peer writes a whole chunk at
+   * once, so a node reading its 8 chunk requests at 4 MiB/s had 8 MiB in its socket buffers
+   * and took a 16 MiB blob at twice its cap (test/integration/rate-caps.test.ts). An abort
+   * while waiting gives the bytes back.
+   */
+  async take(bytes: number, signal: AbortSignal): Promise<void> {
+    const waitMs = this.reserve(bytes)
+    if (waitMs < 1) return
+    try {
+      await sleep(waitMs, undefined, { signal })
+    } catch (err) {
+      this.refund(bytes)
+      throw signal.aborted ? signal.reason : err
+    }
+  }
+
+  /** gives back `bytes` taken but not received (a request refused, or given up before it was sent) */
+  refund(bytes: number): void {
+    this.tokens = Math.min(this.burst, this.tokens + bytes)
   }
 }
 
