@@ -3,7 +3,8 @@
  * real origin on loopback, where an uncapped 16 MiB transfer takes a fraction of a second:
  * - a seeder capped at 4 MiB/s sends a node the blob no faster than that;
  * - a node capped at 4 MiB/s receives a blob no faster than that, from a peer that is not
- *   capped, and one that no node holds yet (which the two fetch from origin once between them).
+ *   capped, and one that no node holds yet (which the two fetch from origin once between them);
+ * - and so does a node alone (its swarm off), from origin, as one stream.
  * Each cap lets a burst through first (a tenth of the rate, at least 64 KiB), so the bound
  * asserted is the blob less that burst, at the cap, less 10% for the clocks.
  */
@@ -11,7 +12,7 @@ import assert from 'node:assert/strict'
 import { after, before, describe, test } from 'node:test'
 import { type BlobSpec, pushBlob } from '../helpers/images.js'
 import { type OriginRegistry, startOriginRegistry } from '../helpers/registry.js'
-import { startShoal } from '../helpers/shoal.js'
+import { type Shoal, startShoal } from '../helpers/shoal.js'
 import { asSwarmNode, blobUrl, hashGet, keepLogs, type SwarmNode, waitAnnounced, waitJoined } from '../helpers/swarm.js'
 
 const REG = 'origin.test'
@@ -26,20 +27,23 @@ let origin: OriginRegistry
 let viaCappedSeeder: BlobSpec
 let toCappedNode: BlobSpec
 let fresh16: BlobSpec
+let alone16: BlobSpec
 const nodes: SwarmNode[] = []
+const alone: Shoal[] = []
 
 before(async () => {
   origin = await startOriginRegistry()
-  ;[viaCappedSeeder, toCappedNode, fresh16] = await Promise.all([
+  ;[viaCappedSeeder, toCappedNode, fresh16, alone16] = await Promise.all([
     pushBlob(origin.url, NAME, 'caps-upload-16MiB', SIZE),
     pushBlob(origin.url, NAME, 'caps-download-16MiB', SIZE),
     pushBlob(origin.url, NAME, 'caps-origin-16MiB', SIZE),
+    pushBlob(origin.url, NAME, 'caps-alone-16MiB', SIZE),
   ])
 })
 
 after(async () => {
   await keepLogs(nodes)
-  await Promise.allSettled(nodes.map((n) => n.close()))
+  await Promise.allSettled([...nodes, ...alone].map((n) => n.close()))
   await origin?.close()
 })
 
@@ -90,5 +94,17 @@ describe('per-node rate caps', { timeout: 90_000 }, () => {
     assert.equal(fresh.originBytes, SIZE, 'origin sent the blob once')
     assert.ok(fresh.ms >= FLOOR_MS, `a fresh blob in ${Math.round(fresh.ms)} ms: over the cap (at least ${Math.round(FLOOR_MS)} ms)`)
     console.log(`# capped node: 16 MiB from a peer in ${Math.round(fromPeer.ms)} ms, a fresh blob in ${Math.round(fresh.ms)} ms`)
+  })
+
+  test('a node alone (swarm off) capped at 4 MiB/s receives a 16 MiB blob from origin no faster than that', async () => {
+    const shoal = await startShoal({ upstreams: { [REG]: origin.url }, p2p: false, env: { SHOAL_P2P_DOWNLOAD_RATE: '4MiB' } })
+    alone.push(shoal)
+    const mark = origin.mark()
+    const got = await hashGet(blobUrl(shoal, NAME, alone16.digest, REG))
+    assert.equal(got.digest, alone16.digest)
+    await origin.flush()
+    assert.equal(origin.blobBytesSince(mark, alone16.digest), SIZE)
+    assert.ok(got.totalMs >= FLOOR_MS, `from origin in ${Math.round(got.totalMs)} ms: over the cap (at least ${Math.round(FLOOR_MS)} ms)`)
+    console.log(`# capped node alone: 16 MiB from origin in ${Math.round(got.totalMs)} ms`)
   })
 })
