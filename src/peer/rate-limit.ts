@@ -45,9 +45,9 @@ export class TokenBucket {
   /**
    * Waits until `bytes` may come in: what a receiver takes before it asks for them. Throttling
    * reads as they arrive caps nothing a sender already sent: a peer writes a whole chunk at
-   * once, so a node reading its 8 chunk requests at 4 MiB/s had 8 MiB in its socket buffers
-   * and took a 16 MiB blob at twice its cap (test/integration/rate-caps.test.ts). An abort
-   * while waiting gives the bytes back.
+   * once, so what the requests in flight (8 by default) had been sent sat in the socket
+   * buffers and was read at once, and a node capped at 4 MiB/s took a 16 MiB blob from a peer
+   * in 1.9 s (test/integration/rate-caps.test.ts). An abort while waiting gives the bytes back.
    */
   async take(bytes: number, signal: AbortSignal): Promise<void> {
     const waitMs = this.reserve(bytes)

@@ -64,10 +64,10 @@ const PENDING_DEBOUNCE_MS = 1_000
  *
  * As long as the default re-announce interval: a fan-out's announce comes after the whole
  * download and a random delay of up to `p2p.announceSpread` (60 s), so with a window of 60 s
- * 32 of a 16-node round's 81 announces walked again (256 FIND_NODE requests, a fifth of the
- * round's kad-dht requests; `fanout-logs.js`), and for a blob that takes minutes every announce
- * would. A cluster's membership moves little in ten minutes; re-announces walk unless a walk
- * for the blob ran within the window.
+ * 32 of the 81 announces of a two-round 16-node run walked again (256 FIND_NODE requests in
+ * each round, a fifth of the first round's kad-dht requests; `fanout-logs.js`), and for a blob
+ * that takes minutes every announce would. A cluster's membership moves little in ten minutes;
+ * re-announces walk unless a walk for the blob ran within the window.
  */
 const NEAR_KNOWN_MS = DEFAULT_REANNOUNCE_INTERVAL_MS
 /** digests whose near peers are remembered at most (the oldest are forgotten first) */
