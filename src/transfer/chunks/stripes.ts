@@ -20,6 +20,8 @@ const STEAL_MARGIN = 3
 export class OriginStripes {
   readonly self: string
   private readonly alive: string[]
+  /** free chunks left in each share (reused: `next` runs on every pump of a download's scheduler) */
+  private left = new Int32Array(0)
 
   /** `fetchers`: peer ids in rank order (closest first), possibly including `self` */
   constructor(fetchers: readonly string[], self: string) {
@@ -57,7 +59,8 @@ export class OriginStripes {
     const selfAt = this.alive.indexOf(this.self)
     if (n === 0) return firstFree(count, free)
     if (selfAt === -1) return undefined
-    const left = new Array<number>(n).fill(0)
+    if (this.left.length !== n) this.left = new Int32Array(n)
+    const left = this.left.fill(0)
     let own: number | undefined
     for (let i = 0; i < count; i++) {
       if (!free(i)) continue
@@ -65,11 +68,15 @@ export class OriginStripes {
       ;(left[share] as number)++
       if (share === selfAt) own ??= i
     }
-    const shares = [...left.keys()].filter((p) => p !== selfAt).sort((x, y) => (left[y] as number) - (left[x] as number))
-    for (const share of shares) {
-      if ((left[share] as number) <= (left[selfAt] as number) + STEAL_MARGIN) break
-      const k = selfAt < share ? selfAt : selfAt - 1
+    const mine = left[selfAt] as number
+    // the other shares, those with the most free chunks first (ties in rank order); one tried is marked -1
+    for (let round = 1; round < n; round++) {
+      let share = -1
+      for (let p = 0; p < n; p++) if (p !== selfAt && (left[p] as number) >= 0 && (share === -1 || (left[p] as number) > (left[share] as number))) share = p
       let before = left[share] as number
+      left[share] = -1
+      if (before <= mine + STEAL_MARGIN) break
+      const k = selfAt < share ? selfAt : selfAt - 1
       for (let i = share + n * Math.floor((count - 1 - share) / n); i >= 0; i -= n) {
         if (!free(i)) continue
         before--
