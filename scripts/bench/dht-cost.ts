@@ -22,7 +22,8 @@ import path from 'node:path'
 import { parseArgs } from 'node:util'
 import { pino } from 'pino'
 import { type PeerNode, createPeerNode } from '../../src/p2p/node.js'
-import { median } from './lib/measure.js'
+import { waitFor } from '../../test/helpers/proc.js'
+import { median, selfCpuSeconds } from './lib/measure.js'
 
 const ECHO_PROTOCOL = '/shoal-bench/echo/1.0.0'
 const REQUEST = new Uint8Array(300).fill(7)
@@ -39,19 +40,7 @@ if (![nodesWanted, ops, rounds, k].every((v) => Number.isInteger(v) && v > 0) ||
 const logger = pino({ level: 'silent' })
 const digestOf = (text: string): string => `sha256:${createHash('sha256').update(text).digest('hex')}`
 
-function cpuMs(): number {
-  const { user, system } = process.cpuUsage()
-  return (user + system) / 1000
-}
-
-async function waitFor(predicate: () => boolean, timeoutMs: number): Promise<boolean> {
-  const deadline = Date.now() + timeoutMs
-  while (!predicate()) {
-    if (Date.now() > deadline) return false
-    await new Promise((resolve) => setTimeout(resolve, 50))
-  }
-  return true
-}
+const cpuMs = (): number => selfCpuSeconds() * 1000
 
 /**
  * CPU ms and wall ms per operation over `ops` operations run one after the other (`prepare` for
@@ -84,9 +73,9 @@ try {
   nodes.push(await start(0, []))
   const seed = nodes[0]?.status().listenAddrs[0] as string
   nodes.push(...(await Promise.all(Array.from({ length: nodesWanted - 1 }, (_, i) => start(i + 1, [seed])))))
-  await waitFor(() => nodes.every((n) => n.router.ready()), 30_000)
+  await waitFor('every node to join', () => nodes.every((n) => n.router.ready()), { timeoutMs: 30_000 })
   // the tables fill as the nodes' self-queries run: every node knows every other, or 10 s passed
-  await waitFor(() => nodes.every((n) => n.status().routingTableSize >= nodesWanted - 1), 10_000)
+  await waitFor('full routing tables', () => nodes.every((n) => n.status().routingTableSize >= nodesWanted - 1), { timeoutMs: 10_000 }).catch(() => {})
   for (const node of nodes) {
     await node.libp2p.handle(
       ECHO_PROTOCOL,

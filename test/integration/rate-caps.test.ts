@@ -10,6 +10,7 @@
  */
 import assert from 'node:assert/strict'
 import { after, before, describe, test } from 'node:test'
+import { TokenBucket } from '../../src/peer/rate-limit.js'
 import { type BlobSpec, pushBlob } from '../helpers/images.js'
 import { type OriginRegistry, startOriginRegistry } from '../helpers/registry.js'
 import { type Shoal, startShoal } from '../helpers/shoal.js'
@@ -21,7 +22,7 @@ const MiB = 1024 * 1024
 const CAP = 4 * MiB
 const SIZE = 16 * MiB
 /** the least time a capped transfer of SIZE bytes can take: its burst passes at once */
-const FLOOR_MS = (0.9 * 1000 * (SIZE - Math.max(CAP / 10, 64 * 1024))) / CAP
+const FLOOR_MS = (0.9 * 1000 * (SIZE - new TokenBucket({ rate: CAP }).burst)) / CAP
 
 let origin: OriginRegistry
 let viaCappedSeeder: BlobSpec
@@ -29,7 +30,7 @@ let toCappedNode: BlobSpec
 let fresh16: BlobSpec
 let alone16: BlobSpec
 const nodes: SwarmNode[] = []
-const alone: Shoal[] = []
+const swarmless: Shoal[] = []
 
 before(async () => {
   origin = await startOriginRegistry()
@@ -43,7 +44,7 @@ before(async () => {
 
 after(async () => {
   await keepLogs(nodes)
-  await Promise.allSettled([...nodes, ...alone].map((n) => n.close()))
+  await Promise.allSettled([...nodes, ...swarmless].map((n) => n.close()))
   await origin?.close()
 })
 
@@ -98,7 +99,7 @@ describe('per-node rate caps', { timeout: 90_000 }, () => {
 
   test('a node alone (swarm off) capped at 4 MiB/s receives a 16 MiB blob from origin no faster than that', async () => {
     const shoal = await startShoal({ upstreams: { [REG]: origin.url }, p2p: false, env: { SHOAL_P2P_DOWNLOAD_RATE: '4MiB' } })
-    alone.push(shoal)
+    swarmless.push(shoal)
     const mark = origin.mark()
     const got = await hashGet(blobUrl(shoal, NAME, alone16.digest, REG))
     assert.equal(got.digest, alone16.digest)

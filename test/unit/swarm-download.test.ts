@@ -207,16 +207,12 @@ describe('swarm download', () => {
   const stuck: { title: string; peer: () => PeerSource }[] = [
     {
       title: 'answers its holdings polls but gains no chunk (stalled)',
-      peer: () => {
-        const grewAt = Date.now()
-        return {
-          ...emptyPeer('stuck'),
-          lastGrowth: grewAt,
-          poll() {
-            ;(this as { lastAnswer: number }).lastAnswer = Date.now()
-          },
-        }
-      },
+      peer: () => ({
+        ...emptyPeer('stuck'),
+        poll() {
+          ;(this as { lastAnswer: number }).lastAnswer = Date.now()
+        },
+      }),
     },
     { title: 'stops answering (silent)', peer: () => ({ ...emptyPeer('stuck'), poll() {} }) },
   ]
