@@ -8,7 +8,11 @@
  *
  * 1. All pull at once: the origin's link sends at most 1.25× the image (its kernel tx counter),
  *    and every pulled blob hashes to its digest.
- * 2. All pull another image at once; the node fetching most from origin (its
+ * 2. All pull the first image again (the fleet holds it): origin sends no blob byte.
+ * 3. A rolling update: the nodes start on a third image one after another over 2.5 s, later ones
+ *    while the first are still fetching: origin sends at most 1.25× the image again, and no
+ *    runtime fell back to origin on its own.
+ * 4. All pull another image at once; the node fetching most from origin (its
  *    shoal_transfer_fetched_bytes_total{source="origin"}) is killed mid-transfer: every other
  *    node still completes with correct bytes.
  *
@@ -32,6 +36,8 @@ const IMAGE_BYTES = 24 * 1024 * 1024
 const LAYERS = 3
 const ORIGIN_LIMIT = 1.25
 const ROUND_TIMEOUT_MS = 60_000
+/** the rolling update: node i starts i × this after the first (the transfer takes about 4 s at origin's rate) */
+const STAGGER_MS = 500
 /** a fetcher counts as under way once this much of a layer came from origin (Shoal counts whole chunks) */
 const MID_TRANSFER_BYTES = 1024 * 1024
 
@@ -44,6 +50,15 @@ function skipReason(): string | false {
 
 function describeRound(r: RoundResult): string {
   return `origin sent ${r.originTxBytes} bytes = ${(r.originTxBytes / r.image.bytes).toFixed(3)}× the image (${r.image.bytes} bytes)\n${nodeTable(r)}`
+}
+
+/** every node pulled the whole image, and every blob hashed to its digest */
+function assertAllPulled(r: RoundResult, imageBytes: number): void {
+  for (const n of r.nodes) {
+    assert.ok(n.ok, `${n.name} (${n.client}) failed: ${n.error}\n${describeRound(r)}`)
+    assert.ok(n.verified, `${n.name} (${n.client}): ${n.error}\n${describeRound(r)}`)
+    assert.equal(n.bytes, imageBytes, `${n.name} holds every byte of the image`)
+  }
 }
 
 const skip = skipReason()
@@ -60,6 +75,7 @@ describe('e2e: fleet fan-out in network namespaces', { skip }, () => {
       images: [
         { name: 'fanout/first', tag: 'v1', layers: LAYERS, bytes: IMAGE_BYTES },
         { name: 'fanout/second', tag: 'v1', layers: LAYERS, bytes: IMAGE_BYTES },
+        { name: 'fanout/third', tag: 'v1', layers: LAYERS, bytes: IMAGE_BYTES },
       ],
       work,
       clients: ['light', 'ctr'],
@@ -80,11 +96,31 @@ describe('e2e: fleet fan-out in network namespaces', { skip }, () => {
     const image = fleet.origin.images[0]!
     const r = await fleet.round({ mode: 'shoal', image, timeoutMs: ROUND_TIMEOUT_MS })
     t.diagnostic(describeRound(r))
-    for (const n of r.nodes) {
-      assert.ok(n.ok, `${n.name} (${n.client}) failed: ${n.error}\n${describeRound(r)}`)
-      assert.ok(n.verified, `${n.name} (${n.client}): ${n.error}\n${describeRound(r)}`)
-      assert.equal(n.bytes, image.bytes, `${n.name} holds every byte of the image`)
-    }
+    assertAllPulled(r, image.bytes)
+    assert.ok(
+      r.originTxBytes <= ORIGIN_LIMIT * image.bytes,
+      `origin sent ${(r.originTxBytes / image.bytes).toFixed(3)}× the image, more than ${ORIGIN_LIMIT}×\n${describeRound(r)}`,
+    )
+  })
+
+  test('all pull the first image again: origin sends manifests only', { timeout: 120_000 }, async (t) => {
+    const fleet = ff!
+    const image = fleet.origin.images[0]!
+    const r = await fleet.round({ mode: 'shoal', image, timeoutMs: ROUND_TIMEOUT_MS })
+    t.diagnostic(describeRound(r))
+    assertAllPulled(r, image.bytes)
+    const fromOrigin = r.nodes.reduce((a, n) => a + n.originBlobBytes, 0)
+    assert.equal(fromOrigin, 0, `origin sent ${fromOrigin} blob bytes for an image the fleet holds\n${describeRound(r)}`)
+  })
+
+  test('a rolling update (starts spread over 2.5 s): origin sends about one copy, no runtime falls back to it', { timeout: 120_000 }, async (t) => {
+    const fleet = ff!
+    const image = fleet.origin.images[2]!
+    const r = await fleet.round({ mode: 'shoal', image, timeoutMs: ROUND_TIMEOUT_MS, offsetsMs: fleet.nodes.map((_, i) => i * STAGGER_MS) })
+    t.diagnostic(describeRound(r))
+    assertAllPulled(r, image.bytes)
+    const direct = r.nodes.filter((n) => n.directBlobBytes > 0).map((n) => `${n.name} ${n.directBlobBytes}`)
+    assert.deepEqual(direct, [], `runtimes fetched blob bytes from origin themselves\n${describeRound(r)}`)
     assert.ok(
       r.originTxBytes <= ORIGIN_LIMIT * image.bytes,
       `origin sent ${(r.originTxBytes / image.bytes).toFixed(3)}× the image, more than ${ORIGIN_LIMIT}×\n${describeRound(r)}`,
