@@ -109,18 +109,25 @@ export async function planFanout(
    */
   const settle = async (): Promise<PeerChunkSource[]> => {
     const want = `${locator.registry}/${locator.name}`
+    let askedAgain = 0
     const askOnce = (peer: PeerRef) =>
       opts.client
         .info(peer, digest, { signal: timeoutSignal(opts.infoTimeoutMs, opts.signal), want })
-        .catch((err: unknown) => (err instanceof PeerUnreachableError && err.refused ? ('unreachable' as const) : undefined))
+        .catch((err: unknown) => (err instanceof PeerUnreachableError && err.refused ? ('unreachable' as const) : ('failed' as const)))
     const ask = async (id: string): Promise<Answer> => {
       if (id === opts.selfId) return 'self'
       const peer = candidates.get(id) as PeerRef
       const first = await askOnce(peer)
-      // a loaded node may turn a dial away now and then (its pending-connection limits): dead is
-      // what refuses twice
-      const info = first === 'unreachable' ? await sleep(UNREACHABLE_RETRY_MS).then(() => askOnce(peer)) : first
-      if (info === 'unreachable') return info
+      if (first === 'unreachable' || first === 'failed') askedAgain++
+      // A loaded node may turn a dial away now and then (its pending-connection limits): dead is
+      // what refuses twice. An ask that timed out or was reset is asked once more: its answer
+      // names the nodes near the key, and a node that lost every answer kept the ranking of its
+      // own query (in a 16-node fan-out with containerd on every node, one node's three asks all
+      // timed out at the loaded round start, its query had missed two of the four nearest nodes,
+      // and origin sent that layer's shares twice).
+      const again = first === 'unreachable' ? await sleep(UNREACHABLE_RETRY_MS).then(() => askOnce(peer)) : first === 'failed' ? await askOnce(peer) : first
+      if (first === 'unreachable' && again === 'unreachable') return 'unreachable'
+      const info = typeof again === 'string' ? undefined : again
       // (a node that has not begun on the blob answers size 0: holdings that do not fit)
       const fits = info !== undefined && info.size === plan.size && info.chunkSize === plan.chunkSize && info.have.length === plan.count
       const source = new PeerChunkSource(peer, fits ? info : unknownHoldings(plan), opts.client, digest, opts.signal, want)
@@ -171,6 +178,7 @@ export async function planFanout(
       if (typeof answer === 'object') sources.push(answer.source)
     }
     // candidates: found by the query; near: added from the fetchers' answers; asked: peers asked;
+    // askedAgain: asks that failed once (refused, timed out, reset) and were made again;
     // ms: from the request to the fetchers' answers; plannedMs: the blob's size known; queryMs: the
     // candidates known (the download began then); reranked: the asks changed the fetchers
     opts.logger.info(
@@ -181,6 +189,7 @@ export async function planFanout(
         candidates: found,
         near,
         asked: answers.size - (answers.has(opts.selfId) ? 1 : 0),
+        askedAgain,
         ms: Date.now() - started,
         plannedMs,
         queryMs,

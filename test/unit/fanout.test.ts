@@ -257,6 +257,24 @@ describe('fetcher ranking', () => {
     })
   })
 
+  test('a fetcher whose ask timed out is asked again, and the nodes its answer names near the key are adopted', async () => {
+    const ids = rankByDistance(DIGEST, await peerIds(6))
+    const [first, second, self, ...farther] = ids as [string, string, string, ...string[]]
+    const asked: string[] = []
+    const client = infoOnly(async (peer) => {
+      asked.push(peer.id)
+      // the first ask to the node the query ranked first times out (a loaded node at the round's start)
+      if (asked.length === 1) throw new DOMException('timed out after 100 ms', 'TimeoutError')
+      return notBegun(ids)
+    })
+    await withTwoFetchers(self, farther, client, async (plan) => {
+      const fetchers = await plan.settled
+      assert.deepEqual(asked, [farther[0], farther[0], first, second], 'asked again, then the nodes its answer named')
+      assert.deepEqual([0, 1].map((i) => plan.stripes.owner(i)), [first, second], 'the two nearest the key, as the rest of the fleet ranks them')
+      assert.deepEqual(fetchers.map((src) => src.id), [first, second])
+    })
+  })
+
   test('the download begins on the query’s ranking while the fetchers are asked; what the asks settle replaces it', async () => {
     const ids = rankByDistance(DIGEST, await peerIds(6))
     const [first, second, self, ...farther] = ids as [string, string, string, ...string[]]
