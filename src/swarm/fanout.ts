@@ -123,8 +123,8 @@ export async function planFanout(
       // what refuses twice. An ask that timed out or was reset is asked once more: its answer
       // names the nodes near the key, and a node that lost every answer kept the ranking of its
       // own query (in a 16-node fan-out with containerd on every node, one node's three asks all
-      // timed out at the loaded round start, its query had missed two of the four nearest nodes,
-      // and origin sent that layer's shares twice).
+      // timed out at the loaded round start; its query had missed two of the four nodes nearest
+      // a layer's key, it chose other fetchers for it than the rest, and origin sent 1.14x the image).
       const again = first === 'unreachable' ? await sleep(UNREACHABLE_RETRY_MS).then(() => askOnce(peer)) : first === 'failed' ? await askOnce(peer) : first
       if (first === 'unreachable' && again === 'unreachable') return 'unreachable'
       const info = typeof again === 'string' ? undefined : again
