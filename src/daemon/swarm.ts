@@ -10,7 +10,7 @@ import { PeerChunkSource, unknownHoldings } from '../swarm/peer-source.js'
 import { PeerPenalties } from '../swarm/penalties.js'
 import { StoreChunkProvider } from '../swarm/provider.js'
 import type { Download } from '../transfer/download.js'
-import { requestsUnderCap, type SwarmHooks } from '../transfer/swarm-download.js'
+import type { SwarmHooks } from '../transfer/swarm-download.js'
 
 /** Peer info requests during discovery, each. */
 const INFO_TIMEOUT_MS = 2_000
@@ -140,7 +140,7 @@ export async function startSwarm(opts: SwarmOptions): Promise<Swarm> {
 
   const hooks: SwarmHooks = {
     chunkSize: config.chunkSize,
-    maxRequests: requestsUnderCap(config.maxRequests, config.downloadRate, config.chunkSize),
+    maxRequests: config.maxRequests,
     fetcherStallMs: config.fetcherStallMs,
     joined: () => node.router.ready(),
     fanout: (locator, plan, signal) =>

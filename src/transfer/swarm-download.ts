@@ -61,22 +61,6 @@ const MAX_SOURCES = 8
 const PEER_CHUNK_TIMEOUT_MS = 90_000
 /** One chunk from origin: origin's link may be shared by a whole fleet. */
 const ORIGIN_CHUNK_TIMEOUT_MS = 120_000
-/** the share of a chunk request's timeout that waiting for the node's download cap may take */
-const CAP_WAIT_SHARE = 1 / 3
-
-/**
- * Chunk requests to keep in flight under a download cap of `rate` bytes/s (0: none). A request
- * waits until the cap lets its chunk in before it is sent (TokenBucket.take), and that wait counts
- * toward its timeout: with 8 requests of 1 MiB at once, a node capped under about 100 KiB/s
- * timed its last requests out while they waited, and three timeouts drop a peer for the blob
- * (origin then fetched its chunks). So no more are sent at once than the cap lets in within a
- * third of the timeout; at least one (a cap under `chunkSize` per timeout still times out).
- */
-export function requestsUnderCap(maxRequests: number, rate: number, chunkSize: number): number {
-  if (rate <= 0) return maxRequests
-  const fit = Math.floor((rate * PEER_CHUNK_TIMEOUT_MS * CAP_WAIT_SHARE) / 1000 / chunkSize)
-  return Math.max(1, Math.min(maxRequests, fit))
-}
 /**
  * Bytes of chunks that arrived ahead of the in-order prefix kept in memory, so that they are
  * hashed into the blob's digest without reading them back from the file. Past this, such chunks

@@ -13,7 +13,7 @@ import { HotChunks } from '../../src/transfer/chunks/hot.js'
 import { chunkBounds, chunkHash, planChunks } from '../../src/transfer/chunks/plan.js'
 import { OriginStripes } from '../../src/transfer/chunks/stripes.js'
 import { Download } from '../../src/transfer/download.js'
-import { Answered, type PeerSource, requestsUnderCap, type SwarmHooks, runSwarmDownload } from '../../src/transfer/swarm-download.js'
+import { Answered, type PeerSource, type SwarmHooks, runSwarmDownload } from '../../src/transfer/swarm-download.js'
 import type { BlobLocator, BlobSource } from '../../src/transfer/types.js'
 
 const log = pino({ level: 'silent' })
@@ -302,25 +302,3 @@ test('the hot chunk window keeps the last chunks written, gives back the older o
   assert.equal(hot.get(3), undefined)
   assert.equal(hot.get(8), undefined)
 })
-
-describe('chunk requests in flight under a download cap', () => {
-  const MiB = 1024 * 1024
-  const KiB = 1024
-  test('no cap, or a cap that lets them all in soon: the configured number', () => {
-    assert.equal(requestsUnderCap(8, 0, MiB), 8)
-    assert.equal(requestsUnderCap(8, 4 * MiB, MiB), 8)
-  })
-  test('a low cap: only as many as it lets in within a third of a request’s timeout, at least one', () => {
-    // 8 requests at 100 KiB/s: the last would wait 82 s of its 90 s for the cap
-    assert.equal(requestsUnderCap(8, 100 * KiB, MiB), 2)
-    assert.equal(requestsUnderCap(8, 40 * KiB, MiB), 1)
-    assert.equal(requestsUnderCap(8, 10 * KiB, MiB), 1)
-    // smaller chunks: 11 of 256 KiB fit in 30 s at 100 KiB/s, so the configured 8 stay
-    assert.equal(requestsUnderCap(8, 100 * KiB, 256 * KiB), 8)
-    for (const rate of [50 * KiB, 100 * KiB, 300 * KiB, MiB]) {
-      const n = requestsUnderCap(8, rate, MiB)
-      if (n > 1) assert.ok((n * MiB) / rate <= 30, `${n} requests at ${rate} B/s wait ${((n * MiB) / rate).toFixed(1)} s at most`)
-    }
-  })
-})
-
