@@ -110,22 +110,31 @@ export async function planFanout(
   const settle = async (): Promise<PeerChunkSource[]> => {
     const want = `${locator.registry}/${locator.name}`
     let askedAgain = 0
+    /** some candidate has named the nodes it knows near the key */
+    let heardNear = false
     const askOnce = (peer: PeerRef) =>
       opts.client
         .info(peer, digest, { signal: timeoutSignal(opts.infoTimeoutMs, opts.signal), want })
+        .then((info) => {
+          if (info?.near !== undefined && info.near.length > 0) heardNear = true
+          return info
+        })
         .catch((err: unknown) => (err instanceof PeerUnreachableError && err.refused ? ('unreachable' as const) : ('failed' as const)))
     const ask = async (id: string): Promise<Answer> => {
       if (id === opts.selfId) return 'self'
       const peer = candidates.get(id) as PeerRef
       const first = await askOnce(peer)
-      if (first === 'unreachable' || first === 'failed') askedAgain++
       // A loaded node may turn a dial away now and then (its pending-connection limits): dead is
-      // what refuses twice. An ask that timed out or was reset is asked once more: its answer
-      // names the nodes near the key, and a node that lost every answer kept the ranking of its
-      // own query (in a 16-node fan-out with containerd on every node, one node's three asks all
+      // what refuses twice. An ask that timed out or was reset is made once more while no
+      // candidate has named the nodes near the key: without those a node keeps its own query's
+      // ranking (in a 16-node fan-out with containerd on every node, one node's three asks all
       // timed out at the loaded round start; its query had missed two of the four nodes nearest
-      // a layer's key, it chose other fetchers for it than the rest, and origin sent 1.14x the image).
-      const again = first === 'unreachable' ? await sleep(UNREACHABLE_RETRY_MS).then(() => askOnce(peer)) : first === 'failed' ? await askOnce(peer) : first
+      // a layer's key, it chose other fetchers for it than the rest, and origin sent 1.14x the
+      // image). Once another has named them, a silent candidate (a dead host's packets dropped)
+      // is not waited for twice.
+      const retry = first === 'unreachable' || (first === 'failed' && !heardNear)
+      if (retry) askedAgain++
+      const again = !retry ? first : first === 'unreachable' ? await sleep(UNREACHABLE_RETRY_MS).then(() => askOnce(peer)) : await askOnce(peer)
       if (first === 'unreachable' && again === 'unreachable') return 'unreachable'
       const info = typeof again === 'string' ? undefined : again
       // (a node that has not begun on the blob answers size 0: holdings that do not fit)
@@ -178,7 +187,8 @@ export async function planFanout(
       if (typeof answer === 'object') sources.push(answer.source)
     }
     // candidates: found by the query; near: added from the fetchers' answers; asked: peers asked;
-    // askedAgain: asks that failed once (refused, timed out, reset) and were made again;
+    // askedAgain: asks that failed (refused; timed out or reset before any candidate named the
+    // nodes near the key) and were made again;
     // ms: from the request to the fetchers' answers; plannedMs: the blob's size known; queryMs: the
     // candidates known (the download began then); reranked: the asks changed the fetchers
     opts.logger.info(

@@ -275,6 +275,25 @@ describe('fetcher ranking', () => {
     })
   })
 
+  test('a failed ask is not made again once another candidate has named the nodes near the key', async () => {
+    const ids = rankByDistance(DIGEST, await peerIds(5))
+    const [first, second, ...rest] = ids as [string, string, ...string[]]
+    const self = rest[rest.length - 1] as string
+    const asked: string[] = []
+    const client = infoOnly(async (peer) => {
+      asked.push(peer.id)
+      if (peer.id !== first) return notBegun(ids)
+      // a silent node (a dead host's packets dropped): its ask times out after the other answered
+      await sleep(20)
+      throw new DOMException('timed out after 100 ms', 'TimeoutError')
+    })
+    await withTwoFetchers(self, ids.filter((id) => id !== self), client, async (plan) => {
+      await plan.settled
+      assert.equal(asked.filter((id) => id === first).length, 1, 'asked once')
+      assert.deepEqual([0, 1].map((i) => plan.stripes.owner(i)), [first, second], 'still counted on (no proof it is dead)')
+    })
+  })
+
   test('the download begins on the query’s ranking while the fetchers are asked; what the asks settle replaces it', async () => {
     const ids = rankByDistance(DIGEST, await peerIds(6))
     const [first, second, self, ...farther] = ids as [string, string, string, ...string[]]
