@@ -123,20 +123,25 @@ export async function planFanout(
     const ask = async (id: string): Promise<Answer> => {
       if (id === opts.selfId) return 'self'
       const peer = candidates.get(id) as PeerRef
-      const first = await askOnce(peer)
-      // A loaded node may turn a dial away now and then (its pending-connection limits): dead is
-      // what refuses twice. An ask that timed out or was reset is made once more while no
-      // candidate has named the nodes near the key: without those a node keeps its own query's
-      // ranking (in a 16-node fan-out with containerd on every node, one node's three asks all
-      // timed out at the loaded round start; its query had missed two of the four nodes nearest
-      // a layer's key, it chose other fetchers for it than the rest, and origin sent 1.14x the
-      // image). Once another has named them, a silent candidate (a dead host's packets dropped)
-      // is not waited for twice.
-      const retry = first === 'unreachable' || (first === 'failed' && !heardNear)
-      if (retry) askedAgain++
-      const again = !retry ? first : first === 'unreachable' ? await sleep(UNREACHABLE_RETRY_MS).then(() => askOnce(peer)) : await askOnce(peer)
-      if (first === 'unreachable' && again === 'unreachable') return 'unreachable'
-      const info = typeof again === 'string' ? undefined : again
+      let answer = await askOnce(peer)
+      if (answer === 'unreachable') {
+        // a loaded node may turn a dial away now and then (its pending-connection limits): dead
+        // is what refuses twice
+        askedAgain++
+        answer = await sleep(UNREACHABLE_RETRY_MS).then(() => askOnce(peer))
+        if (answer === 'unreachable') return answer
+      } else if (answer === 'failed' && !heardNear) {
+        // An ask that timed out or was reset is made once more while no candidate has named the
+        // nodes near the key: without those a node keeps its own query's ranking (in a 16-node
+        // fan-out with containerd on every node, one node's three asks all timed out at the
+        // loaded round start; its query had missed two of the four nodes nearest a layer's key,
+        // it chose other fetchers for it than the rest, and origin sent 1.14x the image). Once
+        // another has named them, a silent candidate (a dead host's packets dropped) is not
+        // waited for twice.
+        askedAgain++
+        answer = await askOnce(peer)
+      }
+      const info = typeof answer === 'string' ? undefined : answer
       // (a node that has not begun on the blob answers size 0: holdings that do not fit)
       const fits = info !== undefined && info.size === plan.size && info.chunkSize === plan.chunkSize && info.have.length === plan.count
       const source = new PeerChunkSource(peer, fits ? info : unknownHoldings(plan), opts.client, digest, opts.signal, want)
