@@ -25,7 +25,7 @@ import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { after, before, describe, test } from 'node:test'
+import { after, before, describe, type TestContext, test } from 'node:test'
 import { FanoutFleet, type FleetNode, type RoundResult } from '../../scripts/bench/lib/fleet-fanout.js'
 import { nodeTable } from '../../scripts/bench/lib/fleet-report.js'
 import { SHOAL_MAIN } from '../helpers/shoal.js'
@@ -61,6 +61,14 @@ function assertAllPulled(r: RoundResult, imageBytes: number): void {
   }
 }
 
+/** origin's link sent at most ORIGIN_LIMIT times the image */
+function assertOriginSentAboutOnce(r: RoundResult, imageBytes: number): void {
+  assert.ok(
+    r.originTxBytes <= ORIGIN_LIMIT * imageBytes,
+    `origin sent ${(r.originTxBytes / imageBytes).toFixed(3)}× the image, more than ${ORIGIN_LIMIT}×\n${describeRound(r)}`,
+  )
+}
+
 const skip = skipReason()
 
 describe('e2e: fleet fan-out in network namespaces', { skip }, () => {
@@ -91,40 +99,31 @@ describe('e2e: fleet fan-out in network namespaces', { skip }, () => {
     if (work !== undefined) await rm(work, { recursive: true, force: true })
   })
 
-  test('six nodes pull at once: origin sends about one copy, every blob verified', { timeout: 120_000 }, async (t) => {
-    const fleet = ff!
-    const image = fleet.origin.images[0]!
-    const r = await fleet.round({ mode: 'shoal', image, timeoutMs: ROUND_TIMEOUT_MS })
+  /** every node pulls the fleet's `which`th image (node i starting offsetsMs[i] after the first; default all at once), the round printed: every node holds it whole and verified */
+  async function pulledRound(t: TestContext, which: number, offsetsMs?: number[]): Promise<{ r: RoundResult; imageBytes: number }> {
+    const image = ff!.origin.images[which]!
+    const r = await ff!.round({ mode: 'shoal', image, timeoutMs: ROUND_TIMEOUT_MS, offsetsMs })
     t.diagnostic(describeRound(r))
     assertAllPulled(r, image.bytes)
-    assert.ok(
-      r.originTxBytes <= ORIGIN_LIMIT * image.bytes,
-      `origin sent ${(r.originTxBytes / image.bytes).toFixed(3)}× the image, more than ${ORIGIN_LIMIT}×\n${describeRound(r)}`,
-    )
+    return { r, imageBytes: image.bytes }
+  }
+
+  test('six nodes pull at once: origin sends about one copy, every blob verified', { timeout: 120_000 }, async (t) => {
+    const { r, imageBytes } = await pulledRound(t, 0)
+    assertOriginSentAboutOnce(r, imageBytes)
   })
 
   test('all pull the first image again: origin sends manifests only', { timeout: 120_000 }, async (t) => {
-    const fleet = ff!
-    const image = fleet.origin.images[0]!
-    const r = await fleet.round({ mode: 'shoal', image, timeoutMs: ROUND_TIMEOUT_MS })
-    t.diagnostic(describeRound(r))
-    assertAllPulled(r, image.bytes)
+    const { r } = await pulledRound(t, 0)
     const fromOrigin = r.nodes.reduce((a, n) => a + n.originBlobBytes, 0)
     assert.equal(fromOrigin, 0, `origin sent ${fromOrigin} blob bytes for an image the fleet holds\n${describeRound(r)}`)
   })
 
   test('a rolling update (starts spread over 2.5 s): origin sends about one copy, no runtime falls back to it', { timeout: 120_000 }, async (t) => {
-    const fleet = ff!
-    const image = fleet.origin.images[2]!
-    const r = await fleet.round({ mode: 'shoal', image, timeoutMs: ROUND_TIMEOUT_MS, offsetsMs: fleet.nodes.map((_, i) => i * STAGGER_MS) })
-    t.diagnostic(describeRound(r))
-    assertAllPulled(r, image.bytes)
+    const { r, imageBytes } = await pulledRound(t, 2, ff!.nodes.map((_, i) => i * STAGGER_MS))
     const direct = r.nodes.filter((n) => n.directBlobBytes > 0).map((n) => `${n.name} ${n.directBlobBytes}`)
     assert.deepEqual(direct, [], `runtimes fetched blob bytes from origin themselves\n${describeRound(r)}`)
-    assert.ok(
-      r.originTxBytes <= ORIGIN_LIMIT * image.bytes,
-      `origin sent ${(r.originTxBytes / image.bytes).toFixed(3)}× the image, more than ${ORIGIN_LIMIT}×\n${describeRound(r)}`,
-    )
+    assertOriginSentAboutOnce(r, imageBytes)
   })
 
   test('the origin fetcher is killed mid-transfer: every other node completes with correct bytes', { timeout: 120_000 }, async (t) => {
